@@ -1,0 +1,38 @@
+# `make serve` runs Tally; `make test` runs every check. Both set up what they
+# need on a fresh Debian machine (Python 3.11, root): the venv, the packages,
+# and the real KISSmetrics client libraries used by the compatibility tests.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: serve test lint compat bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
+	  (apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV))
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+serve: $(STAMP)
+	$(BIN)/tally serve
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+compat:
+	bash tests/compat/install.sh
+
+test: $(STAMP) compat lint
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	bash bench/install.sh
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) .compat tests/compat/node/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,204 @@
+"""The ``tally`` command: a thin shell over the same functions as the API."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import click
+
+from tally import __version__
+from tally.catalog import Catalog
+from tally.errors import TallyError
+from tally.settings import SETTINGS, Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_DEFAULTS = {s.name: s for s in SETTINGS}
+
+
+def _option(name: str, **kwargs: Any) -> Callable[[F], F]:
+    setting = _DEFAULTS[name]
+    return click.option(
+        setting.flag,
+        name,
+        envvar=setting.envvar,
+        default=setting.default,
+        show_default=setting.default is not None,
+        show_envvar=True,
+        help=setting.help,
+        **kwargs,
+    )
+
+
+data_dir_option = _option("data_dir", type=click.Path(file_okay=False, path_type=Path))
+
+
+def _errors_to_exit(func: F) -> F:
+    """A TallyError becomes one line on stderr and exit status 1 (never a traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except TallyError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _catalog(data_dir: Path) -> Catalog:
+    return Catalog(Settings(data_dir=data_dir).catalog_path)
+
+
+def _time(ns: int | None) -> str:
+    if ns is None:
+        return "-"
+    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="tally")
+def main() -> None:
+    """Tally: self-hosted product analytics that speaks the KISSmetrics API.
+
+    Start with `tally serve`, then point your KISSmetrics clients' tracking host
+    at it. Every command takes --data-dir (or TALLY_DATA_DIR).
+    """
+
+
+# -- serve ------------------------------------------------------------------------------
+
+
+@main.command()
+@data_dir_option
+@_option("host")
+@_option("port", type=click.IntRange(0, 65535))
+@_option("workers", type=click.IntRange(1, 256))
+@_option("timeout", type=click.FloatRange(min=0.1))
+@_option("backlog_mib", type=click.IntRange(1, 65536))
+@_errors_to_exit
+def serve(
+    data_dir: Path, host: str, port: int, workers: int | None, timeout: float, backlog_mib: int
+) -> None:
+    """Run Tally: tracking endpoints, the JSON API and the log, on one port.
+
+    On first start it creates the product `default` with an API key and an
+    operator token, and prints them. SIGTERM or Ctrl-C stop it cleanly: every
+    request already answered is on disk.
+    """
+    from tally.server import Started
+    from tally.server import serve as run
+
+    settings = Settings(
+        data_dir=data_dir, host=host, port=port, workers=workers or 0,
+        timeout=timeout, backlog_mib=backlog_mib,
+    )  # fmt: skip
+
+    def announce(started: Started) -> None:
+        click.echo(f"Tally {__version__} listening on {started.url} (data in {data_dir})")
+        if started.first_start is None:
+            return
+        product, token = started.first_start
+        key = product.keys[0].key
+        click.echo(f"\nCreated product '{product.name}' with API key:  {key}")
+        click.echo(f"Operator token (shown once, keep it):   {token}")
+        click.echo("\nRecord an event:")
+        click.echo(f"  curl '{started.url}/e?_k={key}&_p={quote('bob@example.com')}&_n=Signed+Up'")
+        click.echo("See the log:")
+        click.echo(f"  curl -H 'Authorization: Bearer {token}' {started.url}/api/v1/status\n")
+
+    run(settings, announce)
+
+
+# -- products, keys, tokens ----------------------------------------------------------------
+
+
+@main.group()
+def products() -> None:
+    """Create and list products (each has its own API keys and data)."""
+
+
+@products.command("create")
+@click.argument("name")
+@click.option("--key", help="Use this API key (e.g. your existing KISSmetrics key).")
+@click.option("--timezone", default="UTC", show_default=True,
+              help="IANA time zone that reports use to cut days.")  # fmt: skip
+@data_dir_option
+@_errors_to_exit
+def products_create(name: str, key: str | None, timezone: str, data_dir: Path) -> None:
+    """Create product NAME and print its API key."""
+    product = _catalog(data_dir).create_product(name, key=key, timezone=timezone)
+    click.echo(f"Created product '{product.name}' ({product.timezone}); API key: "
+               f"{product.keys[0].key}")  # fmt: skip
+
+
+@products.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@data_dir_option
+@_errors_to_exit
+def products_list(as_json: bool, data_dir: Path) -> None:
+    """List products with their keys."""
+    items = _catalog(data_dir).products()
+    if as_json:
+        click.echo(json.dumps([
+            {"name": p.name, "timezone": p.timezone, "revenue_property": p.revenue_property,
+             "keys": [{"key": k.key, "revoked": k.revoked_ns is not None} for k in p.keys]}
+            for p in items
+        ], indent=2))  # fmt: skip
+        return
+    if not items:
+        click.echo("No products yet: `tally serve` creates 'default' on first start.")
+        return
+    click.echo(f"{'PRODUCT':<20} {'TIME ZONE':<20} {'API KEY':<42} STATUS")
+    for p in items:
+        for k in p.keys:
+            state = f"revoked {_time(k.revoked_ns)}" if k.revoked_ns else "active"
+            click.echo(f"{p.name:<20} {p.timezone:<20} {k.key:<42} {state}")
+
+
+@main.group()
+def keys() -> None:
+    """Add and revoke API keys."""
+
+
+@keys.command("add")
+@click.argument("product")
+@click.option("--key", help="Use this key instead of a generated one.")
+@data_dir_option
+@_errors_to_exit
+def keys_add(product: str, key: str | None, data_dir: Path) -> None:
+    """Add an API key to PRODUCT and print it."""
+    added = _catalog(data_dir).add_key(product, key=key)
+    click.echo(added.key)
+
+
+@keys.command("revoke")
+@click.argument("key")
+@data_dir_option
+@_errors_to_exit
+def keys_revoke(key: str, data_dir: Path) -> None:
+    """Revoke KEY: tracking calls received after now with it are rejected."""
+    revoked = _catalog(data_dir).revoke_key(key)
+    click.echo(f"Revoked key of product '{revoked.product}' at {_time(revoked.revoked_ns)}")
+
+
+@main.group()
+def tokens() -> None:
+    """Operator tokens for the API (Authorization: Bearer TOKEN)."""
+
+
+@tokens.command("create")
+@click.option("--name", default="operator", show_default=True, help="A label for the token.")
+@data_dir_option
+@_errors_to_exit
+def tokens_create(name: str, data_dir: Path) -> None:
+    """Create an operator token and print it once (only its hash is stored)."""
+    click.echo(_catalog(data_dir).create_token(name))

@@ -1,0 +1,1 @@
+"""The collector (DESIGN §1): answers tracking calls once their record is on disk."""

@@ -1,0 +1,106 @@
+"""One collector process: a listening socket, one log stream, a group commit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from pathlib import Path
+
+import uvloop
+
+from tally.collector.commit import GroupCommit
+from tally.collector.protocol import TrackingProtocol
+from tally.log.writer import SegmentWriter
+from tally.settings import Settings
+
+log = logging.getLogger("tally.collector")
+
+
+def stream_name(index: int) -> str:
+    """The log stream of collector slot ``index``: stable across restarts."""
+    return f"c{index}"
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound with ``SO_REUSEPORT``: the kernel spreads connections
+    evenly over the collector processes, each with its own accept queue."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+class Worker:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        settings: Settings,
+        writer: SegmentWriter,
+        core_socket: Path | None,
+    ) -> None:
+        self.loop = loop
+        self.settings = settings
+        self.core_socket = core_socket
+        self.commit = GroupCommit(loop, writer, max_pending_bytes=settings.backlog_mib << 20)
+        self.connections: set[TrackingProtocol] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def protocol(self) -> TrackingProtocol:
+        return TrackingProtocol(self)
+
+    async def sweep(self) -> None:
+        """Close idle and slow connections (SPEC §1)."""
+        timeout = self.settings.timeout
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            now = self.loop.time()
+            for connection in list(self.connections):
+                connection.close_idle(now, timeout)
+
+    async def stop(self) -> None:
+        """Answer what is owed, make everything durable, close."""
+        for connection in list(self.connections):
+            connection.shutdown()
+        await self.commit.drain()
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=5)
+        for _ in range(50):  # let the last answers leave
+            if not self.connections:
+                break
+            await asyncio.sleep(0.01)
+        self.commit.close()
+
+
+async def _serve(index: int, settings: Settings) -> None:
+    loop = asyncio.get_running_loop()
+    writer = SegmentWriter(settings.log_dir / stream_name(index))
+    worker = Worker(loop, settings, writer, settings.core_socket)
+    server = await loop.create_server(
+        worker.protocol, sock=listening_socket(settings.host, settings.port)
+    )
+    stopping = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    sweeper = loop.create_task(worker.sweep())
+    log.info("collector %d listening on %s:%d", index, settings.host, settings.port)
+    await stopping.wait()
+    server.close()
+    sweeper.cancel()
+    await worker.stop()
+    log.info("collector %d stopped; log stream %s at %d", index, stream_name(index),
+             writer.position)  # fmt: skip
+
+
+def run_collector(index: int, settings: Settings, log_level: int = logging.INFO) -> None:
+    """Entry point of a collector process."""
+    logging.basicConfig(
+        level=log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
+    )
+    # Ctrl-C reaches the whole process group: the supervisor decides when to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    uvloop.run(_serve(index, settings))

@@ -1,0 +1,59 @@
+"""Tally's errors, drawn once.
+
+    TallyError                  base; ``code`` is stable, ``message`` is one line
+    ├── InvalidInput            400  a value the caller sent is wrong (``field`` names it)
+    ├── Unauthorized            401  missing or wrong operator token
+    ├── NotFound                404  no such product, key, person, …
+    ├── Conflict                409  it exists already
+    └── Unavailable             503  Tally cannot do it right now (retry)
+
+Domain code raises these; :mod:`tally.api` maps them to HTTP statuses and the one
+JSON error shape, ``{"error": {"code", "message", "field"?}}``; the CLI prints
+the message on one line and exits non-zero.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class TallyError(Exception):
+    status: ClassVar[int] = 500
+    default_code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+        self.field = field
+
+    def to_json(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            error["field"] = self.field
+        return {"error": error}
+
+
+class InvalidInput(TallyError):
+    status = 400
+    default_code = "invalid_input"
+
+
+class Unauthorized(TallyError):
+    status = 401
+    default_code = "unauthorized"
+
+
+class NotFound(TallyError):
+    status = 404
+    default_code = "not_found"
+
+
+class Conflict(TallyError):
+    status = 409
+    default_code = "conflict"
+
+
+class Unavailable(TallyError):
+    status = 503
+    default_code = "unavailable"

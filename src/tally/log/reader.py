@@ -1,0 +1,105 @@
+"""Reading the log: every stream, from any position (DESIGN §2).
+
+The reader never writes. It stops at the first incomplete frame of a stream,
+which is either a tail being written right now or a torn tail that the writer
+will truncate when it next opens the stream; either way it is not a record yet.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tally.log.record import CorruptFrame, Record, read_frame
+from tally.log.writer import SEGMENT_SUFFIX, list_segments, segment_name
+
+_CHUNK = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A record and where it lies: ``next_position`` is where reading resumes."""
+
+    stream: str
+    position: int
+    next_position: int
+    record: Record
+
+
+class LogCorrupt(RuntimeError):
+    """A frame in the middle of a stream is damaged."""
+
+
+class LogReader:
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+
+    def streams(self) -> list[str]:
+        if not self.log_dir.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in self.log_dir.iterdir()
+            if p.is_dir() and any(p.glob("*" + SEGMENT_SUFFIX))
+        )
+
+    def size(self, stream: str) -> int:
+        """Stream offset of the end of its last segment (bytes on disk)."""
+        bases = list_segments(self.log_dir / stream)
+        if not bases:
+            return 0
+        return bases[-1] + (self.log_dir / stream / segment_name(bases[-1])).stat().st_size
+
+    def read(self, stream: str, position: int = 0) -> Iterator[Entry]:
+        """Every whole record of ``stream`` at or after ``position``."""
+        stream_dir = self.log_dir / stream
+        bases = list_segments(stream_dir)
+        for index, base in enumerate(bases):
+            end = bases[index + 1] if index + 1 < len(bases) else None
+            if end is not None and end <= position:
+                continue
+            start = max(position - base, 0)
+            path = stream_dir / segment_name(base)
+            yield from self._read_segment(stream, path, base, start, is_last=end is None)
+
+    def _read_segment(
+        self, stream: str, path: Path, base: int, offset: int, *, is_last: bool
+    ) -> Iterator[Entry]:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            buffer = b""
+            buffer_start = offset
+            while True:
+                chunk = f.read(_CHUNK)
+                if not chunk:
+                    return
+                buffer = buffer + chunk if buffer else chunk
+                pos = 0
+                while True:
+                    try:
+                        frame = read_frame(buffer, pos)
+                    except CorruptFrame as exc:
+                        # Damage in the newest segment's last bytes is a torn tail
+                        # that its writer truncates on its next start.
+                        if is_last and os.fstat(f.fileno()).st_size <= buffer_start + len(buffer):
+                            return
+                        raise LogCorrupt(f"{path} at offset {buffer_start + pos}: {exc}") from exc
+                    if frame is None:
+                        break
+                    record, after = frame
+                    yield Entry(
+                        stream, base + buffer_start + pos, base + buffer_start + after, record
+                    )
+                    pos = after
+                buffer = buffer[pos:]
+                buffer_start += pos
+
+    def count(self, stream: str, position: int = 0) -> tuple[int, int]:
+        """How many records lie at or after ``position``, and where they end."""
+        n, end = 0, position
+        for entry in self.read(stream, position):
+            n += 1
+            end = entry.next_position
+        return n, end

@@ -1,0 +1,171 @@
+"""Appending to one log stream, durably.
+
+A stream is a directory of segment files named by the stream offset of their
+first byte (``00000000000000000000.seg``), so a record's position is one
+integer. Only one process appends to a stream at a time (an ``flock`` on
+``LOCK``). On open, the last segment is scanned and a torn or corrupt tail, which
+only a crash can leave, is truncated and reported (DESIGN §2).
+
+``write_durable`` is called from one thread at a time (the collector's commit
+thread): it appends a batch of frames and returns only after the ``fdatasync``
+that covers them, which is what lets the collector answer 200 (SPEC §1).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+from pathlib import Path
+
+from tally.log.record import CorruptFrame, read_frame
+
+log = logging.getLogger("tally.log")
+
+SEGMENT_SUFFIX = ".seg"
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+
+
+def segment_name(base: int) -> str:
+    return f"{base:020d}{SEGMENT_SUFFIX}"
+
+
+def list_segments(stream_dir: Path) -> list[int]:
+    """Base offsets of the stream's segments, ascending."""
+    bases = []
+    for path in stream_dir.glob("*" + SEGMENT_SUFFIX):
+        try:
+            bases.append(int(path.name.removesuffix(SEGMENT_SUFFIX)))
+        except ValueError:
+            continue
+    return sorted(bases)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def valid_prefix(data: bytes) -> tuple[int, int]:
+    """Length of the longest prefix of whole, valid frames, and their count."""
+    offset = count = 0
+    while offset < len(data):
+        try:
+            frame = read_frame(data, offset)
+        except CorruptFrame:
+            break
+        if frame is None:
+            break
+        offset = frame[1]
+        count += 1
+    return offset, count
+
+
+class StreamLocked(RuntimeError):
+    """Another process is appending to this stream."""
+
+
+class SegmentWriter:
+    """The appending end of one stream."""
+
+    def __init__(self, stream_dir: Path, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
+        self.stream_dir = stream_dir
+        self.segment_bytes = segment_bytes
+        stream_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(stream_dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(self._lock_fd)
+            raise StreamLocked(f"{stream_dir} is in use by another process") from exc
+        bases = list_segments(stream_dir)
+        if not bases:
+            self._base = 0
+            self._fd = self._create_segment(0)
+            self._size = 0
+        else:
+            self._base = bases[-1]
+            self._fd = os.open(stream_dir / segment_name(self._base), os.O_WRONLY | os.O_APPEND)
+            self._size = self._recover_tail()
+        self.failed: OSError | None = None
+
+    @property
+    def position(self) -> int:
+        """Stream offset just past the last durable record."""
+        return self._base + self._size
+
+    def _create_segment(self, base: int) -> int:
+        path = self.stream_dir / segment_name(base)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644)
+        _fsync_dir(self.stream_dir)
+        return fd
+
+    def _recover_tail(self) -> int:
+        path = self.stream_dir / segment_name(self._base)
+        data = path.read_bytes()
+        good, count = valid_prefix(data)
+        if good < len(data):
+            log.warning(
+                "log stream %s: torn or corrupt tail in %s: kept %d records (%d bytes), "
+                "truncated %d bytes at offset %d",
+                self.stream_dir.name,
+                path.name,
+                count,
+                good,
+                len(data) - good,
+                good,
+            )
+            os.truncate(path, good)
+            os.fsync(self._fd)
+        return good
+
+    def write_durable(self, data: bytes) -> int:
+        """Append whole frames and make them durable; the new stream position.
+
+        On failure the segment is cut back to its last durable length, so a
+        half-written batch never precedes later records, and the error is raised:
+        the caller answers 503 for every request of the batch (SPEC §1).
+        """
+        if self._size >= self.segment_bytes:
+            self._roll()
+        view = memoryview(data)
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(self._fd, view[written:])
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            self.failed = exc
+            self._cut_back()
+            raise
+        self.failed = None
+        self._size += len(data)
+        return self.position
+
+    def _cut_back(self) -> None:
+        try:
+            os.ftruncate(self._fd, self._size)
+            os.fdatasync(self._fd)
+        except OSError as exc:  # the disk is gone; recovery on restart will truncate
+            log.error("log stream %s: could not cut back failed write: %s",
+                      self.stream_dir.name, exc)  # fmt: skip
+
+    def _roll(self) -> None:
+        new_base = self._base + self._size
+        fd = self._create_segment(new_base)
+        os.close(self._fd)
+        self._fd, self._base, self._size = fd, new_base, 0
+
+    def close(self) -> None:
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            if exc.errno != errno.EBADF:
+                raise
+        finally:
+            os.close(self._fd)
+            os.close(self._lock_fd)

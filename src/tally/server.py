@@ -1,0 +1,193 @@
+"""``tally serve``: the supervisor, the core, and the collector processes.
+
+The supervisor process runs the core (the JSON API, later the processor and the
+dashboard) on a Unix socket in the data directory, and starts one collector
+process per worker slot on the public port (DESIGN "Embedded default"). It
+restarts a collector that dies, and on SIGTERM/SIGINT stops the collectors
+first (each answers what it owes and fsyncs its stream), then the core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
+
+import uvicorn
+
+from tally.api import Core, build_app
+from tally.catalog import Catalog, Product
+from tally.collector.worker import run_collector
+from tally.errors import Unavailable
+from tally.log.stats import LogStats
+from tally.settings import Settings
+
+log = logging.getLogger("tally.server")
+
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
+
+
+def configure_logging(settings: Settings, level: int = logging.INFO) -> None:
+    """Log to stderr and to ``tally.log`` in the data directory."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    handlers: list[logging.Handler] = [
+        logging.StreamHandler(sys.stderr),
+        logging.FileHandler(settings.data_dir / "tally.log"),
+    ]
+    logging.basicConfig(level=level, format=_LOG_FORMAT, handlers=handlers, force=True)
+
+
+@contextlib.contextmanager
+def data_dir_lock(settings: Settings) -> Iterator[None]:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(settings.data_dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise Unavailable(
+            f"another tally serve is using {settings.data_dir}", code="data_dir_in_use"
+        ) from exc
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail early and clearly when the port is taken: the collectors bind with
+    SO_REUSEPORT, which would otherwise share it with whoever holds it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise Unavailable(f"cannot listen on {host}:{port}: {exc.strerror}",
+                              code="port_unavailable") from exc  # fmt: skip
+
+
+class _CoreServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the supervisor owns signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class Started:
+    """What ``serve`` tells the person who started it."""
+
+    url: str
+    first_start: tuple[Product, str] | None
+
+
+def serve(settings: Settings, announce: Callable[[Started], None]) -> None:
+    configure_logging(settings)
+    with data_dir_lock(settings):
+        check_port(settings.host, settings.port)
+        catalog = Catalog(settings.catalog_path)
+        first_start = catalog.initialise()
+        settings.run_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            settings.core_socket.unlink()
+        core = Core(settings, catalog, LogStats(settings.log_dir))
+        try:
+            asyncio.run(_supervise(settings, core, first_start, announce))
+        finally:
+            catalog.close()
+
+
+async def _supervise(
+    settings: Settings,
+    core: Core,
+    first_start: tuple[Product, str] | None,
+    announce: Callable[[Started], None],
+) -> None:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+
+    config = uvicorn.Config(
+        build_app(core),
+        uds=str(settings.core_socket),
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+    )
+    core_server = _CoreServer(config)
+    core_task = loop.create_task(core_server.serve())
+    while not core_server.started:
+        if core_task.done():
+            core_task.result()
+        await asyncio.sleep(0.01)
+
+    context = multiprocessing.get_context("spawn")
+    level = logging.getLogger().getEffectiveLevel()
+
+    def start(index: int) -> BaseProcess:
+        process = context.Process(
+            target=run_collector, args=(index, settings, level), name=f"tally-collector-{index}"
+        )
+        process.start()
+        return process
+
+    workers = [start(i) for i in range(settings.worker_count)]
+    try:
+        await _wait_listening(settings, workers)
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
+        if ":" in host:
+            host = f"[{host}]"
+        announce(Started(f"http://{host}:{settings.port}", first_start))
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=0.5)
+            for index, process in enumerate(workers):
+                if not process.is_alive() and not stopping.is_set():
+                    log.error("collector %d exited with %s; restarting it", index,
+                              process.exitcode)  # fmt: skip
+                    workers[index] = start(index)
+        log.info("stopping: collectors first, then the core")
+    finally:
+        await _stop(workers)
+        core_server.should_exit = True
+        await core_task
+    log.info("stopped")
+
+
+async def _stop(workers: list[BaseProcess]) -> None:
+    loop = asyncio.get_running_loop()
+    for process in workers:
+        if process.is_alive() and process.pid is not None:
+            os.kill(process.pid, signal.SIGTERM)
+    for process in workers:
+        await loop.run_in_executor(None, process.join, 30)
+        if process.is_alive():
+            log.error("collector %s did not stop in 30 s; killing it", process.name)
+            process.kill()
+
+
+async def _wait_listening(settings: Settings, workers: list[BaseProcess]) -> None:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
+    for _ in range(600):
+        if any(not p.is_alive() for p in workers):
+            raise Unavailable("a collector process failed to start; see the log above")
+        try:
+            _, writer = await asyncio.open_connection(host, settings.port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return
+    raise Unavailable(f"the collectors did not start listening on {host}:{settings.port}")

@@ -1,0 +1,69 @@
+"""Settings of ``tally serve``: one table, read by the CLI and the docs test.
+
+Precedence (STYLE §4): command-line flag > ``TALLY_*`` environment variable >
+default. The resolved :class:`Settings` value is passed explicitly to whatever
+needs it; nothing reads the environment behind its back.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: object
+    help: str
+
+    @property
+    def envvar(self) -> str:
+        return "TALLY_" + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("data_dir", "./tally-data", "Directory of the log, the store and the catalog."),
+    Setting("host", "127.0.0.1", "Address to listen on (0.0.0.0 for every interface)."),
+    Setting("port", 8000, "Port for tracking, the API and the dashboard."),
+    Setting("workers", None, "Collector processes; default: the number of CPUs."),
+    Setting("timeout", 30.0, "Seconds before an idle or slow connection is closed."),
+    Setting("backlog_mib", 64, "MiB of records waiting for fsync per collector before 503."),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("./tally-data")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 0  # 0: one per CPU
+    timeout: float = 30.0
+    backlog_mib: int = 64
+    max_head_bytes: int = 16 * 1024  # SPEC §1: request line + headers
+    max_body_bytes: int = 1024 * 1024  # SPEC §1: POST body
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "log"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.data_dir / "run"
+
+    @property
+    def core_socket(self) -> Path:
+        return self.run_dir / "core.sock"
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.data_dir / "catalog.sqlite"
