@@ -79,13 +79,14 @@ class RunningServer:
             raise RuntimeError("tally serve did not start in time")
         # The first-start banner follows the "listening" line.
         if not (self.data_dir / ".started-once").exists():
-            for _ in range(6):
+            for _ in range(12):  # up to the banner's last line, the status curl
                 line = self.process.stdout.readline().decode()
                 lines.append(line)
                 if match := re.search(r"API key:\s+(\S+)", line):
                     self.api_key = match.group(1)
                 if match := re.search(r"Operator token .*:\s+(\S+)", line):
                     self.token = match.group(1)
+                if "/api/v1/status" in line:
                     break
             (self.data_dir / ".started-once").write_text("")
         self.stdout = "".join(lines)

@@ -80,7 +80,7 @@ def main() -> None:
 @main.command()
 @data_dir_option
 @_option("host")
-@_option("port", type=click.IntRange(0, 65535))
+@_option("port", type=click.IntRange(1, 65535))
 @_option("workers", type=click.IntRange(1, 256))
 @_option("timeout", type=click.FloatRange(min=0.1))
 @_option("backlog_mib", type=click.IntRange(1, 65536))

@@ -93,7 +93,7 @@ def split_request(data: bytes, *, max_head: int, max_body: int) -> tuple[RawRequ
         return None
     request = RawRequest(
         method=request_line[:first],
-        target=request_line[first + 1 : last].strip(),
+        target=request_line[first + 1 : last].lstrip(b" "),  # the rest stays verbatim
         version=request_line[last + 1 :],
         headers=headers,
         body=data[body_start:end],

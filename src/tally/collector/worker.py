@@ -103,4 +103,6 @@ def run_collector(index: int, settings: Settings, log_level: int = logging.INFO)
     )
     # Ctrl-C reaches the whole process group: the supervisor decides when to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Past a file-size limit, a write must fail (and be answered 503), not kill us.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     uvloop.run(_serve(index, settings))
