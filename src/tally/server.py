@@ -17,10 +17,10 @@ import multiprocessing
 import os
 import signal
 import socket
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 import uvicorn
 
@@ -29,22 +29,10 @@ from tally.catalog import Catalog, Product
 from tally.collector.worker import run_collector
 from tally.errors import Unavailable
 from tally.log.stats import LogStats
+from tally.serverlog import configure_logging
 from tally.settings import Settings
 
 log = logging.getLogger("tally.server")
-
-_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
-
-
-def configure_logging(settings: Settings, level: int = logging.INFO) -> None:
-    """Log to stderr and to ``tally.log`` in the data directory."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    handlers: list[logging.Handler] = [
-        logging.StreamHandler(sys.stderr),
-        logging.FileHandler(settings.data_dir / "tally.log"),
-    ]
-    logging.basicConfig(level=level, format=_LOG_FORMAT, handlers=handlers, force=True)
-
 
 @contextlib.contextmanager
 def data_dir_lock(settings: Settings) -> Iterator[None]:
@@ -136,16 +124,21 @@ async def _supervise(
     context = multiprocessing.get_context("spawn")
     level = logging.getLogger().getEffectiveLevel()
 
+    ready = [context.Event() for _ in range(settings.worker_count)]
+
     def start(index: int) -> BaseProcess:
+        ready[index].clear()
         process = context.Process(
-            target=run_collector, args=(index, settings, level), name=f"tally-collector-{index}"
+            target=run_collector,
+            args=(index, settings, level, ready[index]),
+            name=f"tally-collector-{index}",
         )
         process.start()
         return process
 
     workers = [start(i) for i in range(settings.worker_count)]
     try:
-        await _wait_listening(settings, workers)
+        await _wait_ready(workers, ready)
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
         if ":" in host:
             host = f"[{host}]"
@@ -178,16 +171,14 @@ async def _stop(workers: list[BaseProcess]) -> None:
             process.kill()
 
 
-async def _wait_listening(settings: Settings, workers: list[BaseProcess]) -> None:
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
-    for _ in range(600):
-        if any(not p.is_alive() for p in workers):
-            raise Unavailable("a collector process failed to start; see the log above")
-        try:
-            _, writer = await asyncio.open_connection(host, settings.port)
-        except OSError:
-            await asyncio.sleep(0.05)
-            continue
-        writer.close()
-        return
-    raise Unavailable(f"the collectors did not start listening on {host}:{settings.port}")
+async def _wait_ready(workers: list[BaseProcess], ready: list[Any]) -> None:
+    """Until every collector has recovered its stream and listens."""
+    loop = asyncio.get_running_loop()
+    for process, event in zip(workers, ready, strict=True):
+        for _ in range(600):
+            if await loop.run_in_executor(None, event.wait, 0.1):
+                break
+            if not process.is_alive():
+                raise Unavailable("a collector process failed to start; see the log above")
+        else:
+            raise Unavailable("the collectors did not start in 60 s")

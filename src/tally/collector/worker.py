@@ -7,12 +7,14 @@ import logging
 import signal
 import socket
 from pathlib import Path
+from typing import Any
 
 import uvloop
 
 from tally.collector.commit import GroupCommit
 from tally.collector.protocol import TrackingProtocol
 from tally.log.writer import SegmentWriter
+from tally.serverlog import configure_logging
 from tally.settings import Settings
 
 log = logging.getLogger("tally.collector")
@@ -77,7 +79,7 @@ class Worker:
         self.commit.close()
 
 
-async def _serve(index: int, settings: Settings) -> None:
+async def _serve(index: int, settings: Settings, ready: Any) -> None:
     loop = asyncio.get_running_loop()
     writer = SegmentWriter(settings.log_dir / stream_name(index))
     worker = Worker(loop, settings, writer, settings.core_socket)
@@ -87,6 +89,7 @@ async def _serve(index: int, settings: Settings) -> None:
     stopping = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     sweeper = loop.create_task(worker.sweep())
+    ready.set()
     log.info("collector %d listening on %s:%d", index, settings.host, settings.port)
     await stopping.wait()
     server.close()
@@ -96,13 +99,11 @@ async def _serve(index: int, settings: Settings) -> None:
              writer.position)  # fmt: skip
 
 
-def run_collector(index: int, settings: Settings, log_level: int = logging.INFO) -> None:
-    """Entry point of a collector process."""
-    logging.basicConfig(
-        level=log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
-    )
+def run_collector(index: int, settings: Settings, log_level: int, ready: Any) -> None:
+    """Entry point of a collector process; sets ``ready`` once it listens."""
+    configure_logging(settings, log_level)
     # Ctrl-C reaches the whole process group: the supervisor decides when to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Past a file-size limit, a write must fail (and be answered 503), not kill us.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    uvloop.run(_serve(index, settings))
+    uvloop.run(_serve(index, settings, ready))

@@ -13,6 +13,7 @@ that covers them, which is what lets the collector answer 200 (SPEC §1).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -92,6 +93,7 @@ class SegmentWriter:
             self._fd = os.open(stream_dir / segment_name(self._base), os.O_WRONLY | os.O_APPEND)
             self._size = self._recover_tail()
         self.failed: OSError | None = None
+        self._broken: OSError | None = None
 
     @property
     def position(self) -> int:
@@ -109,18 +111,25 @@ class SegmentWriter:
         data = path.read_bytes()
         good, count = valid_prefix(data)
         if good < len(data):
+            # A crash can only tear the last, unsynced batch; but damage that
+            # a disk did elsewhere in this segment would look the same, so the
+            # cut bytes are kept beside it for an operator, never just dropped.
+            aside = path.with_name(f"{path.name}.cut-at-{good}")
+            aside.write_bytes(data[good:])
             log.warning(
                 "log stream %s: torn or corrupt tail in %s: kept %d records (%d bytes), "
-                "truncated %d bytes at offset %d",
+                "truncated %d bytes at offset %d (saved to %s)",
                 self.stream_dir.name,
                 path.name,
                 count,
                 good,
                 len(data) - good,
                 good,
+                aside.name,
             )
             os.truncate(path, good)
             os.fsync(self._fd)
+            _fsync_dir(self.stream_dir)
         return good
 
     def write_durable(self, data: bytes) -> int:
@@ -130,6 +139,8 @@ class SegmentWriter:
         half-written batch never precedes later records, and the error is raised:
         the caller answers 503 for every request of the batch (SPEC §1).
         """
+        if self._broken is not None:
+            raise OSError(self._broken.errno, f"log stream unusable until restart: {self._broken}")
         if self._size >= self.segment_bytes:
             self._roll()
         view = memoryview(data)
@@ -150,9 +161,12 @@ class SegmentWriter:
         try:
             os.ftruncate(self._fd, self._size)
             os.fdatasync(self._fd)
-        except OSError as exc:  # the disk is gone; recovery on restart will truncate
-            log.error("log stream %s: could not cut back failed write: %s",
-                      self.stream_dir.name, exc)  # fmt: skip
+        except OSError as exc:
+            # Later records must not follow a half-written batch: refuse every
+            # write (503) until a restart recovers the tail.
+            self._broken = exc
+            log.error("log stream %s: could not cut back a failed write, refusing writes "
+                      "until restart: %s", self.stream_dir.name, exc)  # fmt: skip
 
     def _roll(self) -> None:
         new_base = self._base + self._size
@@ -167,5 +181,6 @@ class SegmentWriter:
             if exc.errno != errno.EBADF:
                 raise
         finally:
-            os.close(self._fd)
-            os.close(self._lock_fd)
+            for fd in (self._fd, self._lock_fd):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
