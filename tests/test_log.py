@@ -235,6 +235,9 @@ def test_the_reader_stops_at_an_unfinished_last_frame(tmp_path: Path) -> None:
     assert LogReader(tmp_path).count(STREAM) == (5, position)
 
     append(last, frame[20:])
+    # Whole now, but no writer has said it is durable: readers do not see it yet.
+    assert read_all(tmp_path) == written
+    SegmentWriter(stream_dir).close()  # a writer that opens the stream vouches for it
     assert read_all(tmp_path) == [*written, record(5)]
 
 

@@ -26,9 +26,10 @@ import uvicorn
 
 from tally.api import Core, build_app
 from tally.catalog import Catalog, Product
-from tally.collector.worker import run_collector
+from tally.collector.worker import run_collector, stream_name
 from tally.errors import Unavailable
 from tally.log.stats import LogStats
+from tally.log.writer import SegmentWriter, StreamLocked
 from tally.serverlog import configure_logging
 from tally.settings import Settings
 
@@ -64,6 +65,21 @@ def check_port(host: str, port: int) -> None:
                               code="port_unavailable") from exc  # fmt: skip
 
 
+def recover_idle_streams(settings: Settings) -> None:
+    """Recover the streams no collector will open (fewer workers than before,
+    the operator stream), so that a torn tail is cut and readers are told how
+    far each is durable."""
+    own = {stream_name(i) for i in range(settings.worker_count)}
+    if not settings.log_dir.is_dir():
+        return
+    for stream_dir in sorted(settings.log_dir.iterdir()):
+        if stream_dir.is_dir() and stream_dir.name not in own:
+            try:
+                SegmentWriter(stream_dir).close()
+            except StreamLocked:  # a CLI command is appending to it right now
+                log.info("log stream %s is in use; its writer recovers it", stream_dir.name)
+
+
 class _CoreServer(uvicorn.Server):
     """uvicorn without its own signal handling: the supervisor owns signals."""
 
@@ -84,6 +100,7 @@ def serve(settings: Settings, announce: Callable[[Started], None]) -> None:
     configure_logging(settings)
     with data_dir_lock(settings):
         check_port(settings.host, settings.port)
+        recover_idle_streams(settings)
         catalog = Catalog(settings.catalog_path)
         first_start = catalog.initialise()
         settings.run_dir.mkdir(parents=True, exist_ok=True)

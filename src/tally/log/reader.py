@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tally.log.record import CorruptFrame, Record, read_frame
-from tally.log.writer import SEGMENT_SUFFIX, list_segments, segment_name
+from tally.log.writer import SEGMENT_SUFFIX, durable_position, list_segments, segment_name
 
 _CHUNK = 4 * 1024 * 1024
 
@@ -53,8 +53,20 @@ class LogReader:
         return bases[-1] + (self.log_dir / stream / segment_name(bases[-1])).stat().st_size
 
     def read(self, stream: str, position: int = 0) -> Iterator[Entry]:
-        """Every whole record of ``stream`` at or after ``position``."""
+        """Every durable record of ``stream`` at or after ``position``."""
         stream_dir = self.log_dir / stream
+        end = durable_position(stream_dir)
+        for entry in self._read_all(stream, stream_dir, position):
+            if end is not None and entry.next_position > end:
+                return
+            yield entry
+
+    def durable(self, stream: str) -> int:
+        """Stream offset up to which its records are durable."""
+        end = durable_position(self.log_dir / stream)
+        return self.size(stream) if end is None else min(end, self.size(stream))
+
+    def _read_all(self, stream: str, stream_dir: Path, position: int) -> Iterator[Entry]:
         bases = list_segments(stream_dir)
         for index, base in enumerate(bases):
             end = bases[index + 1] if index + 1 < len(bases) else None

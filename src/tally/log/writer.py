@@ -18,6 +18,7 @@ import errno
 import fcntl
 import logging
 import os
+import struct
 from pathlib import Path
 
 from tally.log.record import CorruptFrame, read_frame
@@ -25,6 +26,13 @@ from tally.log.record import CorruptFrame, read_frame
 log = logging.getLogger("tally.log")
 
 SEGMENT_SUFFIX = ".seg"
+#: The stream position up to which records are durable, as 8 little-endian
+#: bytes, rewritten after every sync (not itself synced: after a crash it can
+#: only lag, and the writer rewrites it when it recovers the stream). Readers
+#: stop there, so they never apply a record whose write may yet fail and be cut
+#: back, nor one a power loss could take away.
+DURABLE_FILE = "DURABLE"
+_POSITION = struct.Struct("<Q")
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 
 
@@ -49,6 +57,19 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def durable_position(stream_dir: Path) -> int | None:
+    """Where the stream's writer last said its records are durable; ``None``
+    when no writer has said (the reader then trusts the whole stream)."""
+    try:
+        data = (stream_dir / DURABLE_FILE).read_bytes()
+    except FileNotFoundError:
+        return None
+    if len(data) < _POSITION.size:
+        return None
+    position: int = _POSITION.unpack_from(data)[0]
+    return position
 
 
 def valid_prefix(data: bytes) -> tuple[int, int]:
@@ -83,6 +104,7 @@ class SegmentWriter:
         except BlockingIOError as exc:
             os.close(self._lock_fd)
             raise StreamLocked(f"{stream_dir} is in use by another process") from exc
+        self._durable_fd = os.open(stream_dir / DURABLE_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         bases = list_segments(stream_dir)
         if not bases:
             self._base = 0
@@ -94,6 +116,7 @@ class SegmentWriter:
             self._size = self._recover_tail()
         self.failed: OSError | None = None
         self._broken: OSError | None = None
+        self._publish()
 
     @property
     def position(self) -> int:
@@ -155,7 +178,12 @@ class SegmentWriter:
             raise
         self.failed = None
         self._size += len(data)
+        self._publish()
         return self.position
+
+    def _publish(self) -> None:
+        """Tell readers how far the stream is durable (see ``DURABLE_FILE``)."""
+        os.pwrite(self._durable_fd, _POSITION.pack(self.position), 0)
 
     def _cut_back(self) -> None:
         try:
@@ -181,6 +209,6 @@ class SegmentWriter:
             if exc.errno != errno.EBADF:
                 raise
         finally:
-            for fd in (self._fd, self._lock_fd):
+            for fd in (self._fd, self._durable_fd, self._lock_fd):
                 with contextlib.suppress(OSError):
                     os.close(fd)
