@@ -1,11 +1,16 @@
 """The JSON API under ``/api/v1/`` (operator token required).
 
 Every error leaves as ``{"error": {"code", "message", "field"?}}`` with the
-status of its class in :mod:`tally.errors`.
+status of its class in :mod:`tally.errors`. Handlers are thin: each calls the
+view function that the CLI calls too, on its own DuckDB cursor, in a thread.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,11 +21,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tally import __version__
 from tally.catalog import Catalog
-from tally.errors import TallyError, Unauthorized
+from tally.errors import InvalidInput, TallyError, Unauthorized
+from tally.log.reader import LogReader
 from tally.log.stats import LogStats
+from tally.processor import Processor
 from tally.settings import Settings
+from tally.views.common import require_product
+from tally.views.events import events_view
+from tally.views.person import person_view
+from tally.views.rejects import rejects_view
+from tally.views.status import status_view
 
 
 @dataclass
@@ -30,36 +41,130 @@ class Core:
     settings: Settings
     catalog: Catalog
     log_stats: LogStats
+    processor: Processor
+    #: SHA-256 of the token in ``run/cli.token``, which lets the local CLI in.
+    local_token_hash: str = ""
+
+    @property
+    def reader(self) -> LogReader:
+        return self.processor.reader
+
+    def processor_state(self) -> dict[str, Any]:
+        progress = self.processor.progress
+        return {
+            "error": repr(self.processor.error) if self.processor.error else None,
+            "batches": progress.batches,
+            "records": progress.records,
+            "applied": progress.applied,
+            "duplicates": progress.duplicates,
+            "rejected": dict(progress.rejected),
+            "last_batch_seconds": round(progress.last_batch_seconds, 4),
+        }
 
 
-def _authorise(request: Request) -> None:
+def _authorise(request: Request) -> Core:
     core: Core = request.app.state.core
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         raise Unauthorized("send an operator token: Authorization: Bearer TOKEN")
-    if not core.catalog.verify_token(token.strip()):
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    if core.local_token_hash and hmac.compare_digest(digest, core.local_token_hash):
+        return core
+    if not core.catalog.verify_token(token):
         raise Unauthorized("that operator token is not valid", code="invalid_token")
+    return core
 
 
-def status_document(core: Core) -> dict[str, Any]:
-    streams = core.log_stats.refresh()
-    return {
-        "version": __version__,
-        "log": {
-            "records": sum(s.records for s in streams),
-            "bytes": sum(s.bytes for s in streams),
-            "streams": len(streams),
-            "per_stream": [
-                {"name": s.name, "records": s.records, "bytes": s.bytes} for s in streams
-            ],
-        },
-    }
+def _product(core: Core, request: Request) -> str:
+    product: str = request.path_params["product"]
+    require_product({p.name for p in core.catalog.products()}, product)
+    return product
+
+
+async def _in_thread(
+    core: Core, view: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any
+) -> Response:
+    def run() -> dict[str, Any]:
+        cursor = core.processor.store.cursor()
+        try:
+            return view(cursor, *args, **kwargs)
+        finally:
+            cursor.close()
+
+    return JSONResponse(await run_in_threadpool(run))
 
 
 async def status(request: Request) -> Response:
-    _authorise(request)
-    return JSONResponse(await run_in_threadpool(status_document, request.app.state.core))
+    core = _authorise(request)
+    return await _in_thread(core, status_view, core.log_stats, core.reader, core.processor_state())
+
+
+async def person(request: Request) -> Response:
+    core = _authorise(request)
+    q = request.query_params
+    return await _in_thread(
+        core,
+        person_view,
+        _product(core, request),
+        request.path_params["identity"],
+        page=q.get("page"),
+        page_size=q.get("page_size"),
+    )
+
+
+async def events(request: Request) -> Response:
+    core = _authorise(request)
+    q = request.query_params
+    return await _in_thread(
+        core,
+        events_view,
+        _product(core, request),
+        event=q.get("event"),
+        identity=q.get("identity"),
+        time_from=q.get("from"),
+        time_to=q.get("to"),
+        page=q.get("page"),
+        page_size=q.get("page_size"),
+    )
+
+
+async def rejects(request: Request) -> Response:
+    core = _authorise(request)
+    q = request.query_params
+    return await _in_thread(
+        core,
+        rejects_view,
+        _product(core, request),
+        reason=q.get("reason"),
+        page=q.get("page"),
+        page_size=q.get("page_size"),
+    )
+
+
+async def replay(request: Request) -> Response:
+    core = _authorise(request)
+    product = _product(core, request)
+    body = await _json_body(request)
+    reason = body.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise InvalidInput("reason is a reject reason code", field="reason")
+    result = await run_in_threadpool(core.processor.replay, product, reason)
+    return JSONResponse(result)
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidInput(f"the body is not JSON: {exc}", field="body") from exc
+    if not isinstance(body, dict):
+        raise InvalidInput("the body is a JSON object", field="body")
+    return body
 
 
 async def _tally_error(request: Request, exc: Exception) -> Response:
@@ -79,8 +184,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def build_app(core: Core) -> Starlette:
+    products = "/api/v1/products/{product}"
     app = Starlette(
-        routes=[Route("/api/v1/status", status)],
+        routes=[
+            Route("/api/v1/status", status),
+            Route(products + "/people/{identity:path}", person),
+            Route(products + "/events", events),
+            Route(products + "/rejects", rejects),
+            Route(products + "/rejects/replay", replay, methods=["POST"]),
+        ],
         exception_handlers={TallyError: _tally_error, HTTPException: _http_error},
     )
     app.state.core = core

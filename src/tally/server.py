@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import logging
 import multiprocessing
 import os
+import secrets
 import signal
 import socket
 from collections.abc import Callable, Iterator
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+import duckdb
 import uvicorn
 
 from tally.api import Core, build_app
@@ -30,10 +33,13 @@ from tally.collector.worker import run_collector, stream_name
 from tally.errors import Unavailable
 from tally.log.stats import LogStats
 from tally.log.writer import SegmentWriter, StreamLocked
+from tally.processor import Processor
 from tally.serverlog import configure_logging
 from tally.settings import Settings
+from tally.store import Store
 
 log = logging.getLogger("tally.server")
+
 
 @contextlib.contextmanager
 def data_dir_lock(settings: Settings) -> Iterator[None]:
@@ -61,8 +67,9 @@ def check_port(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise Unavailable(f"cannot listen on {host}:{port}: {exc.strerror}",
-                              code="port_unavailable") from exc  # fmt: skip
+            raise Unavailable(
+                f"cannot listen on {host}:{port}: {exc.strerror}", code="port_unavailable"
+            ) from exc
 
 
 def recover_idle_streams(settings: Settings) -> None:
@@ -106,11 +113,44 @@ def serve(settings: Settings, announce: Callable[[Started], None]) -> None:
         settings.run_dir.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             settings.core_socket.unlink()
-        core = Core(settings, catalog, LogStats(settings.log_dir))
+        store = open_store(settings)
+        processor = Processor(settings, store)
+        core = Core(
+            settings,
+            catalog,
+            LogStats(settings.log_dir),
+            processor,
+            local_token_hash=write_local_token(settings),
+        )
+        processor.start()
         try:
             asyncio.run(_supervise(settings, core, first_start, announce))
         finally:
+            processor.stop()
+            store.close()
             catalog.close()
+            with contextlib.suppress(FileNotFoundError):
+                settings.local_token_path.unlink()
+
+
+def open_store(settings: Settings, *, read_only: bool = False) -> Store:
+    try:
+        return Store(settings.store_path, read_only=read_only)
+    except duckdb.IOException as exc:
+        raise Unavailable(
+            f"cannot open the store {settings.store_path}: {exc}", code="store_unavailable"
+        ) from exc
+
+
+def write_local_token(settings: Settings) -> str:
+    """A token for the local CLI, readable only by whoever can read the data
+    directory; its hash lets the CLI in for as long as this server runs."""
+    token = secrets.token_urlsafe(32)
+    path = settings.local_token_path
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 async def _supervise(
@@ -165,8 +205,7 @@ async def _supervise(
                 await asyncio.wait_for(stopping.wait(), timeout=0.5)
             for index, process in enumerate(workers):
                 if not process.is_alive() and not stopping.is_set():
-                    log.error("collector %d exited with %s; restarting it", index,
-                              process.exitcode)  # fmt: skip
+                    log.error("collector %d exited with %s; restarting it", index, process.exitcode)
                     workers[index] = start(index)
         log.info("stopping: collectors first, then the core")
     finally:

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tally.beacon import DEFAULT_BLOCKED
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -34,6 +36,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("workers", None, "Collector processes; default: the number of CPUs."),
     Setting("timeout", 30.0, "Seconds before an idle or slow connection is closed."),
     Setting("backlog_mib", 64, "MiB of records waiting for fsync per collector before 503."),
+    Setting(
+        "blocked_identities",
+        ",".join(sorted(DEFAULT_BLOCKED)),
+        "Comma-separated identities that are never a person (compared case-insensitively).",
+    ),
+    Setting(
+        "max_identities_per_person",
+        1000,
+        "An alias that would give a person more identities than this is rejected.",
+    ),
 )
 
 
@@ -45,6 +57,8 @@ class Settings:
     workers: int = 0  # 0: one per CPU
     timeout: float = 30.0
     backlog_mib: int = 64
+    blocked_identities: frozenset[str] = DEFAULT_BLOCKED
+    max_identities_per_person: int = 1000
     max_head_bytes: int = 16 * 1024  # SPEC §1: request line + headers
     max_body_bytes: int = 1024 * 1024  # SPEC §1: POST body
 
@@ -67,3 +81,11 @@ class Settings:
     @property
     def catalog_path(self) -> Path:
         return self.data_dir / "catalog.sqlite"
+
+    @property
+    def local_token_path(self) -> Path:
+        return self.run_dir / "cli.token"
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "store.duckdb"

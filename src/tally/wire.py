@@ -20,6 +20,21 @@ FORWARDED_IP = "_ip"
 FORWARDED_USER_AGENT = "_ua"
 SERVER_TIMESTAMP = "_server_timestamp"
 ALIAS_IN_EXPORT = "_p2"
+#: Every parameter whose name starts with this is reserved, never a property.
+RESERVED_PREFIX = "_"
+#: The reserved parameters that a record keeps as metadata beside its meaning.
+METADATA = (
+    CLIENT_TYPE,
+    SDK_USER_AGENT,
+    FORWARDED_IP,
+    FORWARDED_USER_AGENT,
+    SERVER_TIMESTAMP,
+    ALIAS_IN_EXPORT,
+)
+#: The value of ``_d`` that makes ``_t`` the event time.
+EVENT_TIME_GIVEN = "1"
+#: The media type of a POST body that holds parameters (any ``charset=``).
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
 EVENT_PATH = "/e"
 SET_PATH = "/s"

@@ -2,66 +2,27 @@
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
-from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
 from urllib.parse import quote
 
 import click
 
 from tally import __version__
 from tally.catalog import Catalog
-from tally.errors import TallyError
-from tally.settings import SETTINGS, Settings
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-_DEFAULTS = {s.name: s for s in SETTINGS}
-
-
-def _option(name: str, **kwargs: Any) -> Callable[[F], F]:
-    setting = _DEFAULTS[name]
-    return click.option(
-        setting.flag,
-        name,
-        envvar=setting.envvar,
-        default=setting.default,
-        show_default=setting.default is not None,
-        show_envvar=True,
-        help=setting.help,
-        **kwargs,
-    )
-
-
-data_dir_option = _option("data_dir", type=click.Path(file_okay=False, path_type=Path))
-
-
-def _errors_to_exit(func: F) -> F:
-    """A TallyError becomes one line on stderr and exit status 1 (never a traceback)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except TallyError as exc:
-            click.echo(f"error: {exc.message}", err=True)
-            sys.exit(1)
-
-    return wrapper  # type: ignore[return-value]
+from tally.cli.options import (
+    blocked_set,
+    data_dir_option,
+    errors_to_exit,
+    pipeline_options,
+    setting_option,
+    show_time,
+)
+from tally.settings import Settings
 
 
 def _catalog(data_dir: Path) -> Catalog:
     return Catalog(Settings(data_dir=data_dir).catalog_path)
-
-
-def _time(ns: int | None) -> str:
-    if ns is None:
-        return "-"
-    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -79,14 +40,22 @@ def main() -> None:
 
 @main.command()
 @data_dir_option
-@_option("host")
-@_option("port", type=click.IntRange(1, 65535))
-@_option("workers", type=click.IntRange(1, 256))
-@_option("timeout", type=click.FloatRange(min=0.1))
-@_option("backlog_mib", type=click.IntRange(1, 65536))
-@_errors_to_exit
+@setting_option("host")
+@setting_option("port", type=click.IntRange(1, 65535))
+@setting_option("workers", type=click.IntRange(1, 256))
+@setting_option("timeout", type=click.FloatRange(min=0.1))
+@setting_option("backlog_mib", type=click.IntRange(1, 65536))
+@pipeline_options
+@errors_to_exit
 def serve(
-    data_dir: Path, host: str, port: int, workers: int | None, timeout: float, backlog_mib: int
+    data_dir: Path,
+    host: str,
+    port: int,
+    workers: int | None,
+    timeout: float,
+    backlog_mib: int,
+    blocked_identities: str,
+    max_identities_per_person: int,
 ) -> None:
     """Run Tally: tracking endpoints, the JSON API and the log, on one port.
 
@@ -98,9 +67,15 @@ def serve(
     from tally.server import serve as run
 
     settings = Settings(
-        data_dir=data_dir, host=host, port=port, workers=workers or 0,
-        timeout=timeout, backlog_mib=backlog_mib,
-    )  # fmt: skip
+        data_dir=data_dir,
+        host=host,
+        port=port,
+        workers=workers or 0,
+        timeout=timeout,
+        backlog_mib=backlog_mib,
+        blocked_identities=blocked_set(blocked_identities),
+        max_identities_per_person=max_identities_per_person,
+    )
 
     def announce(started: Started) -> None:
         click.echo(f"Tally {__version__} listening on {started.url} (data in {data_dir})")
@@ -132,7 +107,7 @@ def products() -> None:
 @click.option("--timezone", default="UTC", show_default=True,
               help="IANA time zone that reports use to cut days.")  # fmt: skip
 @data_dir_option
-@_errors_to_exit
+@errors_to_exit
 def products_create(name: str, key: str | None, timezone: str, data_dir: Path) -> None:
     """Create product NAME and print its API key."""
     product = _catalog(data_dir).create_product(name, key=key, timezone=timezone)
@@ -143,7 +118,7 @@ def products_create(name: str, key: str | None, timezone: str, data_dir: Path) -
 @products.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @data_dir_option
-@_errors_to_exit
+@errors_to_exit
 def products_list(as_json: bool, data_dir: Path) -> None:
     """List products with their keys."""
     items = _catalog(data_dir).products()
@@ -160,7 +135,7 @@ def products_list(as_json: bool, data_dir: Path) -> None:
     click.echo(f"{'PRODUCT':<20} {'TIME ZONE':<20} {'API KEY':<42} STATUS")
     for p in items:
         for k in p.keys:
-            state = f"revoked {_time(k.revoked_ns)}" if k.revoked_ns else "active"
+            state = f"revoked {show_time(k.revoked_ns)}" if k.revoked_ns else "active"
             click.echo(f"{p.name:<20} {p.timezone:<20} {k.key:<42} {state}")
 
 
@@ -173,7 +148,7 @@ def keys() -> None:
 @click.argument("product")
 @click.option("--key", help="Use this key instead of a generated one.")
 @data_dir_option
-@_errors_to_exit
+@errors_to_exit
 def keys_add(product: str, key: str | None, data_dir: Path) -> None:
     """Add an API key to PRODUCT and print it."""
     added = _catalog(data_dir).add_key(product, key=key)
@@ -183,11 +158,11 @@ def keys_add(product: str, key: str | None, data_dir: Path) -> None:
 @keys.command("revoke")
 @click.argument("key")
 @data_dir_option
-@_errors_to_exit
+@errors_to_exit
 def keys_revoke(key: str, data_dir: Path) -> None:
     """Revoke KEY: tracking calls received after now with it are rejected."""
     revoked = _catalog(data_dir).revoke_key(key)
-    click.echo(f"Revoked key of product '{revoked.product}' at {_time(revoked.revoked_ns)}")
+    click.echo(f"Revoked key of product '{revoked.product}' at {show_time(revoked.revoked_ns)}")
 
 
 @main.group()
@@ -198,7 +173,16 @@ def tokens() -> None:
 @tokens.command("create")
 @click.option("--name", default="operator", show_default=True, help="A label for the token.")
 @data_dir_option
-@_errors_to_exit
+@errors_to_exit
 def tokens_create(name: str, data_dir: Path) -> None:
     """Create an operator token and print it once (only its hash is stored)."""
     click.echo(_catalog(data_dir).create_token(name))
+
+
+# -- the rest lives beside this module ----------------------------------------------------
+
+from tally.cli.inspect import events, person, rejects, status  # noqa: E402
+from tally.cli.maintenance import alias, rebuild  # noqa: E402
+
+for _command in (status, person, events, rejects, rebuild, alias):
+    main.add_command(_command)

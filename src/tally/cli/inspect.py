@@ -1,0 +1,341 @@
+"""Looking at the data: status, person, events, rejects (and replaying them)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import duckdb
+
+from tally import local
+from tally.catalog import Catalog
+from tally.cli.options import (
+    blocked_set,
+    data_dir_option,
+    echo_json,
+    echo_table,
+    errors_to_exit,
+    json_option,
+    pipeline_options,
+    product_option,
+)
+from tally.errors import Unavailable
+from tally.log.reader import LogReader
+from tally.log.stats import LogStats
+from tally.settings import Settings
+from tally.store import Store
+from tally.views.events import events_view
+from tally.views.person import person_view
+from tally.views.rejects import rejects_view
+from tally.views.status import status_view
+
+
+def _fetch(
+    settings: Settings,
+    api_path: str,
+    params: dict[str, Any],
+    view: Callable[[duckdb.DuckDBPyConnection], dict[str, Any]],
+) -> dict[str, Any]:
+    """Ask the running server, or read the store directly when none runs."""
+    if local.server_running(settings):
+        answer: dict[str, Any] = local.request(settings, "GET", api_path, params)
+        return answer
+    if not settings.store_path.exists():
+        raise Unavailable(f"no store in {settings.data_dir} yet: start `tally serve` first")
+    try:
+        store = Store(settings.store_path, read_only=True)
+    except duckdb.Error as exc:
+        raise Unavailable(f"cannot open the store: {exc}") from exc
+    try:
+        return view(store.cursor())
+    finally:
+        store.close()
+
+
+@click.command()
+@data_dir_option
+@json_option
+@errors_to_exit
+def status(data_dir: Path, as_json: bool) -> None:
+    """How the pipeline keeps up: the log, the processor's lag, the store's counts."""
+    settings = Settings(data_dir=data_dir)
+    log_dir = settings.log_dir
+    doc = _fetch(
+        settings,
+        "/api/v1/status",
+        {},
+        lambda con: status_view(con, LogStats(log_dir), LogReader(log_dir)),
+    )
+    if as_json:
+        echo_json(doc)
+        return
+    log_part, pipeline, store = doc["log"], doc["pipeline"], doc["store"]
+    click.echo(f"Tally {doc['version']}")
+    click.echo(
+        f"Log:    {log_part['records']:,} records, {log_part['bytes']:,} bytes, "
+        f"{log_part['streams']} streams"
+    )
+    click.echo(f"Lag:    {pipeline['lag_records']:,} records, {pipeline['lag_seconds']} s")
+    click.echo(
+        f"Store:  {store['events']:,} events, {store['people']:,} people, "
+        f"{store['property_values']:,} property values, {store['aliases']:,} aliases"
+    )
+    click.echo(
+        f"        {store['duplicates']:,} duplicates absorbed, {store['rejected']:,} "
+        f"rejected, {store['properties_dropped']:,} properties dropped"
+    )
+    if store["rejects"]:
+        click.echo("Rejects by reason:")
+        echo_table(["reason", "records"], sorted(store["rejects"].items()))
+    click.echo("Streams:")
+    echo_table(
+        ["stream", "log position", "applied", "lag records", "lag seconds"],
+        [
+            (
+                s["name"],
+                s["log_position"],
+                s["applied_position"],
+                s["lag_records"],
+                s["lag_seconds"],
+            )
+            for s in pipeline["streams"]
+        ],
+    )
+    processor = pipeline.get("processor")
+    if processor and processor.get("error"):
+        click.echo(f"Processor error: {processor['error']}")
+
+
+@click.command()
+@click.argument("identity")
+@product_option
+@click.option("--page", default=1, show_default=True, help="Page of the event timeline.")
+@click.option("--page-size", default=20, show_default=True, help="Events per page.")
+@data_dir_option
+@json_option
+@errors_to_exit
+def person(
+    identity: str, product: str, page: int, page_size: int, data_dir: Path, as_json: bool
+) -> None:
+    """One person: identities, properties with their history, why, and events.
+
+    IDENTITY is any identity of the person (as sent in _p or aliased with /a).
+    """
+    settings = Settings(data_dir=data_dir)
+    doc = _fetch(
+        settings,
+        local.product_path(product, "people", identity),
+        {"page": page, "page_size": page_size},
+        lambda con: person_view(con, product, identity, page=page, page_size=page_size),
+    )
+    if as_json:
+        echo_json(doc)
+        return
+    click.echo(f"Person {doc['person']} in {doc['product']}")
+    click.echo(f"Identities: {', '.join(doc['identities'])}")
+    for explanation in doc["aliases"]["explanations"]:
+        steps = "; ".join(f"{e['a']} ~ {e['b']} at {e['time']}" for e in explanation["path"])
+        click.echo(f"  {doc['identity']} ~ {explanation['identity']}: {steps}")
+    click.echo("\nProperties:")
+    echo_table(
+        ["name", "value", "first value", "first time", "last time", "values"],
+        [
+            (p["name"], p["value"], p["first_value"], p["first_time"], p["last_time"], p["values"])
+            for p in doc["properties"]
+        ],
+        empty="  (none)",
+    )
+    events = doc["events"]
+    click.echo(f"\nEvents ({events['total']:,}, newest first, page {events['page']}):")
+    echo_table(
+        ["time", "event", "identity", "properties"],
+        [
+            (
+                e["time"],
+                e["event"],
+                e["identity"],
+                ", ".join(f"{k}={v}" for k, v in e["properties"].items()),
+            )
+            for e in events["items"]
+        ],
+        empty="  (none)",
+    )
+
+
+@click.command()
+@product_option
+@click.option("--event", "-e", help="Only this event (any spelling of its name).")
+@click.option("--identity", "-i", help="Only this person (any of their identities).")
+@click.option("--from", "time_from", help="From this ISO date or time (UTC), inclusive.")
+@click.option("--to", "time_to", help="Until this ISO date or time (UTC), exclusive.")
+@click.option("--page", default=1, show_default=True)
+@click.option("--page-size", default=50, show_default=True)
+@data_dir_option
+@json_option
+@errors_to_exit
+def events(
+    product: str,
+    event: str | None,
+    identity: str | None,
+    time_from: str | None,
+    time_to: str | None,
+    page: int,
+    page_size: int,
+    data_dir: Path,
+    as_json: bool,
+) -> None:
+    """Events of a product, newest first."""
+    settings = Settings(data_dir=data_dir)
+    params = {
+        "event": event,
+        "identity": identity,
+        "from": time_from,
+        "to": time_to,
+        "page": page,
+        "page_size": page_size,
+    }
+    doc = _fetch(
+        settings,
+        local.product_path(product, "events"),
+        params,
+        lambda con: events_view(
+            con,
+            product,
+            event=event,
+            identity=identity,
+            time_from=time_from,
+            time_to=time_to,
+            page=page,
+            page_size=page_size,
+        ),
+    )
+    if as_json:
+        echo_json(doc)
+        return
+    echo_table(
+        ["time", "event", "person", "identity", "properties"],
+        [
+            (
+                e["time"],
+                e["event"],
+                e["person"],
+                e["identity"],
+                ", ".join(f"{k}={v}" for k, v in e["properties"].items()),
+            )
+            for e in doc["items"]
+        ],
+        empty="No events.",
+    )
+    click.echo(f"({len(doc['items'])} of {doc['total']:,}, page {doc['page']})")
+
+
+@click.group(invoke_without_command=True)
+@product_option
+@click.option("--reason", "-r", help="Only this reason code (e.g. unknown_key).")
+@click.option("--page", default=1, show_default=True)
+@click.option("--page-size", default=50, show_default=True)
+@data_dir_option
+@json_option
+@click.pass_context
+@errors_to_exit
+def rejects(
+    ctx: click.Context,
+    product: str,
+    reason: str | None,
+    page: int,
+    page_size: int,
+    data_dir: Path,
+    as_json: bool,
+) -> None:
+    """Rejected records with their reason and original parameters (SPEC §7).
+
+    Records whose API key is unknown belong to no product yet and are listed
+    with every product. `tally rejects replay` applies them again.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = Settings(data_dir=data_dir)
+    doc = _fetch(
+        settings,
+        local.product_path(product, "rejects"),
+        {"reason": reason, "page": page, "page_size": page_size},
+        lambda con: rejects_view(con, product, reason=reason, page=page, page_size=page_size),
+    )
+    if as_json:
+        echo_json(doc)
+        return
+    echo_table(
+        ["received", "reason", "path", "parameters", "detail"],
+        [
+            (
+                r["received"],
+                r["reason"],
+                r["path"],
+                "&".join(f"{k}={v}" for k, v in r["params"]),
+                r["detail"],
+            )
+            for r in doc["items"]
+        ],
+        empty="No rejected records.",
+    )
+    by_reason = ", ".join(f"{k}: {v:,}" for k, v in doc["by_reason"].items())
+    click.echo(f"({len(doc['items'])} of {doc['total']:,}; by reason: {by_reason or 'none'})")
+
+
+@rejects.command("replay")
+@product_option
+@click.option("--reason", "-r", help="Only rejects with this reason code.")
+@data_dir_option
+@pipeline_options
+@json_option
+@errors_to_exit
+def rejects_replay(
+    product: str,
+    reason: str | None,
+    data_dir: Path,
+    blocked_identities: str,
+    max_identities_per_person: int,
+    as_json: bool,
+) -> None:
+    """Apply rejected records again, e.g. after adding the API key they used."""
+    settings = Settings(
+        data_dir=data_dir,
+        blocked_identities=blocked_set(blocked_identities),
+        max_identities_per_person=max_identities_per_person,
+    )
+    if local.server_running(settings):
+        result = local.request(
+            settings,
+            "POST",
+            local.product_path(product, "rejects", "replay"),
+            body={"reason": reason},
+        )
+    else:
+        result = _replay_offline(settings, product, reason)
+    if as_json:
+        echo_json(result)
+        return
+    still = ", ".join(f"{k}: {v}" for k, v in result["rejected"].items()) or "none"
+    click.echo(
+        f"Replayed {result['replayed']:,} records: {result['applied']:,} applied, "
+        f"{result['duplicates']:,} duplicates, still rejected: {still}"
+    )
+
+
+def _replay_offline(settings: Settings, product: str, reason: str | None) -> dict[str, Any]:
+    from tally.processor import Processor
+    from tally.server import data_dir_lock, open_store
+
+    catalog = Catalog(settings.catalog_path)
+    try:
+        catalog.product(product)  # NotFound for a product that does not exist
+    finally:
+        catalog.close()
+    with data_dir_lock(settings):
+        store = open_store(settings)
+        try:
+            return Processor(settings, store).replay(product, reason)
+        finally:
+            store.close()

@@ -1,0 +1,182 @@
+"""The processor (DESIGN §3): the single writer of the store.
+
+It tails every log stream from the positions the store has applied, and applies
+what it reads in batches; each batch is committed together with the positions it
+reaches (:meth:`Store.apply`), so a crash neither loses nor doubles a record.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tally.beacon import UNKNOWN_KEY, KeyLookup, KeyStatus
+from tally.log.reader import Entry, LogReader
+from tally.settings import Settings
+from tally.store import ApplyStats, Store
+from tally.views.rejects import replayable
+
+log = logging.getLogger("tally.processor")
+
+BATCH_RECORDS = 50_000
+
+
+class CatalogKeys:
+    """API keys as the processor sees them, re-read before every batch so that
+    a key added or revoked with the CLI takes effect at once (SPEC §11: a
+    revocation applies to records received after it)."""
+
+    def __init__(self, catalog_path: Path) -> None:
+        self._path = catalog_path
+        self._keys: dict[str, tuple[str, int | None]] = {}
+
+    def refresh(self) -> KeyLookup:
+        if self._path.exists():
+            db = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True, timeout=10)
+            try:
+                rows = db.execute("SELECT key, product, revoked_ns FROM api_keys").fetchall()
+            finally:
+                db.close()
+            self._keys = {key: (product, revoked) for key, product, revoked in rows}
+        keys = self._keys
+
+        def lookup(key: str, recv_ns: int) -> KeyStatus:
+            found = keys.get(key)
+            if found is None:
+                return UNKNOWN_KEY
+            product, revoked_ns = found
+            return KeyStatus(product, revoked=revoked_ns is not None and recv_ns >= revoked_ns)
+
+        return lookup
+
+
+@dataclass
+class Progress:
+    """What the processor has done since it started (for status and tests)."""
+
+    batches: int = 0
+    records: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    last_batch_seconds: float = 0.0
+
+    def add(self, stats: ApplyStats, seconds: float) -> None:
+        self.batches += 1
+        self.records += stats.records
+        self.applied += stats.applied
+        self.duplicates += stats.duplicates
+        self.rejected.update(stats.rejected)
+        self.last_batch_seconds = seconds
+
+
+class Processor:
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.reader = LogReader(settings.log_dir)
+        self.keys = CatalogKeys(settings.catalog_path)
+        self.progress = Progress()
+        self.lock = threading.Lock()  # held while a batch is applied (replay takes it too)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def read_batch(self, limit: int = BATCH_RECORDS) -> list[Entry]:
+        """The next records of every stream after the applied positions."""
+        positions = self.store.positions()
+        streams = self.reader.streams()
+        if not streams:
+            return []
+        share = max(limit // len(streams), 1)
+        batch: list[Entry] = []
+        for stream in streams:
+            for n, entry in enumerate(self.reader.read(stream, positions.get(stream, 0))):
+                batch.append(entry)
+                if n + 1 >= share:
+                    break
+        return batch
+
+    def step(self, limit: int = BATCH_RECORDS) -> int:
+        """Apply one batch; how many records it held."""
+        with self.lock:
+            batch = self.read_batch(limit)
+            if not batch:
+                return 0
+            started = time.perf_counter()
+            stats = self.store.apply(
+                batch,
+                self.keys.refresh(),
+                blocked=self.settings.blocked_identities,
+                cap=self.settings.max_identities_per_person,
+            )
+            self.progress.add(stats, time.perf_counter() - started)
+            return len(batch)
+
+    def replay(self, product: str | None, reason: str | None = None) -> dict[str, Any]:
+        """Re-apply the rejects of ``product`` (and those with unknown keys)."""
+        with self.lock:
+            positions = replayable(self.store.con, product, reason)
+            entries = []
+            for stream, position in positions:
+                entry = next(iter(self.reader.read(stream, position)), None)
+                if entry is not None and entry.position == position:
+                    entries.append(entry)
+            if not entries:
+                return {"replayed": 0, "applied": 0, "duplicates": 0, "rejected": {}}
+            stats = self.store.replay(
+                entries,
+                self.keys.refresh(),
+                blocked=self.settings.blocked_identities,
+                cap=self.settings.max_identities_per_person,
+            )
+        return {
+            "replayed": len(entries),
+            "applied": stats.applied,
+            "duplicates": stats.duplicates,
+            "rejected": {str(k): v for k, v in sorted(stats.rejected.items())},
+        }
+
+    def catch_up(self, on_batch: Callable[[int], None] | None = None) -> int:
+        """Apply until nothing is left; the number of records applied."""
+        total = 0
+        while n := self.step():
+            total += n
+            if on_batch is not None:
+                on_batch(n)
+        return total
+
+    # -- as a thread inside `tally serve` ------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="tally-processor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        idle = 0.0
+        while not self._stop.is_set():
+            try:
+                applied = self.step()
+            except Exception as exc:  # a bug: say so loudly, keep the server up, retry
+                self.error = exc
+                log.exception("the processor failed; retrying in 1 s")
+                self._stop.wait(1.0)
+                continue
+            self.error = None
+            if applied:
+                idle = 0.0
+            else:  # poll the log; back off a little while it is quiet
+                idle = min(idle + 0.005, 0.05)
+                self._stop.wait(idle)

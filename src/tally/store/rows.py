@@ -1,0 +1,67 @@
+"""Building Arrow tables row by row, and moving them into DuckDB.
+
+DESIGN "Embedded default": DuckDB takes rows fastest as Arrow tables, so every
+write of the store goes through one of these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+TEXT = pa.string()
+INT = pa.int64()
+TEXT_MAP = pa.map_(pa.string(), pa.string())
+
+
+class Rows:
+    """Columns of one table, filled a row at a time."""
+
+    def __init__(self, **schema: pa.DataType) -> None:
+        self.schema = schema
+        self.columns: list[list[Any]] = [[] for _ in schema]
+
+    def append(self, *values: Any) -> None:
+        for column, value in zip(self.columns, values, strict=True):
+            column.append(value)
+
+    def __len__(self) -> int:
+        return len(self.columns[0])
+
+    def table(self) -> pa.Table:
+        return pa.table(
+            {
+                name: pa.array(column, kind)
+                for (name, kind), column in zip(self.schema.items(), self.columns, strict=True)
+            }
+        )
+
+
+@contextmanager
+def registered(con: duckdb.DuckDBPyConnection, name: str, rows: Rows) -> Iterator[str]:
+    """``rows`` visible to SQL as the view ``name`` for the ``with`` block."""
+    con.register(name, rows.table())
+    try:
+        yield name
+    finally:
+        con.unregister(name)
+
+
+def insert(con: duckdb.DuckDBPyConnection, table: str, rows: Rows, suffix: str = "") -> None:
+    if not len(rows):
+        return
+    columns = ", ".join(rows.schema)
+    with registered(con, "_rows", rows):
+        con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM _rows {suffix}")
+
+
+def orders(items: Any) -> Rows:
+    """A (stream, position) table, the key of a record in every table."""
+    rows = Rows(stream=TEXT, position=INT)
+    for stream, position in items:
+        rows.append(stream, position)
+    return rows

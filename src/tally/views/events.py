@@ -1,0 +1,87 @@
+"""The event list of a product, filtered and paginated."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+
+from tally.names import name_key, normalise_name
+from tally.views.common import identities_of, iso, iso_ns, paging, parse_time, resolve_person
+
+
+def property_names(con: duckdb.DuckDBPyConnection, product: str) -> dict[str, str]:
+    """Property key -> display name (SPEC §2: the first spelling seen)."""
+    rows = con.execute(
+        "SELECT key, display FROM names WHERE product = ? AND kind = 'property'", [product]
+    ).fetchall()
+    return dict(rows)
+
+
+def events_view(
+    con: duckdb.DuckDBPyConnection,
+    product: str,
+    *,
+    event: str | None = None,
+    identity: str | None = None,
+    time_from: Any = None,
+    time_to: Any = None,
+    page: Any = 1,
+    page_size: Any = 50,
+) -> dict[str, Any]:
+    page_number, size = paging(page, page_size)
+    where = ["e.product = ?"]
+    params: list[Any] = [product]
+    if event:
+        normalised = normalise_name(event)
+        where.append("e.event = ?")
+        params.append(name_key(normalised) if normalised else "")
+    if identity:
+        # An identity filter means its person: every identity merged with it.
+        person = resolve_person(con, product, identity)
+        where.append("e.identity IN (SELECT unnest(?::VARCHAR[]))")
+        params.append(identities_of(con, product, person))
+    start, end = parse_time(time_from, "from"), parse_time(time_to, "to")
+    if start is not None:
+        where.append("e.time >= ?")
+        params.append(start)
+    if end is not None:
+        where.append("e.time < ?")
+        params.append(end)
+    condition = " AND ".join(where)
+    (total,) = con.execute(
+        f"SELECT count(*) FROM events e WHERE {condition}",
+        params,
+    ).fetchone() or (0,)
+    rows = con.execute(
+        f"""
+        SELECT coalesce(n.display, e.event), e.event, e.identity,
+               coalesce(i.person, e.identity), e.time, e.recv_ns, map_entries(e.properties)
+        FROM events e
+        LEFT JOIN names n ON n.product = e.product AND n.kind = 'event' AND n.key = e.event
+        LEFT JOIN identities i ON i.product = e.product AND i.identity = e.identity
+        WHERE {condition}
+        ORDER BY e.time DESC, e.recv_ns DESC, e.stream DESC, e.position DESC
+        LIMIT ? OFFSET ?
+        """,
+        [*params, size, (page_number - 1) * size],
+    ).fetchall()
+    names = property_names(con, product)
+    return {
+        "product": product,
+        "total": total,
+        "page": page_number,
+        "page_size": size,
+        "items": [
+            {
+                "event": display,
+                "key": key,
+                "identity": sent_as,
+                "person": person,
+                "time": iso(time),
+                "received": iso_ns(recv_ns),
+                "properties": {names.get(p["key"], p["key"]): p["value"] for p in props},
+            }
+            for display, key, sent_as, person, time, recv_ns, props in rows
+        ],
+    }

@@ -1,0 +1,93 @@
+"""How the pipeline is doing: the log, the processor's lag, what the store holds."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import duckdb
+
+from tally import __version__
+from tally.log.reader import LogReader
+from tally.log.stats import LogStats
+
+
+def pipeline_view(
+    con: duckdb.DuckDBPyConnection, reader: LogReader, *, now_ns: int | None = None
+) -> dict[str, Any]:
+    """Per stream: where the log ends, where the store is, and how far behind."""
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    applied = dict(con.execute("SELECT stream, position FROM positions").fetchall())
+    streams = []
+    for stream in reader.streams():
+        position = applied.get(stream, 0)
+        lag_records, oldest_ns = 0, None
+        for entry in reader.read(stream, position):
+            if oldest_ns is None:
+                oldest_ns = entry.record.recv_ns
+            lag_records += 1
+        streams.append(
+            {
+                "name": stream,
+                "log_position": reader.durable(stream),
+                "applied_position": position,
+                "lag_records": lag_records,
+                "lag_seconds": round(max(now_ns - oldest_ns, 0) / 1e9, 3) if oldest_ns else 0.0,
+            }
+        )
+    return {
+        "streams": streams,
+        "lag_records": sum(s["lag_records"] for s in streams),
+        "lag_seconds": max((s["lag_seconds"] for s in streams), default=0.0),
+    }
+
+
+def store_view(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    def scalar(sql: str) -> int:
+        row = con.execute(sql).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    # People are the identities seen, less those merged into another (SPEC §5).
+    people = scalar("SELECT count(*) FROM known_identities") - scalar(
+        "SELECT count(*) FROM identities WHERE person <> identity"
+    )
+    rejects = dict(
+        con.execute(
+            "SELECT reason, count(*) FROM rejects WHERE reason <> 'property_dropped' "
+            "GROUP BY reason ORDER BY reason"
+        ).fetchall()
+    )
+    return {
+        "events": scalar("SELECT count(*) FROM events"),
+        "people": people,
+        "property_values": scalar("SELECT count(*) FROM property_values"),
+        "aliases": scalar("SELECT count(*) FROM aliases WHERE status = 'accepted'"),
+        "duplicates": scalar("SELECT value FROM counters WHERE name = 'duplicates'"),
+        "rejected": sum(rejects.values()),
+        "rejects": rejects,
+        "properties_dropped": scalar(
+            "SELECT count(*) FROM rejects WHERE reason = 'property_dropped'"
+        ),
+    }
+
+
+def status_view(
+    con: duckdb.DuckDBPyConnection,
+    log_stats: LogStats,
+    reader: LogReader,
+    processor: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    streams = log_stats.refresh()
+    return {
+        "version": __version__,
+        "log": {
+            "records": sum(s.records for s in streams),
+            "bytes": sum(s.bytes for s in streams),
+            "streams": len(streams),
+            "per_stream": [
+                {"name": s.name, "records": s.records, "bytes": s.bytes} for s in streams
+            ],
+        },
+        "pipeline": {**pipeline_view(con, reader), "processor": processor},
+        "store": store_view(con),
+    }
