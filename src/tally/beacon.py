@@ -7,7 +7,7 @@ key (SPEC §4), or classifies it as rejected with a stable reason (SPEC §7,
 §11). It does no I/O: the API key is looked up through the ``keys`` callable
 that the caller passes in.
 
-Decisions taken here where SPEC is silent (docs/tracking.md repeats them):
+Decisions taken here where SPEC is silent:
 
 - A POST body is read as a form when its media type is
   ``application/x-www-form-urlencoded`` (any parameters) or when the request has
@@ -28,8 +28,8 @@ Decisions taken here where SPEC is silent (docs/tracking.md repeats them):
   ``/a`` is an *alias* fault (SPEC §11 order). ``_n`` of ``/a`` longer than 255
   characters is ``identity_too_long``, at the *name* step.
 - Two property parameters with one key: the later wins *before* the limits are
-  checked, so ``plan=a&plan=<9 KiB>`` drops ``plan`` (the raw rule, last wins,
-  gives the same answer for ``plan=a&plan=<9 KiB>``).
+  checked, so ``plan=a&Plan=<9 KiB>`` drops the property (and lists the drop),
+  as a repeated ``plan`` would under "the last occurrence wins".
 - A reject's de-duplication key covers its endpoint (after the ``/e``→``/s``
   rule), its de-duplication time and every other parameter (last one per name,
   ``_t``/``_d`` excepted): a retried copy is a duplicate, two different calls
@@ -152,6 +152,7 @@ class Rejected:
     recv_ns: int
     product: str | None  # known when the key is (valid or revoked)
     params: tuple[tuple[str, str], ...]  # decoded, in request order (query, then body)
+    dedup_time: int  # as a Beacon's: the client's _t when numeric, else the receive second
     dedup_key: bytes
 
 
@@ -236,7 +237,8 @@ def parse_record(
             path=record.path,
             recv_ns=record.recv_ns,
             product=status.product,
-            params=tuple(zip(pairs, pairs)),
+            params=tuple(zip(pairs, pairs, strict=False)),
+            dedup_time=dedup_time,
             dedup_key=_reject_key(kind, dedup_time, fields),
         )
     assert status.product is not None  # for mypy: an unknown key was rejected
@@ -287,12 +289,12 @@ def _split_params(
     found: dict[str, Property | tuple[str, str]] = {}
     drops = False
     pairs = iter(fields)
-    for name, value in zip(pairs, pairs):
-        if name[0] == "_":
+    for name, value in zip(pairs, pairs, strict=False):
+        if name[0] == _RESERVED:
             reserved[name] = value
         elif not alias:  # extra parameters on /a are ignored (SPEC §11)
             names = cached_name(name) or normalise(name)
-            if names is None or names[0][0] == "_":
+            if names is None or names[0][0] == _RESERVED:
                 continue  # a name that becomes empty is dropped (SPEC §11)
             display, key = names
             if len(display) > MAX_NAME:
@@ -309,8 +311,7 @@ def _split_params(
 def _plausible(event_time: int, recv_ns: int) -> bool:
     """Whether a ``_t`` given with ``_d=1`` can be an event time (SPEC §3)."""
     return (
-        event_time >= EARLIEST_EVENT_TIME
-        and event_time * 1_000_000_000 <= recv_ns + MAX_FUTURE_NS
+        event_time >= EARLIEST_EVENT_TIME and event_time * 1_000_000_000 <= recv_ns + MAX_FUTURE_NS
     )
 
 
@@ -321,7 +322,7 @@ def decode_params(data: bytes) -> list[tuple[str, str]]:
     bytes are UTF-8 with U+FFFD for what is not.
     """
     fields = iter(_fields(data))
-    return list(zip(fields, fields))
+    return list(zip(fields, fields, strict=False))
 
 
 def _fields(data: bytes) -> list[str]:
@@ -406,9 +407,7 @@ def _client_time(raw: str) -> int | None:
         return None
     # Floor, then divide: floor(floor(x) / 1000) is floor(x / 1000), exactly.
     seconds = int(number.to_integral_value(rounding=ROUND_FLOOR))
-    if number > _MILLISECONDS_ABOVE:
-        seconds //= 1000
-    return seconds if seconds < _INT64 else None
+    return seconds // 1000 if number > _MILLISECONDS_ABOVE else seconds
 
 
 def _is_form(content_type: str) -> bool:
@@ -440,7 +439,8 @@ def _folded_blocked(blocked: frozenset[str]) -> tuple[frozenset[str], int]:
 
 def _reject_key(kind: str, dedup_time: int, fields: list[str]) -> bytes:
     pairs = iter(fields)
-    last = dict(zip(pairs, pairs))  # the last one of each name, as the rule for a repeat
+    # The last one of each name, as for a repeated parameter (SPEC §1).
+    last = dict(zip(pairs, pairs, strict=False))
     last.pop(wire.TIME, None)  # in dedup_time
     last.pop(wire.TIME_IS_EVENT_TIME, None)  # not part of the key (SPEC §11)
     fields = [kind, str(dedup_time)]
@@ -470,6 +470,7 @@ _KINDS: dict[str, Kind] = {
 }
 _RECORDED_METHODS = frozenset({"GET", "POST"})
 _METADATA = frozenset(wire.METADATA)
+_RESERVED = wire.RESERVED_PREFIX
 _DEFAULT_FOLDED = _folded_blocked(DEFAULT_BLOCKED)
 _SURELY_FITS = MAX_VALUE_BYTES // 4  # characters: at most 4 bytes of UTF-8 each
 _new = tuple.__new__

@@ -7,7 +7,7 @@ which the 255-character limit applies. Its *key*, under which names are equal
 case-fold of the display form.
 
 White space is what :meth:`str.split` splits on (Unicode white space, plus the
-ASCII separators U+001C–U+001F), and it collapses to one ASCII space.
+ASCII separators U+001C to U+001F), and it collapses to one ASCII space.
 
 Names repeat across records far more than they vary, so :func:`normalise` keeps
 the answers in a bounded cache; the processor calls it on its hot path.

@@ -46,13 +46,17 @@ class CatalogKeys:
                 db.close()
             self._keys = {key: (product, revoked) for key, product, revoked in rows}
         keys = self._keys
+        valid = {key: KeyStatus(product) for key, (product, _) in keys.items()}
+        revoked = {key: KeyStatus(product, revoked=True) for key, (product, _) in keys.items()}
 
         def lookup(key: str, recv_ns: int) -> KeyStatus:
             found = keys.get(key)
             if found is None:
                 return UNKNOWN_KEY
-            product, revoked_ns = found
-            return KeyStatus(product, revoked=revoked_ns is not None and recv_ns >= revoked_ns)
+            revoked_ns = found[1]
+            if revoked_ns is not None and recv_ns >= revoked_ns:
+                return revoked[key]
+            return valid[key]
 
         return lookup
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from tally.log.record import CorruptFrame, Record, read_frame
 from tally.log.writer import SEGMENT_SUFFIX, durable_position, list_segments, segment_name
@@ -18,8 +18,7 @@ from tally.log.writer import SEGMENT_SUFFIX, durable_position, list_segments, se
 _CHUNK = 4 * 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """A record and where it lies: ``next_position`` is where reading resumes."""
 
     stream: str

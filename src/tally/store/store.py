@@ -21,19 +21,21 @@ from typing import Any
 import duckdb
 
 from tally import identity_graph
-from tally.beacon import DEFAULT_BLOCKED, Beacon, KeyLookup, Rejected, parse_record
+from tally.beacon import DEFAULT_BLOCKED, KeyLookup, parse_record
 from tally.identity_graph import Edge, Order
 from tally.log.reader import Entry
 from tally.operations import parse_operator
 from tally.store.graph import rederive
-from tally.store.rows import INT, TEXT, TEXT_MAP, Rows, insert, orders, registered
+from tally.store.rows import INT, TEXT, Rows, insert, orders, registered
 from tally.store.schema import DDL, SCHEMA_VERSION
+from tally.store.stage import REJECT, Stage
 
 log = logging.getLogger("tally.store")
 
 DEFAULT_CAP = 1000
 PROPERTY_DROPPED = "property_dropped"
 INTERNAL_ERROR = "internal_error"
+_KNOWN_CACHE = 2_000_000  # identities remembered as stored (about 200 MB at most)
 
 
 @dataclass
@@ -44,32 +46,11 @@ class ApplyStats:
     rejected: Counter[str] = field(default_factory=Counter)
 
 
-@dataclass(slots=True)
-class _Item:
-    order: Order
-    parsed: Beacon | Rejected
-    dedup_time: int
-    h1: int
-    h2: int
-
-
-def _halves(digest: bytes) -> tuple[int, int]:
-    return (
-        int.from_bytes(digest[:8], "little", signed=True),
-        int.from_bytes(digest[8:16], "little", signed=True),
-    )
-
-
-def _dedup_time(parsed: Beacon | Rejected) -> int:
-    if isinstance(parsed, Beacon):
-        return parsed.dedup_time
-    return getattr(parsed, "dedup_time", parsed.recv_ns // 1_000_000_000)
-
-
 class Store:
     def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
         self.path = path
         self.con = duckdb.connect(str(path), read_only=read_only)
+        self._known: set[tuple[str | None, str | None]] = set()
         if not read_only:
             self.con.execute(DDL)
             self.con.execute(
@@ -159,6 +140,7 @@ class Store:
             result = work()
         except BaseException:
             self.con.execute("ROLLBACK")
+            self._known.clear()  # it may name identities of the rolled-back batch
             raise
         self.con.execute("COMMIT")
         return result
@@ -191,7 +173,7 @@ class Store:
         position_entries: Iterable[Entry],
     ) -> ApplyStats:
         stats = ApplyStats(records=len(entries))
-        items: list[_Item] = []
+        stage = Stage()
         revocations: list[tuple[str, Edge]] = []
         for entry in entries:
             record = entry.record
@@ -204,71 +186,151 @@ class Store:
                     )
                 continue
             parsed = parse_record(record, keys, blocked=blocked)
-            if parsed is None:
-                continue
-            digest = parsed.dedup_key() if isinstance(parsed, Beacon) else parsed.dedup_key
-            h1, h2 = _halves(digest)
-            items.append(_Item(order, parsed, _dedup_time(parsed), h1, h2))
+            if parsed is not None:
+                stage.add(order, parsed)
 
-        kept, duplicates, replaced = self._deduplicate(items)
-        stats.duplicates = duplicates
-        touched = self._remove(replaced)
-        self._write(kept, stats)
+        touched: dict[str, set[str]] = {}
+        if len(stage):
+            touched = self._write(stage, stats)
         self._write_revocations(revocations)
         for product, edge in revocations:
             touched.setdefault(product, set()).update((edge.a, edge.b))
-        for item in kept:
-            parsed = item.parsed
-            if isinstance(parsed, Beacon) and parsed.kind == "alias" and parsed.other is not None:
-                touched.setdefault(parsed.product, set()).update((parsed.identity, parsed.other))
         for product, seeds in touched.items():
-            stats.rejected[identity_graph.CAPPED] += rederive(self.con, product, seeds, cap)
-        if not stats.rejected[identity_graph.CAPPED]:
-            del stats.rejected[identity_graph.CAPPED]
-        self._bump("duplicates", duplicates)
+            capped = rederive(self.con, product, seeds, cap)
+            if capped:
+                stats.rejected[identity_graph.CAPPED] += capped
         self._save_positions(position_entries)
         return stats
 
-    # -- de-duplication (SPEC §4) ------------------------------------------------------------
+    # -- de-duplication (SPEC §4) and writing ---------------------------------------------------
 
-    def _deduplicate(self, items: list[_Item]) -> tuple[list[_Item], int, list[Order]]:
-        """Keep, of each set of duplicates, the earliest in the total order: the
-        stored one, or one of this batch, which then replaces the stored one."""
-        best: dict[tuple[int, int, int], _Item] = {}
-        duplicates = 0
-        for item in items:
-            key = (item.dedup_time, item.h1, item.h2)
-            current = best.get(key)
-            if current is None:
-                best[key] = item
-            else:
-                duplicates += 1
-                if item.order < current.order:
-                    best[key] = item
-        if not best:
-            return [], duplicates, []
-        candidates = Rows(dedup_time=INT, h1=INT, h2=INT)
-        for key in best:
-            candidates.append(*key)
-        with registered(self.con, "_candidates", candidates):
-            stored = self.con.execute(
-                "SELECT c.dedup_time, c.h1, c.h2, s.recv_ns, s.stream, s.position "
+    def _write(self, stage: Stage, stats: ApplyStats) -> dict[str, set[str]]:
+        """Spread the batch over the tables; the alias identities it touched."""
+        con = self.con
+        # Within the batch the stage kept the earliest of each set of duplicates;
+        # against the whole history, the stored one stays if it is earlier, else
+        # this one takes the stored one's place (SPEC §4, §11).
+        candidates = Rows(dedup_time=INT, h1=INT, h2=INT, recv_ns=INT, stream=TEXT, position=INT)
+        for index, keep in enumerate(stage.keep):
+            if keep:
+                candidates.append(
+                    stage.dedup_time[index],
+                    stage.h1[index],
+                    stage.h2[index],
+                    stage.recv_ns[index],
+                    stage.stream[index],
+                    stage.position[index],
+                )
+        with registered(con, "_candidates", candidates):
+            stored = con.execute(
+                "SELECT c.recv_ns, c.stream, c.position, s.recv_ns, s.stream, s.position "
                 "FROM _candidates c JOIN seen s "
                 "ON s.dedup_time = c.dedup_time AND s.h1 = c.h1 AND s.h2 = c.h2"
             ).fetchall()
+        duplicates = stage.duplicates
+        later: set[tuple[str, int]] = set()
         replaced: list[Order] = []
-        for dedup_time, h1, h2, recv_ns, stream, position in stored:
-            key = (dedup_time, h1, h2)
-            item = best[key]
-            earlier: Order = (recv_ns, stream, position)
-            if earlier == item.order:  # the very same record (a replayed reject)
+        for kr, ks, kp, sr, ss, sp in stored:
+            if (sr, ss, sp) == (kr, ks, kp):  # the very same record (a replayed reject)
                 continue
             duplicates += 1
-            if earlier < item.order:
-                del best[key]
-            else:  # read later, yet earlier in the total order: it takes the place
-                replaced.append(earlier)
-        return list(best.values()), duplicates, replaced
+            if (sr, ss, sp) < (kr, ks, kp):
+                later.add((ks, kp))
+            else:
+                replaced.append((sr, ss, sp))
+        stage.drop(later)
+        stats.duplicates = duplicates
+        self._bump("duplicates", duplicates)
+        touched = self._remove(replaced)
+        con.register("_kept", stage.table())
+        try:
+            self._spread(stage, stats, touched)
+        finally:
+            con.unregister("_kept")
+        return touched
+
+    def _remember_identities(self, stage: Stage) -> None:
+        """Add the batch's identities to ``known_identities``; a cache of those
+        already there spares the index look-up for the many that recur."""
+        known = self._known
+        fresh = Rows(product=TEXT, identity=TEXT)
+        for kind, product, identity, other, keep in zip(
+            stage.kind, stage.product, stage.identity, stage.other, stage.keep, strict=True
+        ):
+            if not keep or kind == REJECT:
+                continue
+            for name in (identity, other) if kind == "alias" else (identity,):
+                pair = (product, name)
+                if pair not in known:
+                    known.add(pair)
+                    fresh.append(product, name)
+        if len(known) > _KNOWN_CACHE:
+            known.clear()
+        insert(self.con, "known_identities", fresh, "ON CONFLICT DO NOTHING")
+
+    def _spread(self, stage: Stage, stats: ApplyStats, touched: dict[str, set[str]]) -> None:
+        con = self.con
+        con.execute(
+            "INSERT INTO seen SELECT dedup_time, h1, h2, recv_ns, stream, position FROM _kept"
+        )
+        con.execute(
+            "INSERT INTO events SELECT product, identity, event, time, recv_ns, stream, position, "
+            "properties, metadata FROM _kept WHERE kind = 'event'"
+        )
+        con.execute(
+            "INSERT INTO property_values SELECT product, identity, unnest(prop_keys), "
+            "unnest(prop_values), time, recv_ns, stream, position "
+            "FROM _kept WHERE kind IN ('event', 'set') AND len(prop_keys) > 0"
+        )
+        con.execute(
+            "INSERT INTO aliases SELECT product, identity, other, time, recv_ns, stream, "
+            f"position, '{identity_graph.ACCEPTED}' FROM _kept WHERE kind = 'alias'"
+        )
+        con.execute(
+            "INSERT INTO rejects SELECT product, reason, path, recv_ns, stream, position, params, "
+            f"NULL FROM _kept WHERE kind = '{REJECT}'"
+        )
+        con.execute(
+            f"INSERT INTO rejects SELECT product, '{PROPERTY_DROPPED}', "
+            "CASE kind WHEN 'event' THEN '/e' ELSE '/s' END, recv_ns, stream, position, '[]', "
+            "unnest(drops) FROM _kept WHERE len(drops) > 0"
+        )
+        self._remember_identities(stage)
+        # SPEC §2: a display name is the first spelling in the total order.
+        con.execute(
+            """
+            INSERT INTO names
+            SELECT product, kind, key, arg_min(display, (recv_ns, stream, position)),
+                   min(recv_ns), arg_min(stream, (recv_ns, stream, position)),
+                   arg_min(position, (recv_ns, stream, position))
+            FROM (
+                SELECT product, 'event' AS kind, event AS key, event_display AS display,
+                       recv_ns, stream, position
+                FROM _kept WHERE kind = 'event'
+                UNION ALL
+                SELECT product, 'property', unnest(prop_keys), unnest(prop_displays),
+                       recv_ns, stream, position
+                FROM _kept WHERE kind IN ('event', 'set') AND len(prop_keys) > 0
+            )
+            GROUP BY product, kind, key
+            ON CONFLICT DO UPDATE SET display = EXCLUDED.display, recv_ns = EXCLUDED.recv_ns,
+                stream = EXCLUDED.stream, position = EXCLUDED.position
+            WHERE EXCLUDED.recv_ns < names.recv_ns OR (EXCLUDED.recv_ns = names.recv_ns AND
+                (EXCLUDED.stream < names.stream OR (EXCLUDED.stream = names.stream AND
+                 EXCLUDED.position < names.position)))
+            """
+        )
+        for kind, reason, count in con.execute(
+            "SELECT kind, reason, count(*) FROM _kept GROUP BY ALL"
+        ).fetchall():
+            if kind == REJECT:
+                stats.rejected[reason] += count
+            else:
+                stats.applied += count
+        for product, a, b in con.execute(
+            "SELECT product, identity, other FROM _kept WHERE kind = 'alias'"
+        ).fetchall():
+            touched.setdefault(product, set()).update((a, b))
 
     def _remove(self, replaced: list[Order]) -> dict[str, set[str]]:
         """Delete every trace of records that an earlier duplicate replaces;
@@ -287,144 +349,6 @@ class Store:
                     "(SELECT stream, position FROM _gone)"
                 )
         return touched
-
-    # -- writing ---------------------------------------------------------------------------
-
-    def _write(self, kept: list[_Item], stats: ApplyStats) -> None:
-        seen = Rows(dedup_time=INT, h1=INT, h2=INT, recv_ns=INT, stream=TEXT, position=INT)
-        events = Rows(
-            product=TEXT,
-            identity=TEXT,
-            event=TEXT,
-            time=INT,
-            recv_ns=INT,
-            stream=TEXT,
-            position=INT,
-            properties=TEXT_MAP,
-            metadata=TEXT_MAP,
-        )
-        values = Rows(
-            product=TEXT,
-            identity=TEXT,
-            key=TEXT,
-            value=TEXT,
-            time=INT,
-            recv_ns=INT,
-            stream=TEXT,
-            position=INT,
-        )
-        aliases = Rows(
-            product=TEXT,
-            a=TEXT,
-            b=TEXT,
-            time=INT,
-            recv_ns=INT,
-            stream=TEXT,
-            position=INT,
-            status=TEXT,
-        )
-        rejects = _reject_rows()
-        names: dict[tuple[str, str, str], tuple[Order, str]] = {}
-        identities: set[tuple[str, str]] = set()
-
-        def name(product: str, kind: str, key: str, display: str, order: Order) -> None:
-            current = names.get((product, kind, key))
-            if current is None or order < current[0]:
-                names[(product, kind, key)] = (order, display)
-
-        for item in kept:
-            recv_ns, stream, position = order = item.order
-            seen.append(item.dedup_time, item.h1, item.h2, recv_ns, stream, position)
-            parsed = item.parsed
-            if isinstance(parsed, Rejected):
-                stats.rejected[parsed.reason] += 1
-                rejects.append(
-                    parsed.product,
-                    str(parsed.reason),
-                    parsed.path,
-                    recv_ns,
-                    stream,
-                    position,
-                    json.dumps(parsed.params, ensure_ascii=False),
-                    None,
-                )
-                continue
-            stats.applied += 1
-            product, identity, time = parsed.product, parsed.identity, parsed.time
-            identities.add((product, identity))
-            if parsed.kind == "alias":
-                other = parsed.other or ""
-                identities.add((product, other))
-                aliases.append(
-                    product,
-                    identity,
-                    other,
-                    time,
-                    recv_ns,
-                    stream,
-                    position,
-                    identity_graph.ACCEPTED,
-                )
-                continue
-            if parsed.kind == "event" and parsed.event_key and parsed.event_display:
-                events.append(
-                    product,
-                    identity,
-                    parsed.event_key,
-                    time,
-                    recv_ns,
-                    stream,
-                    position,
-                    [(p.key, p.value) for p in parsed.properties],
-                    list(parsed.metadata),
-                )
-                name(product, "event", parsed.event_key, parsed.event_display, order)
-            for prop in parsed.properties:
-                values.append(
-                    product, identity, prop.key, prop.value, time, recv_ns, stream, position
-                )
-                name(product, "property", prop.key, prop.display, order)
-            path = "/e" if parsed.kind == "event" else "/s"
-            for prop_name, reason in parsed.dropped:
-                rejects.append(
-                    product,
-                    PROPERTY_DROPPED,
-                    path,
-                    recv_ns,
-                    stream,
-                    position,
-                    "[]",
-                    f"{prop_name[:300]}: {reason}",
-                )
-
-        insert(self.con, "seen", seen)
-        insert(self.con, "events", events)
-        insert(self.con, "property_values", values)
-        insert(self.con, "aliases", aliases)
-        insert(self.con, "rejects", rejects)
-        known = Rows(product=TEXT, identity=TEXT)
-        for pair in identities:
-            known.append(*pair)
-        insert(self.con, "known_identities", known, "ON CONFLICT DO NOTHING")
-        self._upsert_names(names)
-
-    def _upsert_names(self, names: dict[tuple[str, str, str], tuple[Order, str]]) -> None:
-        rows = Rows(
-            product=TEXT, kind=TEXT, key=TEXT, display=TEXT, recv_ns=INT, stream=TEXT, position=INT
-        )
-        for (product, kind, key), ((recv_ns, stream, position), display) in names.items():
-            rows.append(product, kind, key, display, recv_ns, stream, position)
-        # SPEC §2: the display name is the first spelling in the total order.
-        insert(
-            self.con,
-            "names",
-            rows,
-            "ON CONFLICT DO UPDATE SET display = EXCLUDED.display, recv_ns = EXCLUDED.recv_ns, "
-            "stream = EXCLUDED.stream, position = EXCLUDED.position "
-            "WHERE EXCLUDED.recv_ns < names.recv_ns OR (EXCLUDED.recv_ns = names.recv_ns AND "
-            "(EXCLUDED.stream < names.stream OR (EXCLUDED.stream = names.stream AND "
-            "EXCLUDED.position < names.position)))",
-        )
 
     def _write_revocations(self, revocations: list[tuple[str, Edge]]) -> None:
         rows = Rows(product=TEXT, a=TEXT, b=TEXT, recv_ns=INT, stream=TEXT, position=INT)
