@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,8 @@ from tally.views.events import events_view
 from tally.views.person import person_view
 from tally.views.rejects import rejects_view
 from tally.views.status import status_view
+
+log = logging.getLogger("tally.api")
 
 
 @dataclass
@@ -183,6 +186,16 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
 
 
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    # A bug: logged with its traceback, answered in the one error shape.
+    log.error("unexpected error answering %s %s", request.method, request.url.path,
+              exc_info=exc)  # fmt: skip
+    return JSONResponse(
+        {"error": {"code": "internal_error", "message": "unexpected error; see the server log"}},
+        status_code=500,
+    )
+
+
 def build_app(core: Core) -> Starlette:
     products = "/api/v1/products/{product}"
     app = Starlette(
@@ -193,7 +206,11 @@ def build_app(core: Core) -> Starlette:
             Route(products + "/rejects", rejects),
             Route(products + "/rejects/replay", replay, methods=["POST"]),
         ],
-        exception_handlers={TallyError: _tally_error, HTTPException: _http_error},
+        exception_handlers={
+            TallyError: _tally_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
     )
     app.state.core = core
     return app

@@ -37,11 +37,14 @@ def _fetch(
     api_path: str,
     params: dict[str, Any],
     view: Callable[[duckdb.DuckDBPyConnection], dict[str, Any]],
+    product: str | None = None,
 ) -> dict[str, Any]:
     """Ask the running server, or read the store directly when none runs."""
     if local.server_running(settings):
         answer: dict[str, Any] = local.request(settings, "GET", api_path, params)
         return answer
+    if product is not None:
+        _check_product(settings, product)
     if not settings.store_path.exists():
         raise Unavailable(f"no store in {settings.data_dir} yet: start `tally serve` first")
     try:
@@ -129,6 +132,7 @@ def person(
         local.product_path(product, "people", identity),
         {"page": page, "page_size": page_size},
         lambda con: person_view(con, product, identity, page=page, page_size=page_size),
+        product,
     )
     if as_json:
         echo_json(doc)
@@ -210,6 +214,7 @@ def events(
             page=page,
             page_size=page_size,
         ),
+        product,
     )
     if as_json:
         echo_json(doc)
@@ -262,6 +267,7 @@ def rejects(
         local.product_path(product, "rejects"),
         {"reason": reason, "page": page, "page_size": page_size},
         lambda con: rejects_view(con, product, reason=reason, page=page, page_size=page_size),
+        product,
     )
     if as_json:
         echo_json(doc)
@@ -328,14 +334,19 @@ def _replay_offline(settings: Settings, product: str, reason: str | None) -> dic
     from tally.processor import Processor
     from tally.server import data_dir_lock, open_store
 
-    catalog = Catalog(settings.catalog_path)
-    try:
-        catalog.product(product)  # NotFound for a product that does not exist
-    finally:
-        catalog.close()
+    _check_product(settings, product)
     with data_dir_lock(settings):
         store = open_store(settings)
         try:
             return Processor(settings, store).replay(product, reason)
         finally:
             store.close()
+
+
+def _check_product(settings: Settings, product: str) -> None:
+    """NotFound, as the API answers, for a product that does not exist."""
+    catalog = Catalog(settings.catalog_path)
+    try:
+        catalog.product(product)
+    finally:
+        catalog.close()

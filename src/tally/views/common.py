@@ -10,6 +10,7 @@ import duckdb
 from tally.errors import InvalidInput, NotFound
 
 MAX_PAGE_SIZE = 1000
+MAX_PAGE = 10**9
 
 
 def iso(seconds: int | float) -> str:
@@ -25,16 +26,21 @@ def iso_ns(ns: int) -> str:
 
 
 def paging(page: Any, page_size: Any, *, default_size: int = 50) -> tuple[int, int]:
-    try:
-        page_number = int(page) if page not in (None, "") else 1
-        size = int(page_size) if page_size not in (None, "") else default_size
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput("page and page_size are whole numbers", field="page") from exc
-    if page_number < 1:
-        raise InvalidInput("page starts at 1", field="page")
-    if not 1 <= size <= MAX_PAGE_SIZE:
-        raise InvalidInput(f"page_size is 1 to {MAX_PAGE_SIZE}", field="page_size")
+    page_number = _whole(page, "page", 1, MAX_PAGE, default=1)
+    size = _whole(page_size, "page_size", 1, MAX_PAGE_SIZE, default=default_size)
     return page_number, size
+
+
+def _whole(value: Any, field: str, low: int, high: int, *, default: int) -> int:
+    if value in (None, ""):
+        return default
+    try:
+        number = int(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{field} is a whole number", field=field) from exc
+    if not low <= number <= high:
+        raise InvalidInput(f"{field} is {low} to {high}", field=field)
+    return number
 
 
 def require_product(products: set[str], product: str) -> None:
@@ -73,6 +79,8 @@ def parse_time(value: Any, field: str) -> int | None:
     text = str(value).strip()
     try:
         return int(float(text))
+    except OverflowError as exc:
+        raise InvalidInput(f"{field} is out of range: {text!r}", field=field) from exc
     except ValueError:
         pass
     try:
