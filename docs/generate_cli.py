@@ -26,7 +26,12 @@ def _walk(command: click.Command, path: list[str]) -> list[tuple[list[str], clic
 def render() -> str:
     parts = [HEADER]
     for path, command in _walk(main, ["tally"]):
-        with click.Context(command, info_name=" ".join(path), terminal_width=100) as ctx:
+        with click.Context(
+            command,
+            info_name=" ".join(path),
+            terminal_width=100,
+            help_option_names=["-h", "--help"],  # as the real command line inherits them
+        ) as ctx:
             help_text = command.get_help(ctx)
         parts.append(f"\n## `{' '.join(path)}`\n\n```\n{help_text}\n```\n")
     return "".join(parts)
