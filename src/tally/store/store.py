@@ -250,20 +250,20 @@ class Store:
         return touched
 
     def _remember_identities(self, stage: Stage) -> None:
-        """Add the batch's identities to ``known_identities``; a cache of those
-        already there spares the index look-up for the many that recur."""
+        """Add the ``_p`` of the batch's events and property sets to
+        ``known_identities`` (an alias makes its identities known only while it
+        is not capped, which the views decide from ``aliases``, SPEC §11); a
+        cache of those already there spares the index look-up for most."""
         known = self._known
         fresh = Rows(product=TEXT, identity=TEXT)
-        for kind, product, identity, other, keep in zip(
-            stage.kind, stage.product, stage.identity, stage.other, stage.keep, strict=True
+        for kind, product, identity, keep in zip(
+            stage.kind, stage.product, stage.identity, stage.keep, strict=True
         ):
-            if not keep or kind == REJECT:
-                continue
-            for name in (identity, other) if kind == "alias" else (identity,):
-                pair = (product, name)
+            if keep and kind in ("event", "set"):
+                pair = (product, identity)
                 if pair not in known:
                     known.add(pair)
-                    fresh.append(product, name)
+                    fresh.append(product, identity)
         if len(known) > _KNOWN_CACHE:
             known.clear()
         insert(self.con, "known_identities", fresh, "ON CONFLICT DO NOTHING")

@@ -12,6 +12,14 @@ from tally.errors import InvalidInput, NotFound
 MAX_PAGE_SIZE = 1000
 MAX_PAGE = 10**9
 
+#: Every identity an applied record names: the ``_p`` of events and property
+#: sets, and both ends of aliases that the cap did not reject.
+KNOWN_IDENTITIES = (
+    "SELECT product, identity FROM known_identities "
+    "UNION SELECT product, a FROM aliases WHERE status <> 'alias_cap' "
+    "UNION SELECT product, b FROM aliases WHERE status <> 'alias_cap'"
+)
+
 
 def iso(seconds: int | float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
@@ -49,19 +57,17 @@ def require_product(products: set[str], product: str) -> None:
 
 
 def resolve_person(con: duckdb.DuckDBPyConnection, product: str, identity: str) -> str:
-    """The person an identity belongs to; 404 for identities no applied record names."""
+    """The person an identity belongs to; 404 for identities that no applied
+    record names (SPEC §11: one seen only in rejected records is unknown)."""
     identity = identity.strip()
     row = con.execute(
-        "SELECT person FROM identities WHERE product = ? AND identity = ?", [product, identity]
+        f"SELECT EXISTS (SELECT 1 FROM ({KNOWN_IDENTITIES}) WHERE product = ? AND identity = ?), "
+        "(SELECT person FROM identities WHERE product = ? AND identity = ?)",
+        [product, identity, product, identity],
     ).fetchone()
-    if row is not None:
-        return str(row[0])
-    known = con.execute(
-        "SELECT 1 FROM known_identities WHERE product = ? AND identity = ?", [product, identity]
-    ).fetchone()
-    if known is None:
+    if row is None or not row[0]:
         raise NotFound(f"no person with identity {identity!r} in {product!r}", field="identity")
-    return identity
+    return str(row[1] or identity)
 
 
 def identities_of(con: duckdb.DuckDBPyConnection, product: str, person: str) -> list[str]:

@@ -10,6 +10,7 @@ import duckdb
 from tally import __version__
 from tally.log.reader import LogReader
 from tally.log.stats import LogStats
+from tally.views.common import KNOWN_IDENTITIES
 
 
 def pipeline_view(
@@ -48,7 +49,7 @@ def store_view(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         return int(row[0]) if row and row[0] is not None else 0
 
     # People are the identities seen, less those merged into another (SPEC §5).
-    people = scalar("SELECT count(*) FROM known_identities") - scalar(
+    people = scalar(f"SELECT count(*) FROM ({KNOWN_IDENTITIES})") - scalar(
         "SELECT count(*) FROM identities WHERE person <> identity"
     )
     rejects = dict(
