@@ -1,15 +1,17 @@
-"""A batch of parsed records as one Arrow table, the ``_batch`` that SQL spreads
+"""A batch of parsed records as one Arrow table, the ``_kept`` that SQL spreads
 over the store's tables.
 
 The processor's budget is a few microseconds a record (issue 3: 100,000 records
-a second on one core), so the Python side only appends each record's fields to
-flat column lists; de-duplication, names, properties and identities are then set
-operations in DuckDB over the whole batch.
+a second on one core), so :meth:`Stage.add` only de-duplicates within the batch
+and keeps the parsed record; the columns are built at the end with one
+comprehension each, and names, properties and identities are set operations in
+DuckDB over the whole batch.
 """
 
 from __future__ import annotations
 
 import json
+from itertools import accumulate
 
 import pyarrow as pa
 
@@ -19,44 +21,24 @@ from tally.identity_graph import Order
 REJECT = "reject"
 
 _STRINGS = pa.string()
-_LIST = pa.list_(pa.string())
+_INT = pa.int64()
 
 
-def _halves(digest: bytes) -> tuple[int, int]:
-    return (
-        int.from_bytes(digest[:8], "little", signed=True),
-        int.from_bytes(digest[8:16], "little", signed=True),
+def _listed(offsets: list[int], values: list[str]) -> pa.ListArray:
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, _STRINGS))
+
+
+def _mapped(offsets: list[int], keys: list[str], values: list[str]) -> pa.MapArray:
+    return pa.MapArray.from_arrays(
+        pa.array(offsets, pa.int32()), pa.array(keys, _STRINGS), pa.array(values, _STRINGS)
     )
 
 
 class Stage:
     def __init__(self) -> None:
-        self.kind: list[str] = []
-        self.product: list[str | None] = []
-        self.identity: list[str | None] = []
-        self.other: list[str | None] = []
-        self.event: list[str | None] = []
-        self.event_display: list[str | None] = []
-        self.time: list[int] = []
-        self.recv_ns: list[int] = []
-        self.stream: list[str] = []
-        self.position: list[int] = []
-        self.dedup_time: list[int] = []
-        self.h1: list[int] = []
-        self.h2: list[int] = []
-        self.reason: list[str | None] = []
-        self.path: list[str | None] = []
-        self.params: list[str | None] = []
-        # Variable-length parts, flat with offsets (much cheaper than nested lists).
-        self.prop_offsets: list[int] = [0]
-        self.prop_keys: list[str] = []
-        self.prop_displays: list[str] = []
-        self.prop_values: list[str] = []
-        self.meta_offsets: list[int] = [0]
-        self.meta_keys: list[str] = []
-        self.meta_values: list[str] = []
-        self.drop_offsets: list[int] = [0]
-        self.drops: list[str] = []
+        self.parsed: list[Beacon | Rejected] = []
+        self.orders: list[Order] = []
+        self.dedup: list[tuple[int, int, int]] = []  # (dedup time, hash high, hash low)
         # De-duplication within the batch (SPEC §4): of records with one key, only
         # the earliest in the total order stays, whichever was read first.
         self.keep: list[bool] = []
@@ -64,120 +46,123 @@ class Stage:
         self.duplicates = 0
 
     def __len__(self) -> int:
-        return len(self.kind)
+        return len(self.parsed)
 
     def add(self, order: Order, parsed: Beacon | Rejected) -> None:
-        recv_ns, stream, position = order
-        self.recv_ns.append(recv_ns)
-        self.stream.append(stream)
-        self.position.append(position)
-        if isinstance(parsed, Rejected):
-            h1, h2 = _halves(parsed.dedup_key)
-            self.kind.append(REJECT)
-            self.product.append(parsed.product)
-            self.identity.append(None)
-            self.other.append(None)
-            self.event.append(None)
-            self.event_display.append(None)
-            self.time.append(recv_ns // 1_000_000_000)
-            self.dedup_time.append(parsed.dedup_time)
-            self.reason.append(str(parsed.reason))
-            self.path.append(parsed.path)
-            self.params.append(json.dumps(parsed.params, ensure_ascii=False))
-        else:
-            h1, h2 = _halves(parsed.dedup_key())
-            self.kind.append(parsed.kind)
-            self.product.append(parsed.product)
-            self.identity.append(parsed.identity)
-            self.other.append(parsed.other)
-            self.event.append(parsed.event_key)
-            self.event_display.append(parsed.event_display)
-            self.time.append(parsed.time)
-            self.dedup_time.append(parsed.dedup_time)
-            self.reason.append(None)
-            self.path.append(None)
-            self.params.append(None)
-            properties = parsed.properties
-            if properties:
-                keys, displays, values = self.prop_keys, self.prop_displays, self.prop_values
-                for prop in properties:
-                    keys.append(prop.key)
-                    displays.append(prop.display)
-                    values.append(prop.value)
-            if parsed.metadata:
-                for key, value in parsed.metadata:
-                    self.meta_keys.append(key)
-                    self.meta_values.append(value)
-            for name, why in parsed.dropped:
-                self.drops.append(f"{name[:300]}: {why}")
-        self.h1.append(h1)
-        self.h2.append(h2)
-        dedup = (self.dedup_time[-1], h1, h2)
+        digest = parsed.dedup_key if isinstance(parsed, Rejected) else parsed.dedup_key()
+        dedup = (
+            parsed.dedup_time,
+            int.from_bytes(digest[:8], "little", signed=True),
+            int.from_bytes(digest[8:16], "little", signed=True),
+        )
         index = len(self.keep)
+        self.parsed.append(parsed)
+        self.orders.append(order)
+        self.dedup.append(dedup)
         earlier = self._first.get(dedup)
         if earlier is None:
             self._first[dedup] = index
             self.keep.append(True)
+            return
+        self.duplicates += 1
+        if order < self.orders[earlier]:
+            self.keep[earlier] = False
+            self._first[dedup] = index
+            self.keep.append(True)
         else:
-            self.duplicates += 1
-            if order < (self.recv_ns[earlier], self.stream[earlier], self.position[earlier]):
-                self.keep[earlier] = False
-                self._first[dedup] = index
-                self.keep.append(True)
-            else:
-                self.keep.append(False)
-        self.prop_offsets.append(len(self.prop_keys))
-        self.meta_offsets.append(len(self.meta_keys))
-        self.drop_offsets.append(len(self.drops))
+            self.keep.append(False)
 
     def drop(self, keys: set[tuple[str, int]]) -> None:
         """Leave out the records at these (stream, position)s: the store holds an
         earlier duplicate of each."""
-        if not keys:
-            return
-        for index, (stream, position) in enumerate(zip(self.stream, self.position, strict=True)):
-            if (stream, position) in keys:
-                self.keep[index] = False
+        if keys:
+            for index, (_, stream, position) in enumerate(self.orders):
+                if (stream, position) in keys:
+                    self.keep[index] = False
+
+    def kept(self) -> list[int]:
+        return [i for i, keep in enumerate(self.keep) if keep]
 
     def table(self) -> pa.Table:
-        """The records that stay."""
+        """The records that stay, beacons and rejects in one table."""
+        kept = self.kept()
+        beacons = [i for i in kept if not isinstance(self.parsed[i], Rejected)]
+        rejects = [i for i in kept if isinstance(self.parsed[i], Rejected)]
+        tables = [self._beacons(beacons)]
+        if rejects:
+            tables.append(self._rejects(rejects))
+        return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
-        def listed(offsets: list[int], values: list[str]) -> pa.ListArray:
-            return pa.ListArray.from_arrays(
-                pa.array(offsets, pa.int32()), pa.array(values, _STRINGS)
-            )
+    def _common(self, indices: list[int]) -> dict[str, pa.Array]:
+        orders, dedup = self.orders, self.dedup
+        return {
+            "recv_ns": pa.array([orders[i][0] for i in indices], _INT),
+            "stream": pa.array([orders[i][1] for i in indices], _STRINGS),
+            "position": pa.array([orders[i][2] for i in indices], _INT),
+            "dedup_time": pa.array([dedup[i][0] for i in indices], _INT),
+            "h1": pa.array([dedup[i][1] for i in indices], _INT),
+            "h2": pa.array([dedup[i][2] for i in indices], _INT),
+        }
 
-        def mapped(offsets: list[int], keys: list[str], values: list[str]) -> pa.MapArray:
-            return pa.MapArray.from_arrays(
-                pa.array(offsets, pa.int32()), pa.array(keys, _STRINGS), pa.array(values, _STRINGS)
-            )
-
-        table = pa.table(
+    def _beacons(self, indices: list[int]) -> pa.Table:
+        items: list[Beacon] = [self.parsed[i] for i in indices]  # type: ignore[misc]
+        n = len(items)
+        offsets = list(accumulate((len(b.properties) for b in items), initial=0))
+        keys = [p.key for b in items for p in b.properties]
+        values = [p.value for b in items for p in b.properties]
+        meta_offsets = list(accumulate((len(b.metadata) for b in items), initial=0))
+        meta_keys = [k for b in items for k, _ in b.metadata]
+        meta_values = [v for b in items for _, v in b.metadata]
+        drop_offsets = list(accumulate((len(b.dropped) for b in items), initial=0))
+        drops = [f"{name[:300]}: {why}" for b in items for name, why in b.dropped]
+        nothing = pa.nulls(n, _STRINGS)
+        return pa.table(
             {
-                "kind": pa.array(self.kind, _STRINGS),
-                "product": pa.array(self.product, _STRINGS),
-                "identity": pa.array(self.identity, _STRINGS),
-                "other": pa.array(self.other, _STRINGS),
-                "event": pa.array(self.event, _STRINGS),
-                "event_display": pa.array(self.event_display, _STRINGS),
-                "time": pa.array(self.time, pa.int64()),
-                "recv_ns": pa.array(self.recv_ns, pa.int64()),
-                "stream": pa.array(self.stream, _STRINGS),
-                "position": pa.array(self.position, pa.int64()),
-                "dedup_time": pa.array(self.dedup_time, pa.int64()),
-                "h1": pa.array(self.h1, pa.int64()),
-                "h2": pa.array(self.h2, pa.int64()),
-                "reason": pa.array(self.reason, _STRINGS),
-                "path": pa.array(self.path, _STRINGS),
-                "params": pa.array(self.params, _STRINGS),
-                "prop_keys": listed(self.prop_offsets, self.prop_keys),
-                "prop_displays": listed(self.prop_offsets, self.prop_displays),
-                "prop_values": listed(self.prop_offsets, self.prop_values),
-                "properties": mapped(self.prop_offsets, self.prop_keys, self.prop_values),
-                "metadata": mapped(self.meta_offsets, self.meta_keys, self.meta_values),
-                "drops": listed(self.drop_offsets, self.drops),
+                "kind": pa.array([b.kind for b in items], _STRINGS),
+                "product": pa.array([b.product for b in items], _STRINGS),
+                "identity": pa.array([b.identity for b in items], _STRINGS),
+                "other": pa.array([b.other for b in items], _STRINGS),
+                "event": pa.array([b.event_key for b in items], _STRINGS),
+                "event_display": pa.array([b.event_display for b in items], _STRINGS),
+                "time": pa.array([b.time for b in items], _INT),
+                **self._common(indices),
+                "reason": nothing,
+                "path": nothing,
+                "params": nothing,
+                "prop_keys": _listed(offsets, keys),
+                "prop_displays": _listed(offsets, [p.display for b in items for p in b.properties]),
+                "prop_values": _listed(offsets, values),
+                "properties": _mapped(offsets, keys, values),
+                "metadata": _mapped(meta_offsets, meta_keys, meta_values),
+                "drops": _listed(drop_offsets, drops),
             }
         )
-        if all(self.keep):
-            return table
-        return table.filter(pa.array(self.keep, pa.bool_()))
+
+    def _rejects(self, indices: list[int]) -> pa.Table:
+        items: list[Rejected] = [self.parsed[i] for i in indices]  # type: ignore[misc]
+        n = len(items)
+        nothing = pa.nulls(n, _STRINGS)
+        empty = [0] * (n + 1)
+        return pa.table(
+            {
+                "kind": pa.array([REJECT] * n, _STRINGS),
+                "product": pa.array([r.product for r in items], _STRINGS),
+                "identity": nothing,
+                "other": nothing,
+                "event": nothing,
+                "event_display": nothing,
+                "time": pa.array([r.recv_ns // 1_000_000_000 for r in items], _INT),
+                **self._common(indices),
+                "reason": pa.array([str(r.reason) for r in items], _STRINGS),
+                "path": pa.array([r.path for r in items], _STRINGS),
+                "params": pa.array(
+                    [json.dumps(r.params, ensure_ascii=False) for r in items], _STRINGS
+                ),
+                "prop_keys": _listed(empty, []),
+                "prop_displays": _listed(empty, []),
+                "prop_values": _listed(empty, []),
+                "properties": _mapped(empty, [], []),
+                "metadata": _mapped(empty, [], []),
+                "drops": _listed(empty, []),
+            }
+        )

@@ -21,7 +21,7 @@ from typing import Any
 import duckdb
 
 from tally import identity_graph
-from tally.beacon import DEFAULT_BLOCKED, KeyLookup, parse_record
+from tally.beacon import DEFAULT_BLOCKED, Beacon, KeyLookup, parse_record
 from tally.identity_graph import Edge, Order
 from tally.log.reader import Entry
 from tally.operations import parse_operator
@@ -211,16 +211,8 @@ class Store:
         # against the whole history, the stored one stays if it is earlier, else
         # this one takes the stored one's place (SPEC §4, §11).
         candidates = Rows(dedup_time=INT, h1=INT, h2=INT, recv_ns=INT, stream=TEXT, position=INT)
-        for index, keep in enumerate(stage.keep):
-            if keep:
-                candidates.append(
-                    stage.dedup_time[index],
-                    stage.h1[index],
-                    stage.h2[index],
-                    stage.recv_ns[index],
-                    stage.stream[index],
-                    stage.position[index],
-                )
+        for index in stage.kept():
+            candidates.append(*stage.dedup[index], *stage.orders[index])
         with registered(con, "_candidates", candidates):
             stored = con.execute(
                 "SELECT c.recv_ns, c.stream, c.position, s.recv_ns, s.stream, s.position "
@@ -256,14 +248,13 @@ class Store:
         cache of those already there spares the index look-up for most."""
         known = self._known
         fresh = Rows(product=TEXT, identity=TEXT)
-        for kind, product, identity, keep in zip(
-            stage.kind, stage.product, stage.identity, stage.keep, strict=True
-        ):
-            if keep and kind in ("event", "set"):
-                pair = (product, identity)
+        for index in stage.kept():
+            parsed = stage.parsed[index]
+            if isinstance(parsed, Beacon) and parsed.kind != "alias":
+                pair = (parsed.product, parsed.identity)
                 if pair not in known:
                     known.add(pair)
-                    fresh.append(product, identity)
+                    fresh.append(*pair)
         if len(known) > _KNOWN_CACHE:
             known.clear()
         insert(self.con, "known_identities", fresh, "ON CONFLICT DO NOTHING")

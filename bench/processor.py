@@ -1,0 +1,232 @@
+"""Processor benchmark: how fast records are applied to the store (issue 3).
+
+Measures, in one run:
+
+1. **apply rate**: a generated log of ``--records`` realistic records (events
+   with properties, property sets, aliases, retried duplicates, bad keys) on two
+   streams is applied from scratch by the real processor (``Processor.catch_up``:
+   reading the log, normalising, de-duplicating, writing DuckDB), pinned to one
+   CPU with DuckDB limited to one thread. Reference in the same run: merely
+   reading and decoding the same log (``LogReader``), the floor for any
+   processor.
+2. **history cost**: one batch of 50,000 records applied into an empty store and
+   into a store that already holds ``--history`` events (filled directly with
+   SQL, so that it takes seconds), median of 3; the ratio is the target
+   (at most 1.5).
+3. **rebuild** (``--rebuild N``): ``tally rebuild`` of a generated log of N
+   records, timed as a command.
+
+    .venv/bin/python bench/processor.py                       # 1M records, 10M history
+    .venv/bin/python bench/processor.py --records 200000 --history 1000000
+    .venv/bin/python bench/processor.py --rebuild 10000000    # the 10M rebuild (minutes)
+
+Everything is written under a temporary directory that is removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+from tally.beacon import KeyStatus
+from tally.log.reader import Entry, LogReader
+from tally.log.record import Record, encode_record
+from tally.log.writer import SegmentWriter
+from tally.processor import Processor
+from tally.settings import Settings
+from tally.store import Store
+
+KEY = "0123456789abcdef0123456789abcdef01234567"
+EVENTS = [
+    "Visited Site", "Viewed Page", "Signed Up", "Logged In", "Added To Cart", "Billed",
+    "Viewed Product", "Searched", "Shared", "Invited Friend", "Upgraded", "Downgraded",
+    "Cancelled", "Opened Email", "Clicked Email", "Started Trial", "Watched Video",
+    "Commented", "Downloaded", "Rated",
+]  # fmt: skip
+START = 1_790_000_000  # a Unix second in 2026
+
+
+def generate(rng: random.Random, n: int, people: int) -> list[tuple[str, str]]:
+    """(path, query) pairs: the mix a KISSmetrics client sends."""
+    calls: list[tuple[str, str]] = []
+    for i in range(n):
+        person = f"user{rng.randrange(people)}"
+        t = START + i // 50
+        roll = rng.random()
+        if roll < 0.80:
+            name = quote(EVENTS[rng.randrange(len(EVENTS))]).replace("%20", "+")
+            query = (f"_k={KEY}&_p={person}%40example.com&_n={name}&_t={t}"
+                     f"&Plan=plan{rng.randrange(4)}&Amount={rng.randrange(1000)}"
+                     f"&Page=%2Fpage%2F{rng.randrange(200)}&Referrer=site{rng.randrange(30)}.com")  # fmt: skip
+            calls.append(("/e", query))
+        elif roll < 0.92:
+            calls.append(("/s", f"_k={KEY}&_p={person}%40example.com&_t={t}"
+                                f"&Country=c{rng.randrange(50)}&Age={rng.randrange(18, 80)}"))  # fmt: skip
+        elif roll < 0.95:
+            calls.append(("/a", f"_k={KEY}&_p=anon-{person}&_n={person}%40example.com&_t={t}"))
+        elif roll < 0.98 and calls:
+            calls.append(calls[-1])  # a client retry: a duplicate
+        else:
+            calls.append(("/e", f"_k=nokey&_p={person}&_n=Visited+Site&_t={t}"))
+    return calls
+
+
+def write_log(log_dir: Path, n: int, *, seed: int = 7, streams: int = 2) -> int:
+    """Write ``n`` records across ``streams`` log streams; their total bytes."""
+    rng = random.Random(seed)
+    writers = [SegmentWriter(log_dir / f"c{i}") for i in range(streams)]
+    pending: list[list[bytes]] = [[] for _ in writers]
+    people = max(n // 10, 10)
+    written = 0
+    chunk = 200_000
+    for start in range(0, n, chunk):
+        for i, (path, query) in enumerate(generate(rng, min(chunk, n - start), people)):
+            recv_ns = (START + (start + i) // 50) * 10**9 + i
+            frame = encode_record(Record("GET", path, query.encode(), b"", recv_ns,
+                                         "127.0.0.1", "Mozilla/5.0"))  # fmt: skip
+            pending[i % streams].append(frame)
+        for writer, frames in zip(writers, pending, strict=True):
+            data = b"".join(frames)
+            writer.write_durable(data)
+            written += len(data)
+            frames.clear()
+    for writer in writers:
+        writer.close()
+    return written
+
+
+def keys(key: str, recv_ns: int) -> KeyStatus:
+    return KeyStatus("default") if key == KEY else KeyStatus(None)
+
+
+def pin_to_one_cpu() -> None:
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+
+
+def measure_read(log_dir: Path) -> float:
+    reader = LogReader(log_dir)
+    started = time.perf_counter()
+    count = sum(1 for stream in reader.streams() for _ in reader.read(stream))
+    return count / (time.perf_counter() - started)
+
+
+def measure_apply(data_dir: Path) -> tuple[float, int]:
+    settings = Settings(data_dir=data_dir)
+    store = Store(settings.store_path)
+    store.con.execute("SET threads = 1")
+    processor = Processor(settings, store)
+    processor.keys.refresh = lambda: keys  # type: ignore[method-assign]  # no catalog here
+    started = time.perf_counter()
+    applied = processor.catch_up()
+    seconds = time.perf_counter() - started
+    store.close()
+    return applied / seconds, applied
+
+
+def batch(n: int, offset: int) -> list[Entry]:
+    rng = random.Random(offset)
+    entries = []
+    position = 0
+    for i, (path, query) in enumerate(generate(rng, n, 100_000)):
+        record = Record("GET", path, query.encode(), b"", (START + 10**6) * 10**9 + offset + i,
+                        "127.0.0.1", "Mozilla/5.0")  # fmt: skip
+        size = len(encode_record(record))
+        entries.append(Entry("c9", offset + position, offset + position + size, record))
+        position += size
+    return entries
+
+
+def fill_history(store: Store, events: int) -> None:
+    """``events`` past events (with property values and de-duplication keys), by SQL."""
+    store.con.execute(
+        f"""
+        INSERT INTO events SELECT 'default', 'user' || (i % 1000000) || '@example.com',
+            'event ' || (i % 20), {START} - 86400 * 90 + i // 120,
+            ({START} - 86400 * 90)::BIGINT * 1000000000 + i, 'h' || (i % 2), i * 250,
+            MAP {{'plan': 'plan' || (i % 4), 'amount': (i % 1000)::VARCHAR}}, MAP {{}}
+        FROM range({events}) t(i);
+        INSERT INTO seen SELECT {START} - 86400 * 90 + i // 120, (hash(i) // 2)::BIGINT,
+            (hash(i + 1) // 2)::BIGINT, ({START} - 86400 * 90)::BIGINT * 1000000000 + i, 'h' || (i % 2),
+            i * 250 FROM range({events}) t(i);
+        INSERT INTO property_values SELECT 'default', 'user' || (i % 1000000) || '@example.com',
+            'plan', 'plan' || (i % 4), {START} - 86400 * 90 + i // 60,
+            ({START} - 86400 * 90)::BIGINT * 1000000000 + i, 'h' || (i % 2), i * 250
+        FROM range({events} // 2) t(i);
+        INSERT INTO known_identities SELECT DISTINCT 'default', 'user' || i || '@example.com'
+        FROM range(1000000) t(i);
+        CHECKPOINT;
+        """  # noqa: S608 (numbers only)
+    )
+
+
+def measure_history(work: Path, history: int, runs: int = 3) -> tuple[float, float]:
+    """Median seconds to apply one 50,000-record batch: into an empty store, and
+    into one holding ``history`` events."""
+    times: dict[str, list[float]] = {"empty": [], "full": []}
+    full = Store(work / "full.duckdb")
+    fill_history(full, history)
+    for run in range(runs):
+        empty = Store(work / f"empty{run}.duckdb")
+        for name, store in (("empty", empty), ("full", full)):
+            entries = batch(50_000, offset=run * 10**9)
+            started = time.perf_counter()
+            store.apply(entries, keys)
+            times[name].append(time.perf_counter() - started)
+        empty.close()
+    full.close()
+    return statistics.median(times["empty"]), statistics.median(times["full"])
+
+
+def measure_rebuild(work: Path, n: int) -> tuple[float, int]:
+    data_dir = work / "rebuild"
+    write_log(Settings(data_dir=data_dir).log_dir, n)
+    env = {**os.environ, "TALLY_DATA_DIR": str(data_dir)}
+    subprocess.run([sys.executable, "-m", "tally", "products", "create", "default",
+                    "--key", KEY], check=True, env=env, capture_output=True)  # fmt: skip
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "tally", "rebuild"], check=True, env=env,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+    return time.perf_counter() - started, n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=1_000_000, help="log size for the apply rate")
+    parser.add_argument("--history", type=int, default=10_000_000, help="events already stored")
+    parser.add_argument("--rebuild", type=int, default=0, help="also time `tally rebuild` of N records")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="tally-bench-processor-"))
+    try:
+        print(f"machine: {os.cpu_count()} CPUs; processor pinned to one CPU, DuckDB 1 thread")
+        data_dir = work / "apply"
+        size = write_log(Settings(data_dir=data_dir).log_dir, args.records)
+        pin_to_one_cpu()
+        read_rate = measure_read(data_dir / "log")
+        rate, applied = measure_apply(data_dir)
+        print(f"log: {args.records:,} records, {size / 2**20:,.0f} MiB on 2 streams")
+        print(f"reference, read + decode the log only: {read_rate:12,.0f} records/s")
+        print(f"apply (read, normalise, dedup, write):  {rate:12,.0f} records/s"
+              f"  ({rate / read_rate:.2f} of the reference)")  # fmt: skip
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+        empty, full = measure_history(work, args.history)
+        print(f"one 50,000-record batch: empty store {empty:.3f} s, "
+              f"with {args.history:,} events {full:.3f} s, ratio {full / empty:.2f}")  # fmt: skip
+        if args.rebuild:
+            seconds, n = measure_rebuild(work, args.rebuild)
+            print(f"tally rebuild of {n:,} records: {seconds:.1f} s ({n / seconds:,.0f} records/s)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
