@@ -18,8 +18,11 @@ Generated from `--help` by `docs/generate_cli.py`; `make test` checks it is curr
 def _walk(command: click.Command, path: list[str]) -> list[tuple[list[str], click.Command]]:
     found = [(path, command)]
     if isinstance(command, click.Group):
-        for name in sorted(command.commands):
-            found += _walk(command.commands[name], [*path, name])
+        with click.Context(command) as ctx:
+            for name in command.list_commands(ctx):
+                sub = command.get_command(ctx, name)
+                assert sub is not None
+                found += _walk(sub, [*path, name])
     return found
 
 

@@ -373,10 +373,12 @@ def test_status_shows_positions_lag_and_counts(api: Api) -> None:
             "applied_position",
             "lag_records",
             "lag_seconds",
+            "records",
         }
         assert stream["applied_position"] == stream["log_position"]
         assert stream["lag_records"] == 0
     assert sum(s["log_position"] for s in pipeline["streams"]) == status["log"]["bytes"]
+    assert sum(s["records"] for s in pipeline["streams"]) == status["log"]["records"]
     assert status["store"] == {
         "events": 11,
         "people": 4,  # Bob, Zoë, the odd one, Dave

@@ -25,7 +25,6 @@ from starlette.routing import Route
 from tally.catalog import Catalog
 from tally.errors import InvalidInput, TallyError, Unauthorized
 from tally.log.reader import LogReader
-from tally.log.stats import LogStats
 from tally.processor import Processor
 from tally.settings import Settings
 from tally.views.common import require_product
@@ -43,7 +42,6 @@ class Core:
 
     settings: Settings
     catalog: Catalog
-    log_stats: LogStats
     processor: Processor
     #: SHA-256 of the token in ``run/cli.token``, which lets the local CLI in.
     local_token_hash: str = ""
@@ -101,7 +99,7 @@ async def _in_thread(
 
 async def status(request: Request) -> Response:
     core = _authorise(request)
-    return await _in_thread(core, status_view, core.log_stats, core.reader, core.processor_state())
+    return await _in_thread(core, status_view, core.reader, core.processor_state())
 
 
 async def person(request: Request) -> Response:

@@ -31,7 +31,6 @@ from tally.api import Core, build_app
 from tally.catalog import Catalog, Product
 from tally.collector.worker import run_collector, stream_name
 from tally.errors import Unavailable
-from tally.log.stats import LogStats
 from tally.log.writer import SegmentWriter, StreamLocked
 from tally.processor import Processor
 from tally.serverlog import configure_logging
@@ -118,7 +117,6 @@ def serve(settings: Settings, announce: Callable[[Started], None]) -> None:
         core = Core(
             settings,
             catalog,
-            LogStats(settings.log_dir),
             processor,
             local_token_hash=write_local_token(settings),
         )

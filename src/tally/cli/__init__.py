@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import quote
 
 import click
@@ -25,7 +27,36 @@ def _catalog(data_dir: Path) -> Catalog:
     return Catalog(Settings(data_dir=data_dir).catalog_path)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _LazyGroup(click.Group):
+    """Commands that read the store live in modules imported only when used, so
+    that `tally serve`'s collector processes (which import this module) do not
+    load DuckDB and Arrow."""
+
+    lazy: ClassVar[dict[str, str]] = {
+        "status": "tally.cli.inspect:status",
+        "person": "tally.cli.inspect:person",
+        "events": "tally.cli.inspect:events",
+        "rejects": "tally.cli.inspect:rejects",
+        "rebuild": "tally.cli.maintenance:rebuild",
+        "alias": "tally.cli.maintenance:alias",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = self.lazy.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        module, _, attribute = target.partition(":")
+        command: click.Command = getattr(importlib.import_module(module), attribute)
+        return command
+
+
+@click.group(
+    cls=_LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="tally")
 def main() -> None:
     """Tally: self-hosted product analytics that speaks the KISSmetrics API.
@@ -177,12 +208,3 @@ def tokens() -> None:
 def tokens_create(name: str, data_dir: Path) -> None:
     """Create an operator token and print it once (only its hash is stored)."""
     click.echo(_catalog(data_dir).create_token(name))
-
-
-# -- the rest lives beside this module ----------------------------------------------------
-
-from tally.cli.inspect import events, person, rejects, status  # noqa: E402
-from tally.cli.maintenance import alias, rebuild  # noqa: E402
-
-for _command in (status, person, events, rejects, rebuild, alias):
-    main.add_command(_command)

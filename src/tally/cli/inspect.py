@@ -23,7 +23,6 @@ from tally.cli.options import (
 )
 from tally.errors import Unavailable
 from tally.log.reader import LogReader
-from tally.log.stats import LogStats
 from tally.settings import Settings
 from tally.store import Store
 from tally.views.events import events_view
@@ -69,7 +68,7 @@ def status(data_dir: Path, as_json: bool) -> None:
         settings,
         "/api/v1/status",
         {},
-        lambda con: status_view(con, LogStats(log_dir), LogReader(log_dir)),
+        lambda con: status_view(con, LogReader(log_dir)),
     )
     if as_json:
         echo_json(doc)

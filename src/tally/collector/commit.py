@@ -1,10 +1,14 @@
 """Group commit: many requests share one ``fdatasync`` (DESIGN §1).
 
-Frames submitted during one turn of the event loop are joined and written by a
-single commit thread; while that write is in flight, new frames gather for the
-next one. Each request is answered only when the write that covers it has
-returned, so a 200 always means "on disk" (SPEC §1), and latency stays at about
-two syncs even under load.
+Frames submitted during one turn of the event loop are joined and queued for a
+dedicated commit thread. The thread writes whatever has queued up as soon as the
+previous sync returns, in one write and one ``fdatasync``, and hands the result
+back to the loop with one call. Each request is answered only when the sync that
+covers it has returned, so a 200 always means "on disk" (SPEC §1).
+
+A dedicated thread rather than ``run_in_executor``: measured here, handing each
+batch through an executor future cost ~25% of the collector's throughput
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ import asyncio
 import errno
 import logging
 import shutil
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from tally.log.writer import SegmentWriter
 
@@ -24,6 +28,8 @@ log = logging.getLogger("tally.collector")
 #: frame is durable and ``False`` when it could not be made so.
 Acknowledge = Callable[[bool], None]
 
+_Batch = tuple[bytes, list[Acknowledge]]
+
 
 class GroupCommit:
     def __init__(
@@ -32,16 +38,20 @@ class GroupCommit:
         self._loop = loop
         self._writer = writer
         self._max_pending = max_pending_bytes
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="tally-commit")
         self._frames: list[bytes] = []
         self._acks: list[Acknowledge] = []
-        self._pending_bytes = 0  # gathered + in flight: bounded, so memory is too
+        self._pending_bytes = 0  # gathered + queued + in flight: bounded, so memory is too
         self._scheduled = False
-        self._in_flight = False
+        self._outstanding = 0  # batches handed to the thread and not yet answered
+        self._condition = threading.Condition()
+        self._queue: list[_Batch] = []
+        self._closing = False
         self._idle = asyncio.Event()
         self._idle.set()
         self.records = 0
         self.last_error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="tally-commit", daemon=True)
+        self._thread.start()
 
     def submit(self, frame: bytes, ack: Acknowledge) -> bool:
         """Queue a frame; ``False`` (answer 503) when the backlog is full."""
@@ -51,40 +61,58 @@ class GroupCommit:
         self._frames.append(frame)
         self._acks.append(ack)
         self._pending_bytes += size
-        if not (self._scheduled or self._in_flight):
+        if not self._scheduled:
             self._scheduled = True
             self._idle.clear()
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self._hand_over)
         return True
 
-    def _flush(self) -> None:
+    def _hand_over(self) -> None:
+        """End of a loop turn: what it gathered goes to the commit thread."""
         self._scheduled = False
         if not self._frames:
-            self._idle.set()
+            if not self._outstanding:
+                self._idle.set()
             return
-        data = b"".join(self._frames)
-        acks = self._acks
+        batch = (b"".join(self._frames), self._acks)
         self._frames, self._acks = [], []
-        self._in_flight = True
-        future = self._loop.run_in_executor(self._executor, self._writer.write_durable, data)
-        future.add_done_callback(lambda f: self._done(f, acks, len(data)))
+        self._outstanding += 1
+        with self._condition:
+            self._queue.append(batch)
+            self._condition.notify()
 
-    def _done(self, future: asyncio.Future[int], acks: list[Acknowledge], size: int) -> None:
-        self._in_flight = False
+    def _run(self) -> None:
+        write = self._writer.write_durable
+        while True:
+            with self._condition:
+                while not self._queue and not self._closing:
+                    self._condition.wait()
+                if not self._queue:
+                    return
+                batches, self._queue = self._queue, []
+            data = batches[0][0] if len(batches) == 1 else b"".join(d for d, _ in batches)
+            error: BaseException | None = None
+            try:
+                write(data)
+            except BaseException as exc:  # answered 503 on the loop
+                error = exc
+            self._loop.call_soon_threadsafe(self._done, batches, len(data), error)
+
+    def _done(self, batches: list[_Batch], size: int, error: BaseException | None) -> None:
+        self._outstanding -= len(batches)
         self._pending_bytes -= size
-        error = future.exception()
+        count = sum(len(acks) for _, acks in batches)
         if error is None:
             self.last_error = None
-            self.records += len(acks)
+            self.records += count
         else:
-            log.error("log write of %d records failed, answering 503: %s", len(acks), error)
+            log.error("log write of %d records failed, answering 503: %s", count, error)
             self.last_error = error if isinstance(error, OSError) else OSError(str(error))
         ok = error is None
-        for ack in acks:
-            ack(ok)
-        if self._frames:
-            self._flush()
-        else:
+        for _, acks in batches:
+            for ack in acks:
+                ack(ok)
+        if not (self._outstanding or self._frames or self._scheduled):
             self._idle.set()
 
     def healthy(self) -> bool:
@@ -102,5 +130,8 @@ class GroupCommit:
         await self._idle.wait()
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        with self._condition:
+            self._closing = True
+            self._condition.notify()
+        self._thread.join()
         self._writer.close()

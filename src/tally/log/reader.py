@@ -8,14 +8,16 @@ will truncate when it next opens the stream; either way it is not a record yet.
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from tally.log.record import CorruptFrame, Record, read_frame
+from tally.log.record import FRAME_HEADER, PAYLOAD_TIME, CorruptFrame, Record, read_frame
 from tally.log.writer import SEGMENT_SUFFIX, durable_position, list_segments, segment_name
 
 _CHUNK = 4 * 1024 * 1024
+_LENGTH = struct.Struct("<I")
 
 
 class Entry(NamedTuple):
@@ -106,6 +108,28 @@ class LogReader:
                     pos = after
                 buffer = buffer[pos:]
                 buffer_start += pos
+
+    def backlog(self, stream: str, position: int) -> tuple[int, int | None]:
+        """How many durable records lie at or after ``position``, and the receive
+        time of the first; reads only frame headers, so it is cheap."""
+        stream_dir = self.log_dir / stream
+        end = self.durable(stream)
+        count, first_ns = 0, None
+        bases = list_segments(stream_dir)
+        for index, base in enumerate(bases):
+            stop = bases[index + 1] if index + 1 < len(bases) else end
+            if stop <= position or base >= end:
+                continue
+            offset = max(position - base, 0)
+            with open(stream_dir / segment_name(base), "rb") as f:
+                data = f.read(min(stop, end) - base)
+            while offset + FRAME_HEADER.size + PAYLOAD_TIME.size <= len(data):
+                (length,) = _LENGTH.unpack_from(data, offset)
+                if first_ns is None:
+                    first_ns = PAYLOAD_TIME.unpack_from(data, offset + FRAME_HEADER.size)[2]
+                offset += FRAME_HEADER.size + length
+                count += 1
+        return count, first_ns
 
     def count(self, stream: str, position: int = 0) -> tuple[int, int]:
         """How many records lie at or after ``position``, and where they end."""

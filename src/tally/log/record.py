@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 FRAME_HEADER = struct.Struct("<II")
 _PAYLOAD_HEADER = struct.Struct("<BBqHHHHHII")
+#: The start of a payload: version, method, receive time (ns).
+PAYLOAD_TIME = struct.Struct("<BBq")
 VERSION = 1
 #: A frame larger than this is corruption, not a record (the collector's own
 #: limits keep real records far below it).

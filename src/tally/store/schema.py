@@ -20,7 +20,11 @@ DDL = """
 CREATE TABLE IF NOT EXISTS meta (name VARCHAR PRIMARY KEY, value VARCHAR);
 
 -- Applied log positions, committed with the batch that reached them.
-CREATE TABLE IF NOT EXISTS positions (stream VARCHAR PRIMARY KEY, position BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS positions (
+    stream VARCHAR PRIMARY KEY,
+    position BIGINT NOT NULL,
+    records BIGINT NOT NULL          -- how many records lie before `position`
+);
 
 -- Every applied or rejected record's de-duplication key (SPEC §4), for the
 -- whole history; `dedup_time` first so that look-ups skip by zone maps.

@@ -357,14 +357,17 @@ class Store:
 
     def _save_positions(self, entries: Iterable[Entry]) -> None:
         reached: dict[str, int] = {}
+        records: Counter[str] = Counter()
         for entry in entries:
+            records[entry.stream] += 1
             if entry.next_position > reached.get(entry.stream, -1):
                 reached[entry.stream] = entry.next_position
         for stream, position in reached.items():
             self.con.execute(
-                "INSERT INTO positions VALUES (?, ?) ON CONFLICT DO UPDATE SET "
-                "position = greatest(positions.position, EXCLUDED.position)",
-                [stream, position],
+                "INSERT INTO positions VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET "
+                "position = greatest(positions.position, EXCLUDED.position), "
+                "records = positions.records + EXCLUDED.records",
+                [stream, position, records[stream]],
             )
 
 

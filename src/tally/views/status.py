@@ -9,29 +9,33 @@ import duckdb
 
 from tally import __version__
 from tally.log.reader import LogReader
-from tally.log.stats import LogStats
 from tally.views.common import KNOWN_IDENTITIES
 
 
 def pipeline_view(
     con: duckdb.DuckDBPyConnection, reader: LogReader, *, now_ns: int | None = None
 ) -> dict[str, Any]:
-    """Per stream: where the log ends, where the store is, and how far behind."""
+    """Per stream: where the log ends, where the store is, and how far behind.
+
+    Reads only the frame headers of the records not applied yet, so it costs
+    little however long the log."""
     now_ns = time.time_ns() if now_ns is None else now_ns
-    applied = dict(con.execute("SELECT stream, position FROM positions").fetchall())
+    applied = {
+        stream: (position, records)
+        for stream, position, records in con.execute(
+            "SELECT stream, position, records FROM positions"
+        ).fetchall()
+    }
     streams = []
     for stream in reader.streams():
-        position = applied.get(stream, 0)
-        lag_records, oldest_ns = 0, None
-        for entry in reader.read(stream, position):
-            if oldest_ns is None:
-                oldest_ns = entry.record.recv_ns
-            lag_records += 1
+        position, records = applied.get(stream, (0, 0))
+        lag_records, oldest_ns = reader.backlog(stream, position)
         streams.append(
             {
                 "name": stream,
                 "log_position": reader.durable(stream),
                 "applied_position": position,
+                "records": records + lag_records,
                 "lag_records": lag_records,
                 "lag_seconds": round(max(now_ns - oldest_ns, 0) / 1e9, 3) if oldest_ns else 0.0,
             }
@@ -74,21 +78,22 @@ def store_view(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
 
 def status_view(
     con: duckdb.DuckDBPyConnection,
-    log_stats: LogStats,
     reader: LogReader,
     processor: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    streams = log_stats.refresh()
+    pipeline = pipeline_view(con, reader)
+    streams = pipeline["streams"]
     return {
         "version": __version__,
         "log": {
-            "records": sum(s.records for s in streams),
-            "bytes": sum(s.bytes for s in streams),
+            "records": sum(s["records"] for s in streams),
+            "bytes": sum(s["log_position"] for s in streams),
             "streams": len(streams),
             "per_stream": [
-                {"name": s.name, "records": s.records, "bytes": s.bytes} for s in streams
+                {"name": s["name"], "records": s["records"], "bytes": s["log_position"]}
+                for s in streams
             ],
         },
-        "pipeline": {**pipeline_view(con, reader), "processor": processor},
+        "pipeline": {**pipeline, "processor": processor},
         "store": store_view(con),
     }
