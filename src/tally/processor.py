@@ -28,7 +28,7 @@ from tally.views.rejects import replayable
 log = logging.getLogger("tally.processor")
 
 BATCH_RECORDS = 50_000
-PROCESSOR_NICE = 10
+PROCESSOR_NICE = 19
 
 
 class CatalogKeys:
@@ -163,6 +163,10 @@ class Processor:
     # -- as a thread inside `tally serve` ------------------------------------------------
 
     def start(self) -> None:
+        # DuckDB's own worker threads would run the batch's SQL at normal
+        # priority, beside the collectors: with one thread it all runs in the
+        # processor's thread, which yields to them (see _run).
+        self.store.con.execute("SET threads = 1")
         self._thread = threading.Thread(target=self._run, name="tally-processor", daemon=True)
         self._thread.start()
 

@@ -245,12 +245,14 @@ class TrackingProtocol(asyncio.Protocol):
     ) -> None:
         user_agent = content_type = forwarded_for = b""
         for name, value in headers:
-            lowered = name.lower()
-            if lowered == b"user-agent":
-                user_agent = value
-            elif lowered == b"content-type":
-                content_type = value
-            elif lowered == b"x-forwarded-for":
+            size = len(name)  # a browser sends a dozen headers: lower-case only candidates
+            if size == 10:
+                if name.lower() == b"user-agent":
+                    user_agent = value
+            elif size == 12:
+                if name.lower() == b"content-type":
+                    content_type = value
+            elif size == 15 and name.lower() == b"x-forwarded-for":
                 forwarded_for = value
         frame = encode_frame(
             code, path, query, body, time.time_ns(), self._addr,
