@@ -47,11 +47,27 @@ from tally.store import Store
 
 KEY = "0123456789abcdef0123456789abcdef01234567"
 EVENTS = [
-    "Visited Site", "Viewed Page", "Signed Up", "Logged In", "Added To Cart", "Billed",
-    "Viewed Product", "Searched", "Shared", "Invited Friend", "Upgraded", "Downgraded",
-    "Cancelled", "Opened Email", "Clicked Email", "Started Trial", "Watched Video",
-    "Commented", "Downloaded", "Rated",
-]  # fmt: skip
+    "Visited Site",
+    "Viewed Page",
+    "Signed Up",
+    "Logged In",
+    "Added To Cart",
+    "Billed",
+    "Viewed Product",
+    "Searched",
+    "Shared",
+    "Invited Friend",
+    "Upgraded",
+    "Downgraded",
+    "Cancelled",
+    "Opened Email",
+    "Clicked Email",
+    "Started Trial",
+    "Watched Video",
+    "Commented",
+    "Downloaded",
+    "Rated",
+]
 START = 1_790_000_000  # a Unix second in 2026
 
 
@@ -64,13 +80,20 @@ def generate(rng: random.Random, n: int, people: int) -> list[tuple[str, str]]:
         roll = rng.random()
         if roll < 0.80:
             name = quote(EVENTS[rng.randrange(len(EVENTS))]).replace("%20", "+")
-            query = (f"_k={KEY}&_p={person}%40example.com&_n={name}&_t={t}"
-                     f"&Plan=plan{rng.randrange(4)}&Amount={rng.randrange(1000)}"
-                     f"&Page=%2Fpage%2F{rng.randrange(200)}&Referrer=site{rng.randrange(30)}.com")  # fmt: skip
+            query = (
+                f"_k={KEY}&_p={person}%40example.com&_n={name}&_t={t}"
+                f"&Plan=plan{rng.randrange(4)}&Amount={rng.randrange(1000)}"
+                f"&Page=%2Fpage%2F{rng.randrange(200)}&Referrer=site{rng.randrange(30)}.com"
+            )
             calls.append(("/e", query))
         elif roll < 0.92:
-            calls.append(("/s", f"_k={KEY}&_p={person}%40example.com&_t={t}"
-                                f"&Country=c{rng.randrange(50)}&Age={rng.randrange(18, 80)}"))  # fmt: skip
+            calls.append(
+                (
+                    "/s",
+                    f"_k={KEY}&_p={person}%40example.com&_t={t}"
+                    f"&Country=c{rng.randrange(50)}&Age={rng.randrange(18, 80)}",
+                )
+            )
         elif roll < 0.95:
             calls.append(("/a", f"_k={KEY}&_p=anon-{person}&_n={person}%40example.com&_t={t}"))
         elif roll < 0.98 and calls:
@@ -91,8 +114,9 @@ def write_log(log_dir: Path, n: int, *, seed: int = 7, streams: int = 2) -> int:
     for start in range(0, n, chunk):
         for i, (path, query) in enumerate(generate(rng, min(chunk, n - start), people)):
             recv_ns = (START + (start + i) // 50) * 10**9 + i
-            frame = encode_record(Record("GET", path, query.encode(), b"", recv_ns,
-                                         "127.0.0.1", "Mozilla/5.0"))  # fmt: skip
+            frame = encode_record(
+                Record("GET", path, query.encode(), b"", recv_ns, "127.0.0.1", "Mozilla/5.0")
+            )
             pending[i % streams].append(frame)
         for writer, frames in zip(writers, pending, strict=True):
             data = b"".join(frames)
@@ -138,8 +162,15 @@ def batch(n: int, offset: int) -> list[Entry]:
     entries = []
     position = 0
     for i, (path, query) in enumerate(generate(rng, n, 100_000)):
-        record = Record("GET", path, query.encode(), b"", (START + 10**6) * 10**9 + offset + i,
-                        "127.0.0.1", "Mozilla/5.0")  # fmt: skip
+        record = Record(
+            "GET",
+            path,
+            query.encode(),
+            b"",
+            (START + 10**6) * 10**9 + offset + i,
+            "127.0.0.1",
+            "Mozilla/5.0",
+        )
         size = len(encode_record(record))
         entries.append(Entry("c9", offset + position, offset + position + size, record))
         position += size
@@ -156,8 +187,8 @@ def fill_history(store: Store, events: int) -> None:
             MAP {{'plan': 'plan' || (i % 4), 'amount': (i % 1000)::VARCHAR}}, MAP {{}}
         FROM range({events}) t(i);
         INSERT INTO seen SELECT {START} - 86400 * 90 + i // 120, (hash(i) // 2)::BIGINT,
-            (hash(i + 1) // 2)::BIGINT, ({START} - 86400 * 90)::BIGINT * 1000000000 + i, 'h' || (i % 2),
-            i * 250 FROM range({events}) t(i);
+            (hash(i + 1) // 2)::BIGINT, ({START} - 86400 * 90)::BIGINT * 1000000000 + i,
+            'h' || (i % 2), i * 250 FROM range({events}) t(i);
         INSERT INTO property_values SELECT 'default', 'user' || (i % 1000000) || '@example.com',
             'plan', 'plan' || (i % 4), {START} - 86400 * 90 + i // 60,
             ({START} - 86400 * 90)::BIGINT * 1000000000 + i, 'h' || (i % 2), i * 250
@@ -165,7 +196,7 @@ def fill_history(store: Store, events: int) -> None:
         INSERT INTO known_identities SELECT DISTINCT 'default', 'user' || i || '@example.com'
         FROM range(1000000) t(i);
         CHECKPOINT;
-        """  # noqa: S608 (numbers only)
+        """
     )
 
 
@@ -191,19 +222,28 @@ def measure_rebuild(work: Path, n: int) -> tuple[float, int]:
     data_dir = work / "rebuild"
     write_log(Settings(data_dir=data_dir).log_dir, n)
     env = {**os.environ, "TALLY_DATA_DIR": str(data_dir)}
-    subprocess.run([sys.executable, "-m", "tally", "products", "create", "default",
-                    "--key", KEY], check=True, env=env, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "tally", "products", "create", "default", "--key", KEY],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "tally", "rebuild"], check=True, env=env,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "tally", "rebuild"], check=True, env=env, stdout=subprocess.DEVNULL
+    )
     return time.perf_counter() - started, n
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--records", type=int, default=1_000_000, help="log size for the apply rate")
+    parser.add_argument(
+        "--records", type=int, default=1_000_000, help="log size for the apply rate"
+    )
     parser.add_argument("--history", type=int, default=10_000_000, help="events already stored")
-    parser.add_argument("--rebuild", type=int, default=0, help="also time `tally rebuild` of N records")
+    parser.add_argument(
+        "--rebuild", type=int, default=0, help="also time `tally rebuild` of N records"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tally-bench-processor-"))
     try:
@@ -212,15 +252,19 @@ def main() -> None:
         size = write_log(Settings(data_dir=data_dir).log_dir, args.records)
         pin_to_one_cpu()
         read_rate = measure_read(data_dir / "log")
-        rate, applied = measure_apply(data_dir)
+        rate, _ = measure_apply(data_dir)
         print(f"log: {args.records:,} records, {size / 2**20:,.0f} MiB on 2 streams")
         print(f"reference, read + decode the log only: {read_rate:12,.0f} records/s")
-        print(f"apply (read, normalise, dedup, write):  {rate:12,.0f} records/s"
-              f"  ({rate / read_rate:.2f} of the reference)")  # fmt: skip
+        print(
+            f"apply (read, normalise, dedup, write):  {rate:12,.0f} records/s"
+            f"  ({rate / read_rate:.2f} of the reference)"
+        )
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
         empty, full = measure_history(work, args.history)
-        print(f"one 50,000-record batch: empty store {empty:.3f} s, "
-              f"with {args.history:,} events {full:.3f} s, ratio {full / empty:.2f}")  # fmt: skip
+        print(
+            f"one 50,000-record batch: empty store {empty:.3f} s, "
+            f"with {args.history:,} events {full:.3f} s, ratio {full / empty:.2f}"
+        )
         if args.rebuild:
             seconds, n = measure_rebuild(work, args.rebuild)
             print(f"tally rebuild of {n:,} records: {seconds:.1f} s ({n / seconds:,.0f} records/s)")
