@@ -14,7 +14,7 @@ import duckdb
 
 from tally import identity_graph
 from tally.identity_graph import Edge
-from tally.store.rows import INT, TEXT, Rows, insert, orders, registered
+from tally.store.rows import INT, TEXT, Rows, insert, orders, registered, reject_rows
 
 _TOUCHING = "(a IN (SELECT identity FROM _members) OR b IN (SELECT identity FROM _members))"
 
@@ -92,16 +92,7 @@ def rederive(con: duckdb.DuckDBPyConnection, product: str, seeds: set[str], cap:
             [identity_graph.CAPPED],
         )
     capped = [e for e in edges if derived.status[e.order] == identity_graph.CAPPED]
-    rejects = Rows(
-        product=TEXT,
-        reason=TEXT,
-        path=TEXT,
-        recv_ns=INT,
-        stream=TEXT,
-        position=INT,
-        params=TEXT,
-        detail=TEXT,
-    )
+    rejects = reject_rows()
     for edge in capped:
         recv_ns, stream, position = edge.order
         rejects.append(

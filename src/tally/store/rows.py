@@ -65,3 +65,17 @@ def orders(items: Any) -> Rows:
     for stream, position in items:
         rows.append(stream, position)
     return rows
+
+
+def reject_rows() -> Rows:
+    """Rows for the ``rejects`` table."""
+    return Rows(
+        product=TEXT,
+        reason=TEXT,
+        path=TEXT,
+        recv_ns=INT,
+        stream=TEXT,
+        position=INT,
+        params=TEXT,
+        detail=TEXT,
+    )

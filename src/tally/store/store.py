@@ -26,7 +26,7 @@ from tally.identity_graph import Edge, Order
 from tally.log.reader import Entry
 from tally.operations import parse_operator
 from tally.store.graph import rederive
-from tally.store.rows import INT, TEXT, Rows, insert, orders, registered
+from tally.store.rows import INT, TEXT, Rows, insert, orders, registered, reject_rows
 from tally.store.schema import DDL, SCHEMA_VERSION
 from tally.store.stage import REJECT, Stage
 
@@ -147,7 +147,7 @@ class Store:
 
     def _keep_failed(self, entry: Entry, exc: Exception) -> ApplyStats:
         record = entry.record
-        rows = _reject_rows()
+        rows = reject_rows()
         rows.append(
             None,
             INTERNAL_ERROR,
@@ -369,16 +369,3 @@ class Store:
                 "records = positions.records + EXCLUDED.records",
                 [stream, position, records[stream]],
             )
-
-
-def _reject_rows() -> Rows:
-    return Rows(
-        product=TEXT,
-        reason=TEXT,
-        path=TEXT,
-        recv_ns=INT,
-        stream=TEXT,
-        position=INT,
-        params=TEXT,
-        detail=TEXT,
-    )
