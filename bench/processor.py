@@ -15,10 +15,14 @@ Measures, in one run:
    (at most 1.5).
 3. **rebuild** (``--rebuild N``): ``tally rebuild`` of a generated log of N
    records, timed as a command.
+4. **end to end** (``--end-to-end SECONDS``): ``tally serve`` under wrk (the
+   ingest benchmark's request mix) for SECONDS, its applied lag sampled every
+   second from ``/api/v1/status``, and how long it takes to catch up after.
 
     .venv/bin/python bench/processor.py                       # 1M records, 10M history
     .venv/bin/python bench/processor.py --records 200000 --history 1000000
     .venv/bin/python bench/processor.py --rebuild 10000000    # the 10M rebuild (minutes)
+    .venv/bin/python bench/processor.py --records 0 --history 0 --end-to-end 30
 
 Everything is written under a temporary directory that is removed at the end.
 """
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -235,6 +240,67 @@ def measure_rebuild(work: Path, n: int) -> tuple[float, int]:
     return time.perf_counter() - started, n
 
 
+def measure_end_to_end(work: Path, seconds: int, connections: int) -> None:
+    """``tally serve`` under wrk for ``seconds``: the applied lag, every second."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import ingest  # the ingest benchmark's server control and request mix
+
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        print("end-to-end: wrk is not installed (bash bench/install.sh)")
+        return
+    (work / "e2e").mkdir()
+    tally = ingest.Tally(work / "e2e", workers=2)
+    try:
+        load = subprocess.Popen(
+            [
+                wrk,
+                "-t1",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "-s",
+                str(ingest.LUA),
+                tally.url,
+                "--",
+                tally.key,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        lags: list[tuple[float, int, float]] = []
+        started = time.monotonic()
+        while load.poll() is None:
+            time.sleep(1.0)
+            pipeline = tally.status()["pipeline"]
+            assert isinstance(pipeline, dict)
+            lags.append(
+                (time.monotonic() - started, pipeline["lag_records"], pipeline["lag_seconds"])
+            )
+        output = load.communicate()[0]
+        rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+        ended = time.monotonic()
+        while True:
+            pipeline = tally.status()["pipeline"]
+            assert isinstance(pipeline, dict)
+            if pipeline["lag_records"] == 0 or time.monotonic() - ended > 600:
+                break
+            time.sleep(0.5)
+        caught_up = time.monotonic() - ended
+    finally:
+        tally.stop()
+    print(
+        f"end-to-end, wrk -c{connections} for {seconds} s: "
+        f"{float(rate.group(1)) if rate else 0:,.0f} requests/s"
+    )
+    for at, records, lag in lags[:: max(len(lags) // 10, 1)]:
+        print(f"  t={at:5.1f} s  lag {records:>9,} records  {lag:6.2f} s")
+    worst = max(lags, key=lambda x: x[2], default=(0.0, 0, 0.0))
+    print(
+        f"  worst lag {worst[2]:.2f} s ({worst[1]:,} records); "
+        f"caught up {caught_up:.1f} s after the load ended"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -244,27 +310,39 @@ def main() -> None:
     parser.add_argument(
         "--rebuild", type=int, default=0, help="also time `tally rebuild` of N records"
     )
+    parser.add_argument(
+        "--end-to-end",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="also run tally serve under wrk for SECONDS and sample the applied lag",
+    )
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections (end-to-end)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tally-bench-processor-"))
     try:
         print(f"machine: {os.cpu_count()} CPUs; processor pinned to one CPU, DuckDB 1 thread")
-        data_dir = work / "apply"
-        size = write_log(Settings(data_dir=data_dir).log_dir, args.records)
-        pin_to_one_cpu()
-        read_rate = measure_read(data_dir / "log")
-        rate, _ = measure_apply(data_dir)
-        print(f"log: {args.records:,} records, {size / 2**20:,.0f} MiB on 2 streams")
-        print(f"reference, read + decode the log only: {read_rate:12,.0f} records/s")
-        print(
-            f"apply (read, normalise, dedup, write):  {rate:12,.0f} records/s"
-            f"  ({rate / read_rate:.2f} of the reference)"
-        )
-        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
-        empty, full = measure_history(work, args.history)
-        print(
-            f"one 50,000-record batch: empty store {empty:.3f} s, "
-            f"with {args.history:,} events {full:.3f} s, ratio {full / empty:.2f}"
-        )
+        if args.records:
+            data_dir = work / "apply"
+            size = write_log(Settings(data_dir=data_dir).log_dir, args.records)
+            pin_to_one_cpu()
+            read_rate = measure_read(data_dir / "log")
+            rate, _ = measure_apply(data_dir)
+            os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+            print(f"log: {args.records:,} records, {size / 2**20:,.0f} MiB on 2 streams")
+            print(f"reference, read + decode the log only: {read_rate:12,.0f} records/s")
+            print(
+                f"apply (read, normalise, dedup, write):  {rate:12,.0f} records/s"
+                f"  ({rate / read_rate:.2f} of the reference)"
+            )
+        if args.history:
+            empty, full = measure_history(work, args.history)
+            print(
+                f"one 50,000-record batch: empty store {empty:.3f} s, "
+                f"with {args.history:,} events {full:.3f} s, ratio {full / empty:.2f}"
+            )
+        if args.end_to_end:
+            measure_end_to_end(work, args.end_to_end, args.connections)
         if args.rebuild:
             seconds, n = measure_rebuild(work, args.rebuild)
             print(f"tally rebuild of {n:,} records: {seconds:.1f} s ({n / seconds:,.0f} records/s)")
