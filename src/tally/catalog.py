@@ -196,14 +196,6 @@ class Catalog:
             db.execute("UPDATE api_keys SET revoked_ns = ? WHERE key = ?", (now, key))
         return ApiKey(row[0], row[1], row[2], now)
 
-    def keys(self) -> list[ApiKey]:
-        return [
-            ApiKey(*row)
-            for row in self._db.execute(
-                "SELECT key, product, created_ns, revoked_ns FROM api_keys ORDER BY created_ns"
-            )
-        ]
-
     # -- operator tokens ------------------------------------------------------------------
 
     def create_token(self, name: str = "operator") -> str:
@@ -221,10 +213,6 @@ class Catalog:
             "SELECT 1 FROM tokens WHERE hash = ?", (_hash_token(token),)
         ).fetchone()
         return row is not None
-
-    def token_count(self) -> int:
-        (count,) = self._db.execute("SELECT count(*) FROM tokens").fetchone()
-        return int(count)
 
     # -- first start ----------------------------------------------------------------------
 

@@ -8,7 +8,6 @@ will truncate when it next opens the stream; either way it is not a record yet.
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -17,7 +16,6 @@ from tally.log.record import FRAME_HEADER, PAYLOAD_TIME, CorruptFrame, Record, r
 from tally.log.writer import SEGMENT_SUFFIX, durable_position, list_segments, segment_name
 
 _CHUNK = 4 * 1024 * 1024
-_LENGTH = struct.Struct("<I")
 
 
 class Entry(NamedTuple):
@@ -120,11 +118,13 @@ class LogReader:
             stop = bases[index + 1] if index + 1 < len(bases) else end
             if stop <= position or base >= end:
                 continue
-            offset = max(position - base, 0)
+            start = max(position - base, 0)
             with open(stream_dir / segment_name(base), "rb") as f:
-                data = f.read(min(stop, end) - base)
+                f.seek(start)  # only the part not applied yet
+                data = f.read(min(stop, end) - base - start)
+            offset = 0
             while offset + FRAME_HEADER.size + PAYLOAD_TIME.size <= len(data):
-                (length,) = _LENGTH.unpack_from(data, offset)
+                length = FRAME_HEADER.unpack_from(data, offset)[0]
                 if first_ns is None:
                     first_ns = PAYLOAD_TIME.unpack_from(data, offset + FRAME_HEADER.size)[2]
                 offset += FRAME_HEADER.size + length

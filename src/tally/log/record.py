@@ -103,11 +103,6 @@ def method_code(method: str) -> int:
     return _METHOD_CODES[method]
 
 
-def decode_payload(payload: bytes | memoryview) -> Record:
-    """Decode a payload whose checksum was verified."""
-    return _decode(bytes(payload), 0, len(payload))
-
-
 def _decode(buf: bytes, start: int, end: int) -> Record:
     # The processor's read path: one slice per field, straight from the buffer.
     (version, method, recv_ns, lp, la, lu, lc, lx, lq, lb) = _PAYLOAD_HEADER.unpack_from(buf, start)
