@@ -396,3 +396,16 @@ def test_a_failed_write_is_cut_back_and_the_stream_goes_on(tmp_path: Path) -> No
     assert result["failed_at_end"] is None  # the next good write clears it
     assert segments(stream_dir)[-1].read_bytes() == frames(first) + frames(after)
     assert read_all(tmp_path) == first + after
+
+
+@pytest.mark.parametrize("segment_bytes", [1 << 20, 200])
+def test_backlog_counts_the_records_from_a_position_and_dates_the_first(
+    tmp_path: Path, segment_bytes: int
+) -> None:
+    written = [record(n) for n in range(7)]
+    write(tmp_path / STREAM, written, segment_bytes=segment_bytes)
+    reader = LogReader(tmp_path)
+    entries = list(reader.read(STREAM))
+    for index, entry in enumerate(entries):
+        assert reader.backlog(STREAM, entry.position) == (7 - index, written[index].recv_ns)
+    assert reader.backlog(STREAM, entries[-1].next_position) == (0, None)
