@@ -1,0 +1,130 @@
+"""Metrics and trends (SPEC §9): people, times, averages and sums per interval."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+
+from tally.reports.query import Metrics, Segment
+from tally.reports.sql import (
+    DIALECT,
+    Dialect,
+    Sql,
+    event_filters,
+    events_of,
+    interval_starts,
+    iso_local,
+    person_restriction,
+    sql,
+)
+
+NO_SEGMENT = "__all__"
+
+
+def segment_join(
+    product: str, segment: Segment, rows: str, d: Dialect = DIALECT, *, time_of: str = ""
+) -> Sql:
+    """A join giving each row of ``rows`` (which has ``person``) its segment value
+    as ``sv.value`` (SPEC §9: first ever, last ever, or at the time of an
+    occurrence whose order-key columns are prefixed ``time_of``)."""
+    values = (
+        Sql(f"(SELECT {d.person('v')} AS person, ")
+        + ("v.time, v.recv_ns, v.stream, v.position, v.value" if time_of else "")
+    )
+    if time_of:
+        # The latest value at or before the occurrence, in the total order: a
+        # value sent with the event itself counts (SPEC §6).
+        return (
+            Sql(" ASOF LEFT JOIN ")
+            + values
+            + f" FROM property_values v{d.person_join('v')} "
+            + sql("WHERE v.product = ? AND v.key = ?) sv", product, segment.property)
+            + f" ON sv.person = {rows}.person AND "
+            + f"({time_of}time, {time_of}recv_ns, {time_of}stream, {time_of}position)"
+            + f" >= {d.order_key('sv')}"
+        )
+    pick = d.last_by if segment.attribution == "last_ever" else d.first_by
+    return (
+        Sql(" LEFT JOIN ")
+        + values
+        + f"{pick('v.value', d.order_key('v'))} AS value "
+        + f"FROM property_values v{d.person_join('v')} "
+        + sql("WHERE v.product = ? AND v.key = ? GROUP BY 1) sv", product, segment.property)
+        + f" ON sv.person = {rows}.person"
+    )
+
+
+def run(con: duckdb.DuckDBPyConnection, q: Metrics, d: Dialect = DIALECT) -> dict[str, Any]:
+    c = q.common
+    starts = interval_starts(c.start, c.end, q.interval, c.tz)
+
+    def answer(cells: dict[int | None, tuple[Any, ...]]) -> dict[str, Any]:
+        return {
+            "series": [
+                {"start": iso_local(s, c.tz), "value": _value(q.measure, cells.get(s))}
+                for s in starts
+            ],
+            "total": _value(q.measure, cells.get(None)),
+        }
+
+    # Distinct people do not add up across segments: the whole is its own query.
+    everything = answer(_cells(con, q, None, starts, d).get(NO_SEGMENT, {}))
+    if q.segment is None:
+        return everything
+    segments = [
+        {"value": value, **answer(cells)}
+        for value, cells in _cells(con, q, q.segment, starts, d).items()
+    ]
+    segments.sort(key=lambda s: (-(s["total"] or 0), s["value"] is None, s["value"] or ""))
+    return {**everything, "segments": segments}
+
+
+def _cells(
+    con: duckdb.DuckDBPyConnection,
+    q: Metrics,
+    segment: Segment | None,
+    starts: list[int],
+    d: Dialect,
+) -> dict[Any, dict[int | None, tuple[Any, ...]]]:
+    """segment value -> interval start (None: the whole range) -> aggregates."""
+    c = q.common
+    numeric = d.numeric(d.prop("e.properties", q.property)) if q.property else Sql("NULL")
+    if segment is None:
+        seg_expr, join = f"'{NO_SEGMENT}'", Sql("")
+    else:
+        seg_expr = "sv.value"
+        time_of = "x." if segment.attribution == "at_event" else ""
+        join = segment_join(c.product, segment, "x", d, time_of=time_of)
+    query = (
+        Sql("WITH x AS (SELECT * FROM (")
+        + events_of(c.product, [q.event], c.start, c.end, d, extra=numeric)
+        + " AND "
+        + event_filters("e", c.where, d)
+        + ") WHERE "
+        + person_restriction(c, "person", d)
+        + f") SELECT b.bucket, {seg_expr} AS seg, count(DISTINCT x.person), count(*), "
+        + "sum(x.n), count(x.n), avg(x.n), grouping(b.bucket) FROM x"
+        + join
+        + d.bucket_join("x.time", starts)
+        + " GROUP BY GROUPING SETS ((b.bucket, seg), (seg))"
+    )
+    rows = con.execute(query.text, list(query.params)).fetchall()
+    out: dict[Any, dict[int | None, tuple[Any, ...]]] = {}
+    for bucket, seg, people, times, total, count, average, grouped in rows:
+        cell = (people, times, total, count, average)
+        out.setdefault(seg, {})[None if grouped else bucket] = cell
+    return out
+
+
+def _value(measure: str, cell: tuple[Any, ...] | None) -> float | int | None:
+    people, times, total, count, average = cell or (0, 0, None, 0, None)
+    if measure == "people":
+        return int(people)
+    if measure == "times":
+        return int(times)
+    if measure == "average_per_person":
+        return times / people if people else None
+    if measure == "sum":
+        return float(total) if count else 0
+    return float(average) if count else None

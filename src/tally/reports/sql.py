@@ -1,0 +1,247 @@
+"""The one query-building layer of the reports: SQL text with bound parameters.
+
+A :class:`Sql` is text with ``?`` placeholders and the values that fill them,
+in order; pieces are joined with ``+`` and :func:`join`, never by pasting a
+value into the text (DESIGN §5). Everything specific to DuckDB's dialect is in
+the :class:`Dialect` at the bottom, so that another store (ClickHouse) can
+reuse every report by giving its own spelling of the same few functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from tally.reports.query import Common, Filter, Interval
+
+#: SPEC §11's numeric values (DuckDB's regexp is RE2: ``\d`` is ASCII 0-9).
+NUMERIC_PATTERN = r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?"
+
+
+@dataclass(frozen=True)
+class Sql:
+    text: str
+    params: tuple[Any, ...] = ()
+
+    def __add__(self, other: Sql | str) -> Sql:
+        if isinstance(other, str):
+            return Sql(self.text + other, self.params)
+        return Sql(self.text + other.text, self.params + other.params)
+
+    def __radd__(self, other: str) -> Sql:
+        return Sql(other + self.text, self.params)
+
+
+def sql(text: str, *params: Any) -> Sql:
+    if text.count("?") != len(params):
+        raise ValueError(f"{text.count('?')} placeholders, {len(params)} values: {text!r}")
+    return Sql(text, params)
+
+
+def join(parts: Iterable[Sql | str], sep: str) -> Sql:
+    out = Sql("")
+    for i, part in enumerate(parts):
+        out = (out + sep + part) if i else (out + part)
+    return out
+
+
+def all_of(parts: Sequence[Sql]) -> Sql:
+    return join((Sql("(") + p + ")" for p in parts), " AND ") if parts else Sql("true")
+
+
+def values_list(values: Sequence[Any]) -> Sql:
+    """``(?, ?, …)`` for an IN list."""
+    return sql("(" + ", ".join("?" for _ in values) + ")", *values)
+
+
+# -- time ---------------------------------------------------------------------------------
+
+
+def interval_starts(start: int, end: int, interval: Interval, tz_name: str) -> list[int]:
+    """The starts (Unix seconds) of the calendar intervals that overlap [start, end),
+    in the product's time zone (SPEC §12: ISO weeks, calendar months)."""
+    tz = ZoneInfo(tz_name)
+    local = datetime.fromtimestamp(start, tz)
+    if interval == "hour":
+        # Hours are cut in absolute time (every zone's offset is whole hours or
+        # half hours; a half-hour zone's hours start at :30 UTC).
+        first = local.replace(minute=0, second=0, microsecond=0)
+    else:
+        first = local.replace(hour=0, minute=0, second=0, microsecond=0, fold=0)
+        if interval == "week":
+            first -= timedelta(days=first.weekday())
+        elif interval == "month":
+            first = first.replace(day=1)
+    starts = []
+    naive = first.replace(tzinfo=None)
+    while True:
+        moment = int(naive.replace(tzinfo=tz).timestamp())
+        if interval == "hour":
+            moment = int(first.timestamp()) + 3600 * len(starts)
+        if moment >= end:
+            break
+        if not starts or moment > starts[-1]:
+            starts.append(moment)
+        naive = _next(naive, interval)
+    return starts
+
+
+def _next(naive: datetime, interval: Interval) -> datetime:
+    if interval == "day":
+        return naive + timedelta(days=1)
+    if interval == "week":
+        return naive + timedelta(days=7)
+    if interval == "month":
+        year, month = (naive.year + 1, 1) if naive.month == 12 else (naive.year, naive.month + 1)
+        return naive.replace(year=year, month=month)
+    return naive + timedelta(hours=1)
+
+
+def iso_local(seconds: int, tz_name: str) -> str:
+    return datetime.fromtimestamp(seconds, ZoneInfo(tz_name)).isoformat()
+
+
+# -- the dialect ----------------------------------------------------------------------------
+
+
+class Dialect:
+    """DuckDB's spelling of what the reports need."""
+
+    def order_key(self, alias: str) -> str:
+        """The total order of occurrences (SPEC §3, §11) as one comparable value."""
+        return f"({alias}.time, {alias}.recv_ns, {alias}.stream, {alias}.position)"
+
+    def first_by(self, value: str, key: str) -> str:
+        return f"arg_min({value}, {key})"
+
+    def last_by(self, value: str, key: str) -> str:
+        return f"arg_max({value}, {key})"
+
+    def prop(self, properties: str, key: str) -> Sql:
+        """The value of one property in a map column (NULL when absent)."""
+        return sql(f"{properties}[?]", key)
+
+    def numeric(self, value: Sql | str) -> Sql:
+        """A value as a finite double when it is numeric (SPEC §2, §11), else NULL."""
+        v = value if isinstance(value, Sql) else Sql(value)
+        cast = Sql("try_cast(") + v + " AS DOUBLE)"
+        return (
+            Sql("CASE WHEN regexp_full_match(") + v + sql(", ?) AND isfinite(", NUMERIC_PATTERN)
+            + cast + ") THEN " + cast + " END"
+        )  # fmt: skip
+
+    def median(self, value: str) -> str:
+        # quantile_cont: the mean of the two middle values of an even count.
+        return f"quantile_cont({value}, 0.5)"
+
+    def bucket_join(self, time_expr: str, starts: Sequence[int]) -> Sql:
+        """A join that gives each row the start of its interval as ``b.bucket``:
+        the greatest start at or before ``time_expr``."""
+        return sql(
+            f" ASOF JOIN (SELECT unnest(?::BIGINT[]) AS bucket) b ON {time_expr} >= b.bucket",
+            list(starts),
+        )
+
+    def person_join(self, alias: str) -> str:
+        """Joins the alias graph (SPEC §5): a person is resolved at query time."""
+        return (
+            f" LEFT JOIN identities i_{alias} ON i_{alias}.product = {alias}.product"
+            f" AND i_{alias}.identity = {alias}.identity"
+        )
+
+    def person(self, alias: str) -> str:
+        return f"coalesce(i_{alias}.person, {alias}.identity)"
+
+
+DIALECT = Dialect()
+
+
+# -- filters --------------------------------------------------------------------------------
+
+
+def test(value: Sql, f: Filter, d: Dialect = DIALECT) -> Sql:
+    """Whether ``value`` (NULL when the property is absent) passes the filter
+    (docs/reports.md: ``not_equals`` and ``has_no_value`` match absence)."""
+    op = f.op
+    if op == "has_any_value":
+        return value + " IS NOT NULL"
+    if op == "has_no_value":
+        return value + " IS NULL"
+    if op == "not_equals":
+        return value + sql(" IS DISTINCT FROM ?", f.value)
+    if op in ("gt", "gte", "lt", "lte"):
+        symbol = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[op]
+        return Sql("coalesce(") + d.numeric(value) + sql(f" {symbol} ?, false)", f.value)
+    function = {"equals": None, "contains": "contains", "begins_with": "starts_with",
+                "ends_with": "ends_with"}[op]  # fmt: skip
+    if function is None:
+        return Sql("coalesce(") + value + sql(" = ?, false)", f.value)
+    return Sql(f"coalesce({function}(") + value + sql(", ?), false)", f.value)
+
+
+def event_filters(alias: str, filters: Sequence[Filter], d: Dialect = DIALECT) -> Sql:
+    return all_of([test(d.prop(f"{alias}.properties", f.property), f, d) for f in filters])
+
+
+def person_values(product: str, keys: Sequence[str], d: Dialect = DIALECT) -> Sql:
+    """Per person, the current value (SPEC §6) of each of ``keys``, as ``p0, p1, …``."""
+    columns = [
+        sql(f", {d.last_by('v.value', d.order_key('v'))} FILTER (WHERE v.key = ?) AS p{i}", key)
+        for i, key in enumerate(keys)
+    ]
+    return (
+        Sql(f"SELECT {d.person('v')} AS person")
+        + join(columns, "")
+        + f" FROM property_values v{d.person_join('v')}"
+        + sql(" WHERE v.product = ? AND v.key IN ", product)
+        + values_list(list(keys))
+        + " GROUP BY 1"
+    )
+
+
+def person_restriction(common: Common, person_expr: str, d: Dialect = DIALECT) -> Sql:
+    """A condition on ``person_expr`` for ``common.person_where``: the person's
+    current values (SPEC §6) pass every filter (``true`` without filters)."""
+    filters = common.person_where
+    if not filters:
+        return Sql("true")
+    keys = sorted({f.property for f in filters})
+    passes = all_of([test(Sql(f"p{keys.index(f.property)}"), f, d) for f in filters])
+    values = Sql("(SELECT person FROM (") + person_values(common.product, keys, d) + ") WHERE "
+    # A person with none of the properties passes only if absence does.
+    if all(f.op in ("has_no_value", "not_equals") for f in filters):
+        return Sql(f"{person_expr} NOT IN ") + values + "NOT (" + passes + "))"
+    return Sql(f"{person_expr} IN ") + values + passes + ")"
+
+
+def events_of(
+    product: str,
+    events: Sequence[str] | None,
+    start: int | None,
+    end: int | None,
+    d: Dialect = DIALECT,
+    *,
+    extra: Sql | None = None,
+) -> Sql:
+    """Occurrences (alias ``e``) of ``events`` (None: every event) with their
+    person, in [start, end) when given; ``extra`` is selected as ``n``. The
+    text ends inside the WHERE clause, so callers can add ``AND …``."""
+    where = sql("e.product = ?", product)
+    if events is not None:
+        where += Sql(" AND e.event IN ") + values_list(list(events))
+    if start is not None:
+        where += sql(" AND e.time >= ?", start)
+    if end is not None:
+        where += sql(" AND e.time < ?", end)
+    return (
+        Sql(
+            f"SELECT {d.person('e')} AS person, e.event, e.time, e.recv_ns, e.stream, "
+            "e.position, e.properties, "
+        )
+        + (extra if extra is not None else Sql("NULL"))
+        + f" AS n FROM events e{d.person_join('e')} WHERE "
+        + where
+    )
