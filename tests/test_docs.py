@@ -35,3 +35,14 @@ def test_readme_shows_the_two_commands_and_links_docs_that_exist():
                  "benchmarks.md"):  # fmt: skip
         assert f"docs/{link}" in readme
         assert (DOCS / link).exists(), link
+
+
+def test_every_report_kind_and_filter_op_is_documented():
+    from tally.reports.query import FILTER_OPS, KINDS
+
+    text = (DOCS / "reports.md").read_text()
+    for kind in KINDS:
+        assert f"\n## {kind}\n" in text, kind
+    for op in FILTER_OPS:
+        assert f"`{op}`" in text, op
+    assert "docs/reports.md" in (DOCS.parent / "README.md").read_text()

@@ -7,11 +7,13 @@ view function that the CLI calls too, on its own DuckDB cursor, in a thread.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import hmac
+import io
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,13 +21,15 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tally.catalog import Catalog
 from tally.errors import InvalidInput, TallyError, Unauthorized
 from tally.log.reader import LogReader
 from tally.processor import Processor
+from tally.reports import Product, parse, people, run_report
+from tally.reports.query import People
 from tally.settings import Settings
 from tally.views.common import require_product
 from tally.views.events import events_view
@@ -155,6 +159,51 @@ async def replay(request: Request) -> Response:
     return JSONResponse(result)
 
 
+async def report(request: Request) -> Response:
+    core = _authorise(request)
+    name = _product(core, request)
+    body = await _json_body(request)
+    found = core.catalog.product(name)
+    product = Product(found.name, found.timezone, found.revenue_property)
+    kind = request.path_params["kind"]
+    if kind == "people" and "text/csv" in request.headers.get("accept", ""):
+        query = parse(kind, body, product)  # a bad body is a 400 before any row is sent
+        assert isinstance(query, People)
+        return StreamingResponse(
+            _csv_lines(core, query),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{name}-people.csv"'},
+        )
+
+    def run() -> dict[str, Any]:
+        with core.processor.store.all_threads():
+            cursor = core.processor.store.cursor()
+            try:
+                return run_report(cursor, product, kind, body)
+            finally:
+                cursor.close()
+
+    return JSONResponse(await run_in_threadpool(run))
+
+
+def _csv_lines(core: Core, query: People) -> Iterator[bytes]:
+    """The people search as CSV, row by row (Starlette runs this in a thread)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    with core.processor.store.all_threads():
+        cursor = core.processor.store.cursor()
+        try:
+            for n, row in enumerate(people.csv_rows(cursor, query), 1):
+                writer.writerow(row)
+                if n % 1000 == 0:
+                    yield out.getvalue().encode()
+                    out.seek(0)
+                    out.truncate()
+            yield out.getvalue().encode()
+        finally:
+            cursor.close()
+
+
 async def _json_body(request: Request) -> dict[str, Any]:
     raw = await request.body()
     if not raw.strip():
@@ -203,6 +252,7 @@ def build_app(core: Core) -> Starlette:
             Route(products + "/events", events),
             Route(products + "/rejects", rejects),
             Route(products + "/rejects/replay", replay, methods=["POST"]),
+            Route(products + "/reports/{kind}", report, methods=["POST"]),
         ],
         exception_handlers={
             TallyError: _tally_error,

@@ -29,6 +29,8 @@ log = logging.getLogger("tally.processor")
 
 BATCH_RECORDS = 50_000
 PROCESSOR_NICE = 19
+#: DuckDB's memory in `tally serve` (the issue's bound for the server is 2 GiB).
+MEMORY_LIMIT = "1GB"
 
 
 class CatalogKeys:
@@ -166,7 +168,10 @@ class Processor:
         # DuckDB's own worker threads would run the batch's SQL at normal
         # priority, beside the collectors: with one thread it all runs in the
         # processor's thread, which yields to them (see _run).
+        self.store.threads = 1
         self.store.con.execute("SET threads = 1")
+        # Answers stay well within the server's memory (spilling to disk beyond).
+        self.store.con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
         self._thread = threading.Thread(target=self._run, name="tally-processor", daemon=True)
         self._thread.start()
 

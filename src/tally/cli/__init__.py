@@ -38,6 +38,7 @@ class _LazyGroup(click.Group):
         "events": "tally.cli.inspect:events",
         "rejects": "tally.cli.inspect:rejects",
         "rebuild": "tally.cli.maintenance:rebuild",
+        "report": "tally.cli.report:report",
         "alias": "tally.cli.maintenance:alias",
     }
 

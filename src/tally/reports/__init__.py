@@ -12,15 +12,15 @@ from typing import Any
 
 import duckdb
 
-from tally.reports import metrics
+from tally.reports import abtest, cohort, funnel, metrics, path, people, query, revenue
 from tally.reports.query import KINDS, Product, Query, parse
 
 __all__ = ["KINDS", "Product", "parse", "run_query", "run_report"]
 
 
-def run_query(con: duckdb.DuckDBPyConnection, query: Query) -> dict[str, Any]:
-    runner: Callable[[duckdb.DuckDBPyConnection, Any], dict[str, Any]] = _RUNNERS[type(query)]
-    return runner(con, query)
+def run_query(con: duckdb.DuckDBPyConnection, q: Query) -> dict[str, Any]:
+    runner: Callable[[duckdb.DuckDBPyConnection, Any], dict[str, Any]] = _RUNNERS[type(q)]
+    return runner(con, q)
 
 
 def run_report(
@@ -36,5 +36,11 @@ def run_report(
 
 
 _RUNNERS: dict[type, Callable[[duckdb.DuckDBPyConnection, Any], dict[str, Any]]] = {
-    metrics.Metrics: metrics.run,
+    query.Metrics: metrics.run,
+    query.Revenue: revenue.run,
+    query.ABTest: abtest.run,
+    query.Path: path.run,
+    query.Funnel: funnel.run,
+    query.Cohort: cohort.run,
+    query.People: people.run,
 }

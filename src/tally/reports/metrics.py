@@ -23,16 +23,15 @@ NO_SEGMENT = "__all__"
 
 
 def segment_join(
-    product: str, segment: Segment, rows: str, d: Dialect = DIALECT, *, time_of: str = ""
+    product: str, segment: Segment, rows: str, d: Dialect = DIALECT, *, at: str = ""
 ) -> Sql:
     """A join giving each row of ``rows`` (which has ``person``) its segment value
-    as ``sv.value`` (SPEC §9: first ever, last ever, or at the time of an
-    occurrence whose order-key columns are prefixed ``time_of``)."""
-    values = (
-        Sql(f"(SELECT {d.person('v')} AS person, ")
-        + ("v.time, v.recv_ns, v.stream, v.position, v.value" if time_of else "")
+    as ``sv.value`` (SPEC §9): first ever, last ever, or, with ``at``, the value
+    at the occurrence whose order key (:meth:`Dialect.order_key`) ``at`` is."""
+    values = Sql(f"(SELECT {d.person('v')} AS person, ") + (
+        "v.time, v.recv_ns, v.stream, v.position, v.value" if at else ""
     )
-    if time_of:
+    if at:
         # The latest value at or before the occurrence, in the total order: a
         # value sent with the event itself counts (SPEC §6).
         return (
@@ -40,9 +39,7 @@ def segment_join(
             + values
             + f" FROM property_values v{d.person_join('v')} "
             + sql("WHERE v.product = ? AND v.key = ?) sv", product, segment.property)
-            + f" ON sv.person = {rows}.person AND "
-            + f"({time_of}time, {time_of}recv_ns, {time_of}stream, {time_of}position)"
-            + f" >= {d.order_key('sv')}"
+            + f" ON sv.person = {rows}.person AND {at} >= {d.order_key('sv')}"
         )
     pick = d.last_by if segment.attribution == "last_ever" else d.first_by
     return (
@@ -94,8 +91,8 @@ def _cells(
         seg_expr, join = f"'{NO_SEGMENT}'", Sql("")
     else:
         seg_expr = "sv.value"
-        time_of = "x." if segment.attribution == "at_event" else ""
-        join = segment_join(c.product, segment, "x", d, time_of=time_of)
+        at = d.order_key("x") if segment.attribution == "at_event" else ""
+        join = segment_join(c.product, segment, "x", d, at=at)
     query = (
         Sql("WITH x AS (SELECT * FROM (")
         + events_of(c.product, [q.event], c.start, c.end, d, extra=numeric)

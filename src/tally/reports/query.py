@@ -9,6 +9,7 @@ is a plain value that the SQL compiler (and the tests' oracle) can trust.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any, Literal
@@ -76,6 +77,7 @@ class Metrics:
 class Step:
     event: str
     where: tuple[Filter, ...]
+    label: str  # the name as asked, shown when no event of that name was ever seen
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,12 @@ class _Body:
             raise self.fail(name, "is an empty name")
         return key
 
+    def key(self, name: str) -> str:
+        """A required name, as its SPEC §2 key."""
+        key = self.name(name)
+        assert key is not None  # required=True raises instead
+        return key
+
     def choice(self, name: str, options: tuple[str, ...], default: str | None = None) -> str:
         value = self.raw.get(name)
         if value is None and default is not None:
@@ -253,8 +261,7 @@ def parse(kind: str, body: Any, product: Product, *, now: float | None = None) -
         )
     b = _Body({} if body is None else body)
     common = _common(b, product, now)
-    parser = _PARSERS[kind]
-    return parser(b, common, product)
+    return _PARSERS[kind](b, common, product)
 
 
 def _common(b: _Body, product: Product, now: float | None) -> Common:
@@ -265,7 +272,10 @@ def _common(b: _Body, product: Product, now: float | None) -> Common:
         end = _midnight(today + timedelta(days=1), tz)
     start = _when(b, "from", tz)
     if start is None:
-        start = end - 30 * 86_400
+        # 30 calendar days before `to` in the product's zone (a DST change
+        # makes one of them 23 or 25 hours long).
+        local = datetime.fromtimestamp(end, tz).replace(tzinfo=None) - timedelta(days=30)
+        start = math.floor(local.replace(tzinfo=tz).timestamp())
     if start >= end:
         raise b.fail("from", "is before to")
     return Common(
@@ -312,8 +322,7 @@ def _filters(b: _Body, name: str) -> tuple[Filter, ...]:
 
 
 def _filter(f: _Body, *, op_name: str = "op") -> Filter:
-    prop = f.name("property")
-    assert prop is not None
+    prop = f.key("property")
     return Filter(prop, *_test(f, op_name))
 
 
@@ -357,8 +366,7 @@ def _segment(b: _Body, attributions: tuple[str, ...]) -> Segment | None:
     if b.get("segment") is None:
         return None
     s = b.nested("segment")
-    prop = s.name("property")
-    assert prop is not None
+    prop = s.key("property")
     return Segment(prop, s.choice("attribution", attributions, "first_ever"))
 
 
@@ -371,8 +379,7 @@ def _metrics(b: _Body, common: Common, product: Product) -> Metrics:
     measures = ("people", "times", "average_per_person", "sum", "average")
     measure = b.choice("measure", measures, common.unit)
     prop = b.name("property", required=measure in ("sum", "average"))
-    event = b.name("event")
-    assert event is not None
+    event = b.key("event")
     return Metrics(
         common,
         event,
@@ -395,11 +402,10 @@ def _funnel(b: _Body, common: Common, product: Product) -> Funnel:
             key = name_key(item)
             if not key:
                 raise InvalidInput(f"steps[{i}] is an empty name", field=f"steps[{i}]")
-            steps.append(Step(key, common.where))
+            steps.append(Step(key, common.where, item.strip()))
             continue
-        event = s.name("event")
-        assert event is not None
-        steps.append(Step(event, common.where + _filters(s, "where")))
+        event = s.key("event")
+        steps.append(Step(event, common.where + _filters(s, "where"), s.text("event").strip()))
     window = b.get("window")
     if window is not None:
         window = b.whole("window", 0, 10 * 366 * 86_400)
@@ -413,8 +419,7 @@ def _funnel(b: _Body, common: Common, product: Product) -> Funnel:
 
 
 def _cohort(b: _Body, common: Common, product: Product) -> Cohort:
-    first, back = b.name("first_event"), b.name("return_event")
-    assert first is not None and back is not None
+    first, back = b.key("first_event"), b.key("return_event")
     return Cohort(
         common,
         first,
@@ -438,8 +443,7 @@ def _revenue(b: _Body, common: Common, product: Product) -> Revenue:
 
 def _abtest(b: _Body, common: Common, product: Product) -> ABTest:
     _people_only(b, common)
-    experiment, conversion = b.name("experiment"), b.name("conversion")
-    assert experiment is not None and conversion is not None
+    experiment, conversion = b.key("experiment"), b.key("conversion")
     baseline = b.get("baseline")
     if baseline is not None and not isinstance(baseline, str):
         raise b.fail("baseline", "is a variant, as a string")
@@ -448,8 +452,7 @@ def _abtest(b: _Body, common: Common, product: Product) -> ABTest:
 
 def _path(b: _Body, common: Common, product: Product) -> Path:
     _people_only(b, common)
-    start, conversion = b.name("start"), b.name("conversion")
-    assert start is not None and conversion is not None
+    start, conversion = b.key("start"), b.key("conversion")
     return Path(
         common,
         start,
@@ -478,8 +481,7 @@ def _people(b: _Body, common: Common, product: Product) -> People:
         c = b.nested("columns", i)
         kind = c.choice("type", ("property", "event"))
         field = "property" if kind == "property" else "event"
-        key = c.name(field)
-        assert key is not None
+        key = c.key(field)
         options = ("first", "last", "current") if kind == "property" else (
             "first_time", "last_time", "count")  # fmt: skip
         which = c.choice("which", options, options[-1])
@@ -495,8 +497,7 @@ def _people(b: _Body, common: Common, product: Product) -> People:
 
 
 def _event_condition(c: _Body, common: Common, tz: ZoneInfo) -> EventCondition:
-    event = c.name("event")
-    assert event is not None
+    event = c.key("event")
     did = c.get("did") if "did" in c.raw else True
     if not isinstance(did, bool):
         raise c.fail("did", "is true or false")
@@ -518,7 +519,7 @@ def _event_condition(c: _Body, common: Common, tz: ZoneInfo) -> EventCondition:
     return EventCondition(event, common.where + _filters(c, "where"), start, end, op, count)
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[_Body, Common, Product], Query]] = {
     "metrics": _metrics,
     "funnel": _funnel,
     "cohort": _cohort,

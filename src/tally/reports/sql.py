@@ -75,7 +75,7 @@ def interval_starts(start: int, end: int, interval: Interval, tz_name: str) -> l
             first -= timedelta(days=first.weekday())
         elif interval == "month":
             first = first.replace(day=1)
-    starts = []
+    starts: list[int] = []
     naive = first.replace(tzinfo=None)
     while True:
         moment = int(naive.replace(tzinfo=tz).timestamp())
@@ -133,9 +133,22 @@ class Dialect:
             + cast + ") THEN " + cast + " END"
         )  # fmt: skip
 
+    def exact_sum(self, value: str) -> str:
+        """A compensated (Kahan) sum of doubles: payments of 19.99 add up to
+        cents, not to 37049.93000000027."""
+        return f"fsum({value})"
+
     def median(self, value: str) -> str:
         # quantile_cont: the mean of the two middle values of an even count.
         return f"quantile_cont({value}, 0.5)"
+
+    def ordered_list(self, value: str, order: str) -> str:
+        """An aggregate: the group's values as a list, in ``order``."""
+        return f"list({value} ORDER BY {order})"
+
+    def empty_list(self, element: str = "VARCHAR") -> str:
+        """An empty list of ``element`` values."""
+        return f"[]::{element}[]"
 
     def bucket_join(self, time_expr: str, starts: Sequence[int]) -> Sql:
         """A join that gives each row the start of its interval as ``b.bucket``:
@@ -155,6 +168,17 @@ class Dialect:
     def person(self, alias: str) -> str:
         return f"coalesce(i_{alias}.person, {alias}.identity)"
 
+    def with_identities(self, rows: str, product: str) -> Sql:
+        """The rows of ``rows`` (which has ``person``), each once for every
+        identity of its person, as ``identity``: the inverse of
+        :meth:`person_join` (SPEC §5). A person is one of its own identities."""
+        return sql(
+            f"SELECT r.person AS identity, r.* FROM {rows} r UNION ALL "
+            f"SELECT n.identity, r.* FROM {rows} r JOIN identities n ON n.product = ? "
+            "AND n.person = r.person AND n.identity <> r.person",
+            product,
+        )
+
 
 DIALECT = Dialect()
 
@@ -162,7 +186,7 @@ DIALECT = Dialect()
 # -- filters --------------------------------------------------------------------------------
 
 
-def test(value: Sql, f: Filter, d: Dialect = DIALECT) -> Sql:
+def passes(value: Sql, f: Filter, d: Dialect = DIALECT) -> Sql:
     """Whether ``value`` (NULL when the property is absent) passes the filter
     (docs/reports.md: ``not_equals`` and ``has_no_value`` match absence)."""
     op = f.op
@@ -183,7 +207,7 @@ def test(value: Sql, f: Filter, d: Dialect = DIALECT) -> Sql:
 
 
 def event_filters(alias: str, filters: Sequence[Filter], d: Dialect = DIALECT) -> Sql:
-    return all_of([test(d.prop(f"{alias}.properties", f.property), f, d) for f in filters])
+    return all_of([passes(d.prop(f"{alias}.properties", f.property), f, d) for f in filters])
 
 
 def person_values(product: str, keys: Sequence[str], d: Dialect = DIALECT) -> Sql:
@@ -209,12 +233,12 @@ def person_restriction(common: Common, person_expr: str, d: Dialect = DIALECT) -
     if not filters:
         return Sql("true")
     keys = sorted({f.property for f in filters})
-    passes = all_of([test(Sql(f"p{keys.index(f.property)}"), f, d) for f in filters])
+    matched = all_of([passes(Sql(f"p{keys.index(f.property)}"), f, d) for f in filters])
     values = Sql("(SELECT person FROM (") + person_values(common.product, keys, d) + ") WHERE "
     # A person with none of the properties passes only if absence does.
     if all(f.op in ("has_no_value", "not_equals") for f in filters):
-        return Sql(f"{person_expr} NOT IN ") + values + "NOT (" + passes + "))"
-    return Sql(f"{person_expr} IN ") + values + passes + ")"
+        return Sql(f"{person_expr} NOT IN ") + values + "NOT (" + matched + "))"
+    return Sql(f"{person_expr} IN ") + values + matched + ")"
 
 
 def events_of(
@@ -245,3 +269,17 @@ def events_of(
         + f" AS n FROM events e{d.person_join('e')} WHERE "
         + where
     )
+
+
+def display_names(
+    con: Any, product: str, keys: Iterable[str], kind: str = "event", *, fallback: bool = True
+) -> dict[str, str]:
+    """Name key -> the first spelling seen (SPEC §2); a key never seen shows as
+    itself, or is left out without ``fallback``."""
+    wanted = sorted(set(keys))
+    if not wanted:
+        return {}
+    query = sql("SELECT key, display FROM names WHERE product = ? AND kind = ? AND key IN ",
+                product, kind) + values_list(wanted)  # fmt: skip
+    found = dict(con.execute(query.text, list(query.params)).fetchall())
+    return {key: found.get(key, key) for key in wanted} if fallback else found

@@ -10,10 +10,13 @@ written, and the identity graph is re-derived where aliases changed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import threading
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +54,9 @@ class Store:
         self.path = path
         self.con = duckdb.connect(str(path), read_only=read_only)
         self._known: set[tuple[str | None, str | None]] = set()
+        self.threads = os.cpu_count() or 1  # DuckDB's threads outside reports
+        self._threads_lock = threading.Lock()
+        self._reports = 0
         if not read_only:
             self.con.execute(DDL)
             self.con.execute(
@@ -60,6 +66,33 @@ class Store:
 
     def close(self) -> None:
         self.con.close()
+
+    @contextlib.contextmanager
+    def all_threads(self) -> Iterator[None]:
+        """Every core for DuckDB while a report runs.
+
+        The processor keeps DuckDB on one thread so that its batches never
+        compete with the collectors (see Processor.start); a report is
+        interactive and short, so it gets them all (``threads`` is a setting of
+        the whole database, not of a connection), and the setting returns to one
+        thread when the last running report ends.
+        """
+        with self._threads_lock:
+            self._reports += 1
+            if self._reports == 1:
+                self._set_threads(os.cpu_count() or 1)
+        try:
+            yield
+        finally:
+            with self._threads_lock:
+                self._reports -= 1
+                if self._reports == 0:
+                    self._set_threads(self.threads)
+
+    def _set_threads(self, n: int) -> None:
+        # Its own cursor: the processor's thread may be using self.con right now.
+        with self.con.cursor() as cursor:
+            cursor.execute(f"SET threads = {n}")
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A connection for another thread (DuckDB: one cursor per thread)."""

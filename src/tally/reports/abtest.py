@@ -1,0 +1,101 @@
+"""A/B test (SPEC §9, §12): participants, conversions and the certainty of each variant.
+
+SQL counts the participants and converted people of each variant; the rates,
+improvements and certainties (a normal approximation of the difference of two
+proportions) are arithmetic on those few numbers, done here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import duckdb
+
+from tally.reports.query import ABTest
+from tally.reports.sql import (
+    DIALECT,
+    Dialect,
+    Sql,
+    event_filters,
+    events_of,
+    person_restriction,
+    sql,
+)
+
+#: A variant wins when its certainty of beating the baseline is above this.
+WINNING_CERTAINTY = 0.95
+
+
+def run(con: duckdb.DuckDBPyConnection, q: ABTest, d: Dialect = DIALECT) -> dict[str, Any]:
+    counts = sorted(_counts(con, q, d))
+    rates = {name: converted / people for name, people, converted in counts}
+    sizes = {name: people for name, people, _ in counts}
+    baseline = q.baseline if q.baseline is not None else (counts[0][0] if counts else None)
+    base_rate = rates.get(baseline) if baseline is not None else None
+    variants = []
+    certainties: list[tuple[float, str]] = []
+    for name, people, converted in counts:
+        rate = rates[name]
+        certainty = None
+        if name != baseline and base_rate is not None:
+            assert baseline is not None
+            certainty = _certainty(base_rate, sizes[baseline], rate, people)
+        if certainty is not None:
+            certainties.append((certainty, name))
+        variants.append(
+            {
+                "name": name,
+                "participants": people,
+                "conversions": converted,
+                "rate": rate,
+                "improvement": (rate - base_rate) / base_rate if base_rate else None,
+                "certainty": certainty,
+            }
+        )
+    # The highest certainty, the first in alphabetical order of a tie.
+    best = max(certainties, key=lambda c: c[0], default=None)
+    winner = best[1] if best is not None and best[0] > WINNING_CERTAINTY else None
+    return {"variants": variants, "baseline": baseline, "winner": winner}
+
+
+def _certainty(p_b: float, n_b: int, p_v: float, n_v: int) -> float | None:
+    """Φ((p_v - p_b) / √(p_b(1-p_b)/n_b + p_v(1-p_v)/n_v)); None when the
+    denominator is 0 (SPEC §9)."""
+    spread = math.sqrt(p_b * (1 - p_b) / n_b + p_v * (1 - p_v) / n_v)
+    if spread == 0:
+        return None
+    z = (p_v - p_b) / spread
+    return 0.5 * (1 + math.erf(z / math.sqrt(2)))
+
+
+def _counts(con: duckdb.DuckDBPyConnection, q: ABTest, d: Dialect) -> list[tuple[str, int, int]]:
+    """(variant, participants, converted people) for every variant seen in range."""
+    c = q.common
+    first = d.order_key("v")
+    query = (
+        # SPEC §12: a person's variant and exposure are the first value of the
+        # experiment property set in range.
+        Sql("WITH exposed AS (SELECT * FROM (SELECT ")
+        + f"{d.person('v')} AS person, {d.first_by('v.value', first)} AS variant, "
+        + f"{d.first_by('v.time', first)} AS since FROM property_values v{d.person_join('v')}"
+        + sql(
+            " WHERE v.product = ? AND v.key = ? AND v.time >= ? AND v.time < ? GROUP BY 1",
+            c.product,
+            q.experiment,
+            c.start,
+            c.end,
+        )
+        + ") WHERE "
+        + person_restriction(c, "person", d)
+        # A conversion at or after exposure (the same second counts), before `to`.
+        + "), converted AS (SELECT DISTINCT x.person FROM exposed x JOIN ("
+        + events_of(c.product, [q.conversion], c.start, c.end, d)
+        + " AND "
+        + event_filters("e", c.where, d)
+        + ") e ON e.person = x.person AND e.time >= x.since) "
+        + "SELECT x.variant, count(*), count(y.person) FROM exposed x "
+        + "LEFT JOIN converted y ON y.person = x.person GROUP BY 1"
+    )
+    rows = con.execute(query.text, list(query.params)).fetchall()
+    return [(str(name), int(people), int(converted)) for name, people, converted in rows]

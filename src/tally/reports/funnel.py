@@ -1,0 +1,127 @@
+"""Funnels (SPEC §9, §12): strict and skip modes, a window, segments.
+
+The whole funnel is one query: a chain of ``f1 … fN`` relations with one row
+per person who did step 1, each adding the earliest occurrence of its step at
+or after the cursor (the previous matched step's time; in skip mode the last
+matched one). An occurrence is its order key ``(time, recv_ns, stream,
+position)``, so the same occurrence never fills two steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+
+from tally.reports.metrics import segment_join
+from tally.reports.query import Funnel
+from tally.reports.sql import (
+    DIALECT,
+    Dialect,
+    Sql,
+    display_names,
+    event_filters,
+    events_of,
+    join,
+    person_restriction,
+    sql,
+)
+
+NO_SEGMENT = "__all__"
+
+
+def run(con: duckdb.DuckDBPyConnection, q: Funnel, d: Dialect = DIALECT) -> dict[str, Any]:
+    seen = display_names(con, q.common.product, [s.event for s in q.steps], fallback=False)
+    labels = [seen.get(s.event, s.label) for s in q.steps]
+    whole = _counts(con, q, segmented=False, d=d).get(NO_SEGMENT)
+    answer: dict[str, Any] = {"steps": _steps(labels, whole)}
+    if q.segment is not None:
+        per_value = _counts(con, q, segmented=True, d=d)
+        segments = [{"value": v, "steps": _steps(labels, row)} for v, row in per_value.items()]
+        segments.sort(key=lambda s: (-s["steps"][0]["people"], s["value"] is None,
+                                     s["value"] or ""))  # fmt: skip
+        answer["segments"] = segments
+    return answer
+
+
+def _steps(labels: list[str], row: tuple[Any, ...] | None) -> list[dict[str, Any]]:
+    n = len(labels)
+    people = [int(x) for x in row[:n]] if row else [0] * n
+    medians = list(row[n:]) if row else [None] * n
+    out = []
+    for i, label in enumerate(labels):
+        previous = people[i - 1] if i else people[0]
+        out.append(
+            {
+                "event": label,
+                "people": people[i],
+                "conversion_from_previous": people[i] / previous if previous else None,
+                "conversion_from_first": people[i] / people[0] if people[0] else None,
+                "median_seconds_from_previous": _seconds(medians[i]) if i else None,
+            }
+        )
+    return out
+
+
+def _counts(
+    con: duckdb.DuckDBPyConnection, q: Funnel, *, segmented: bool, d: Dialect
+) -> dict[Any, tuple[Any, ...]]:
+    """segment value -> (people at step 1..n, median gap at step 1..n)."""
+    c = q.common
+    n = len(q.steps)
+    key = d.order_key("e")
+    parts: list[Sql] = []
+    for i, step in enumerate(q.steps, 1):
+        parts.append(
+            Sql(f"s{i} AS (SELECT person, time, {key} AS k FROM (")
+            + events_of(c.product, [step.event], c.start, c.end, d)
+            + " AND "
+            + event_filters("e", step.where, d)
+            + ") e WHERE "
+            + person_restriction(c, "person", d)
+            + ")"
+        )
+    parts.append(
+        Sql("f1 AS (SELECT person, min(k) AS k1, ")
+        + f"{d.first_by('time', 'k')} AS t1, {d.first_by('time', 'k')} AS c1 "
+        + "FROM s1 GROUP BY person)"
+    )
+    carried = ["k1", "t1"]
+    for i in range(2, n + 1):
+        same = [j for j in range(1, i) if q.steps[j - 1].event == q.steps[i - 1].event]
+        on = ["s.person = f.person", f"s.time >= f.c{i - 1}"]
+        on += [f"s.k IS DISTINCT FROM f.k{j}" for j in same]
+        window = sql(" AND s.time <= f.t1 + ?", q.window) if q.window is not None else Sql("")
+        cursor = f"t{i}" if q.mode == "strict" else f"coalesce(t{i}, c{i - 1})"
+        keep = ", ".join(f"any_value(f.{col}) AS {col}" for col in carried)
+        parts.append(
+            Sql(f"f{i} AS (SELECT *, {cursor} AS c{i}, t{i} - c{i - 1} AS g{i} FROM (")
+            + f"SELECT f.person, {keep}, any_value(f.c{i - 1}) AS c{i - 1}, "
+            + f"min(s.k) AS k{i}, {d.first_by('s.time', 's.k')} AS t{i} "
+            + f"FROM f{i - 1} f LEFT JOIN s{i} s ON "
+            + " AND ".join(on)
+            + window
+            + " GROUP BY f.person))"
+        )
+        carried += [f"k{i}", f"t{i}", f"g{i}"]
+    if segmented:
+        assert q.segment is not None
+        at = "x.k1" if q.segment.attribution == "at_step_1" else ""
+        seg_expr, seg = "sv.value", segment_join(c.product, q.segment, "x", d, at=at)
+    else:
+        seg_expr, seg = f"'{NO_SEGMENT}'", Sql("")
+    counts = ", ".join(f"count(x.k{i})" for i in range(1, n + 1))
+    medians = ", ".join(["NULL"] + [d.median(f"x.g{i}") for i in range(2, n + 1)])
+    query = (
+        Sql("WITH ")
+        + join(parts, ", ")
+        + f" SELECT {seg_expr} AS seg, {counts}, {medians} FROM f{n} x"
+        + seg
+        + " GROUP BY seg"
+    )
+    rows = con.execute(query.text, list(query.params)).fetchall()
+    return {row[0]: tuple(row[1:]) for row in rows}
+
+
+def _seconds(value: Any) -> float | None:
+    return None if value is None else float(value)
