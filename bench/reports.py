@@ -162,7 +162,7 @@ SELECT '{product}', ident(p, time), {names}[k + 1], time, recv_ns, 'c0', j * 256
         WHEN k IN (0, 1) THEN MAP {{'plan': plan, 'url': '/page/' || ((r >> 14) % 50)}}
         ELSE MAP {{'plan': plan}}
     END,
-    MAP {{}}::MAP(VARCHAR, VARCHAR)
+    MAP {{}}::MAP(VARCHAR, VARCHAR), md5_number_lower(ident(p, time))
 FROM h
 """
 
@@ -193,7 +193,7 @@ PROPERTIES_SQL = """
 INSERT INTO property_values
 SELECT '{product}', ident(p, time), key, value, time,
     time * 1000000000 + (p * 16 + slot) % 1000000000 AS recv_ns, 'c0',
-    1000000000000 + (p * 16 + slot) * 256
+    1000000000000 + (p * 16 + slot) * 256, md5_number_lower(ident(p, time))
 FROM ({rows}) WHERE time < {end}
 ORDER BY recv_ns
 """
@@ -202,13 +202,14 @@ GRAPH_SQL = """
 INSERT INTO aliases
 SELECT '{product}', anon_id(p), user_id(p), alias_time(p),
     alias_time(p) * 1000000000 + 500000000 + p % 100000000, 'c0', 2000000000000 + p * 256,
-    'accepted'
+    'accepted', md5_number_lower(anon_id(p)), md5_number_lower(user_id(p))
 FROM range({people}) t(p) WHERE aliased(p) ORDER BY 4;
 INSERT INTO identities
-SELECT '{product}', x.identity, least(a, b), least(a, b)
+SELECT '{product}', x.identity, least(a, b), least(a, b), md5_number_lower(x.identity),
+    md5_number_lower(least(a, b))
 FROM aliases, LATERAL (SELECT unnest([a, b]) AS identity) x WHERE product = '{product}';
 INSERT INTO known_identities
-SELECT DISTINCT '{product}', identity FROM (
+SELECT DISTINCT '{product}', identity, md5_number_lower(identity) FROM (
     SELECT identity FROM events UNION ALL SELECT identity FROM property_values
     UNION ALL SELECT a FROM aliases UNION ALL SELECT b FROM aliases);
 """
@@ -238,7 +239,7 @@ class Spec:
 
     def marker(self) -> str:
         return json.dumps({"events": self.events, "people": self.people, "seed": self.seed,
-                           "start": START, "days": DAYS, "version": 1})  # fmt: skip
+                           "start": START, "days": DAYS, "version": 4})  # fmt: skip
 
 
 def generate(path: Path, spec: Spec) -> None:

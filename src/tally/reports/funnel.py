@@ -67,20 +67,11 @@ def _counts(
     con: duckdb.DuckDBPyConnection, q: Funnel, *, segmented: bool, d: Dialect
 ) -> dict[Any, tuple[Any, ...]]:
     """segment value -> (people at step 1..n, median gap at step 1..n)."""
+    if q.mode == "strict":
+        return _strict(con, q, segmented=segmented, d=d)
     c = q.common
     n = len(q.steps)
-    key = d.order_key("e")
-    parts: list[Sql] = []
-    for i, step in enumerate(q.steps, 1):
-        parts.append(
-            Sql(f"s{i} AS (SELECT person, time, {key} AS k FROM (")
-            + events_of(c.product, [step.event], c.start, c.end, d)
-            + " AND "
-            + event_filters("e", step.where, d)
-            + ") e WHERE "
-            + person_restriction(c, "person", d)
-            + ")"
-        )
+    parts = _occurrences(q, d)
     parts.append(
         Sql("f1 AS (SELECT person, min(k) AS k1, ")
         + f"{d.first_by('time', 'k')} AS t1, {d.first_by('time', 'k')} AS c1 "
@@ -125,3 +116,82 @@ def _counts(
 
 def _seconds(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _occurrences(q: Funnel, d: Dialect) -> list[Sql]:
+    """``s<i>``: the occurrences of step i in range, with their order key ``k``."""
+    c = q.common
+    key = d.order_key("e")
+    return [
+        Sql(f"s{i} AS (SELECT person, time, {key} AS k FROM (")
+        + events_of(c.product, [step.event], c.start, c.end, d)
+        + " AND "
+        + event_filters("e", step.where, d)
+        + ") e WHERE "
+        + person_restriction(c, "person", d)
+        + ")"
+        for i, step in enumerate(q.steps, 1)
+    ]
+
+
+def _strict(
+    con: duckdb.DuckDBPyConnection, q: Funnel, *, segmented: bool, d: Dialect
+) -> dict[Any, tuple[Any, ...]]:
+    """Strict mode: ``f<i>`` holds only the people who reached step i (inner
+    joins), and carries only what a later step needs: the previous step's
+    time, step 1's time for a window, and an occurrence's key ``k<j>`` when a
+    later step is the same event (so that it takes another occurrence)."""
+    c = q.common
+    n = len(q.steps)
+    events = [s.event for s in q.steps]
+    needs_key = {j for j in range(1, n + 1) if events[j - 1] in events[j:]}
+    if segmented and q.segment is not None and q.segment.attribution == "at_step_1":
+        needs_key.add(1)
+    parts = _occurrences(q, d)
+    keys = ", min(k) AS k1" if 1 in needs_key else ""
+    parts.append(Sql(f"f1 AS (SELECT person, min(time) AS t1{keys} FROM s1 GROUP BY person)"))
+    carried = ["t1"] + (["k1"] if 1 in needs_key else [])
+    for i in range(2, n + 1):
+        on = ["s.person = f.person", f"s.time >= f.t{i - 1}"]
+        on += [f"s.k <> f.k{j}" for j in range(1, i) if events[j - 1] == events[i - 1]]
+        window = sql(" AND s.time <= f.t1 + ?", q.window) if q.window is not None else Sql("")
+        # The earliest occurrence: by time; its key only when a later step needs it.
+        mine = f", {d.first_by('s.k', 's.k')} AS k{i}" if i in needs_key else ""
+        kept = ", ".join(f"f.{col}" for col in carried)
+        parts.append(
+            Sql(f"f{i} AS (SELECT f.person, {kept}, min(s.time) AS t{i}{mine} ")
+            + f"FROM f{i - 1} f JOIN s{i} s ON "
+            + " AND ".join(on)
+            + window
+            + f" GROUP BY f.person, {kept})"
+        )
+        carried = sorted({"t1", f"t{i}", *(f"k{j}" for j in needs_key if j <= i)})
+    if segmented:
+        assert q.segment is not None
+        at = "f1.k1" if q.segment.attribution == "at_step_1" else ""
+        parts.append(
+            Sql("sg AS (SELECT f1.person, sv.value FROM f1")
+            + segment_join(c.product, q.segment, "f1", d, at=at)
+            + ")"
+        )
+    per_step = []
+    for i in range(1, n + 1):
+        gap = "NULL" if i == 1 else d.median(f"x.t{i} - x.t{i - 1}")
+        if segmented:
+            per_step.append(
+                f"SELECT {i} AS step, sg.value AS seg, count(*) AS people, {gap} AS gap "
+                f"FROM f{i} x JOIN sg ON sg.person = x.person GROUP BY sg.value"
+            )
+        else:
+            per_step.append(
+                f"SELECT {i} AS step, '{NO_SEGMENT}' AS seg, count(*) AS people, {gap} AS gap "
+                f"FROM f{i} x"
+            )
+    query = Sql("WITH ") + join(parts, ", ") + " " + " UNION ALL ".join(per_step)
+    rows = con.execute(query.text, list(query.params)).fetchall()
+    people: dict[Any, list[int]] = {}
+    gaps: dict[Any, list[Any]] = {}
+    for step, seg, count, gap in rows:
+        people.setdefault(seg, [0] * n)[step - 1] = count
+        gaps.setdefault(seg, [None] * n)[step - 1] = gap
+    return {seg: (*people[seg], *gaps[seg]) for seg in people if people[seg][0]}

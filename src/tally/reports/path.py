@@ -71,7 +71,7 @@ def _query(q: Path, d: Dialect) -> Sql:
         + d.with_identities("converters", c.product)
         # Each person's first start in range: its time t0 and order key k0.
         + f"), starts AS (SELECT v.person, min(e.time) AS t0, min({key}) AS k0 FROM events e "
-        + "JOIN converter_identities v ON e.identity = v.identity AND e.time <= v.last WHERE "
+        + "JOIN converter_identities v ON e.ih = v.ih AND e.time <= v.last WHERE "
         + occurrences(q.start_event)
         + " AND "
         + person_restriction(c, "v.person", d)
@@ -85,7 +85,7 @@ def _query(q: Path, d: Dialect) -> Sql:
         + "), spans AS ("
         + d.with_identities("ends", c.product)
         + "), inside AS (SELECT sp.person, e.event, e.time, e.recv_ns, e.stream, e.position "
-        + "FROM events e JOIN spans sp ON e.identity = sp.identity "
+        + "FROM events e JOIN spans sp ON e.ih = sp.ih "
         + "AND e.time >= sp.t0 AND e.time <= sp.t1"
         + sql(" WHERE e.product = ?", c.product)
         # The whole order key is compared only within the two boundary seconds.

@@ -45,17 +45,19 @@ _ABSENCE_PASSES = ("has_no_value", "not_equals")
 def run(con: duckdb.DuckDBPyConnection, q: People, d: Dialect = DIALECT) -> dict[str, Any]:
     search = _Search(q, d)
     shown, select, joins = search.shown("pg")
+    name, name_joins = d.person_name("m", q.common.product)
     query = (
         search.matches()
-        + ", pg AS (SELECT person FROM m ORDER BY person "
-        + sql("LIMIT ? OFFSET ?)", q.page_size, (q.page - 1) * q.page_size)
+        + f", pg AS (SELECT m.person, {name} AS name FROM m"
+        + name_joins
+        + sql(" ORDER BY name LIMIT ? OFFSET ?)", q.page_size, (q.page - 1) * q.page_size)
         + shown
         + " SELECT t.total, "
         + select
         # One row even when the page is empty, for the total.
         + " FROM (SELECT count(*) AS total FROM m) t LEFT JOIN pg ON true"
         + joins
-        + " ORDER BY pg.person"
+        + " ORDER BY pg.name"
     )
     rows = con.execute(query.text, list(query.params)).fetchall()
     return {
@@ -80,9 +82,19 @@ def csv_rows(
     a chunk is in Python's memory at once)."""
     yield ["person", "identities", *(c.label for c in q.columns)]
     search = _Search(q, d)
-    shown, select, joins = search.shown("m")
+    shown, select, joins = search.shown("mn")
+    name, name_joins = d.person_name("m", q.common.product)
     query = (
-        search.matches() + shown + " SELECT " + select + " FROM m" + joins + " ORDER BY m.person"
+        search.matches()
+        + f", mn AS (SELECT m.person, {name} AS name FROM m"
+        + name_joins
+        + ")"
+        + shown
+        + " SELECT "
+        + select
+        + " FROM mn"
+        + joins
+        + " ORDER BY mn.name"
     )
     cursor = con.cursor()
     try:
@@ -188,7 +200,8 @@ class _Search:
     def _universe(self) -> Sql:
         """Every identity the product knows, with its person (SPEC §5)."""
         return (
-            Sql(f"SELECT {self.d.person('k')} AS person, k.identity FROM ({KNOWN_IDENTITIES}) k")
+            Sql(f"SELECT {self.d.person('k')} AS person, k.identity FROM (SELECT *, ")
+            + f"{self.d.identity_hash('identity')} AS ih FROM ({KNOWN_IDENTITIES})) k"
             + self.d.person_join("k")
             + sql(" WHERE k.product = ?", self.q.common.product)
         )
@@ -333,7 +346,7 @@ class _Search:
             ctes.append(
                 Sql("ce AS (SELECT ids.person")
                 + join(aggregates, "")
-                + " FROM events e JOIN ids ON ids.identity = e.identity"
+                + " FROM events e JOIN ids ON ids.ih = e.ih"
                 + sql(" WHERE e.product = ? AND e.event IN ", c.product)
                 + values_list(sorted({k.name for _, k in events}))
                 + sql(" AND e.time >= ? AND e.time < ? GROUP BY ids.person)", c.start, c.end)
@@ -350,7 +363,7 @@ class _Search:
             ctes.append(
                 Sql("cp AS (SELECT ids.person")
                 + join(aggregates, "")
-                + " FROM property_values v JOIN ids ON ids.identity = v.identity"
+                + " FROM property_values v JOIN ids ON ids.ih = v.ih"
                 + sql(" WHERE v.product = ? AND v.key IN ", c.product)
                 + values_list(sorted({k.name for _, k in props}))
                 + " GROUP BY ids.person)"
@@ -359,7 +372,7 @@ class _Search:
         columns = [
             f"{'ce' if k.kind == 'event' else 'cp'}.c{n}" for n, k in enumerate(self.q.columns)
         ]
-        select = ", ".join([f"{rows}.person", *columns, "lists.identities"])
+        select = ", ".join([f"{rows}.name", *columns, "lists.identities"])
         return Sql(", ") + join(ctes, ", "), Sql(select), Sql("".join(joins))
 
     def values(self, raw: Sequence[Any]) -> list[Any]:

@@ -16,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from tally.reports.query import Common, Filter, Interval
+from tally.store.schema import IDENTITY_HASH
 
 #: SPEC §11's numeric values (DuckDB's regexp is RE2: ``\d`` is ASCII 0-9).
 NUMERIC_PATTERN = r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?"
@@ -158,25 +159,49 @@ class Dialect:
             list(starts),
         )
 
+    def identity_hash(self, text: str) -> str:
+        """The number of an identity (store/schema.py), as the store keeps it in ``ih``."""
+        return IDENTITY_HASH.format(text)
+
     def person_join(self, alias: str) -> str:
-        """Joins the alias graph (SPEC §5): a person is resolved at query time."""
+        """Joins the alias graph (SPEC §5): a person is resolved at query time.
+        ``alias`` has ``product`` and ``ih``, the hash of its identity."""
         return (
             f" LEFT JOIN identities i_{alias} ON i_{alias}.product = {alias}.product"
-            f" AND i_{alias}.identity = {alias}.identity"
+            f" AND i_{alias}.ih = {alias}.ih"
         )
 
     def person(self, alias: str) -> str:
-        return f"coalesce(i_{alias}.person, {alias}.identity)"
+        """A person, as a number: the hash of its smallest identity (schema.py)."""
+        return f"coalesce(i_{alias}.ph, {alias}.ih)"
 
     def with_identities(self, rows: str, product: str) -> Sql:
         """The rows of ``rows`` (which has ``person``), each once for every
-        identity of its person, as ``identity``: the inverse of
-        :meth:`person_join` (SPEC §5). A person is one of its own identities."""
+        identity of its person, with ``ih`` and ``identity``: the inverse of
+        :meth:`person_join` (SPEC §5). An aliased person's identities are in
+        ``identities``; a person without aliases is its one known identity."""
         return sql(
-            f"SELECT r.person AS identity, r.* FROM {rows} r UNION ALL "
-            f"SELECT n.identity, r.* FROM {rows} r JOIN identities n ON n.product = ? "
-            "AND n.person = r.person AND n.identity <> r.person",
+            f"SELECT r.*, n.ih, n.identity FROM {rows} r JOIN identities n ON n.product = ? "
+            f"AND n.ph = r.person UNION ALL SELECT r.*, k.ih, k.identity FROM {rows} r "
+            "JOIN known_identities k ON k.product = ? AND k.ih = r.person "
+            "WHERE r.person NOT IN (SELECT ph FROM identities WHERE product = ?)",
             product,
+            product,
+            product,
+        )
+
+    def person_name(self, rows: str, product: str) -> tuple[str, Sql]:
+        """The name of each person of ``rows`` (its smallest identity, SPEC §5):
+        the select expression, and the joins it needs."""
+        return (
+            "coalesce(pn.person, kn.identity)",
+            sql(
+                " LEFT JOIN (SELECT DISTINCT ph, person FROM identities WHERE product = ?) pn "
+                f"ON pn.ph = {rows}.person LEFT JOIN known_identities kn ON kn.product = ? "
+                f"AND kn.ih = {rows}.person",
+                product,
+                product,
+            ),
         )
 
 

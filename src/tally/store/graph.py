@@ -74,7 +74,7 @@ def rederive(con: duckdb.DuckDBPyConnection, product: str, seeds: set[str], cap:
             position,
             derived.status[edge.order],
         )
-    insert(con, "aliases", aliases)
+    insert(con, "aliases", aliases, hashes={"ah": "a", "bh": "b"})
 
     identities = Rows(product=TEXT, identity=TEXT, person=TEXT, grp=TEXT)
     everyone = members | {e.a for e in edges} | {e.b for e in edges}
@@ -82,7 +82,7 @@ def rederive(con: duckdb.DuckDBPyConnection, product: str, seeds: set[str], cap:
         identities.append(
             product, identity, derived.person.get(identity, identity), derived.group[identity]
         )
-    insert(con, "identities", identities)
+    insert(con, "identities", identities, hashes={"ih": "identity", "ph": "person"})
 
     # Capped edges are listed as rejects (SPEC §11 `alias_cap`), as derived now.
     with registered(con, "_edges", orders(e.order[1:] for e in edges)):

@@ -13,6 +13,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from tally.store.schema import IDENTITY_HASH
+
 TEXT = pa.string()
 INT = pa.int64()
 TEXT_MAP = pa.map_(pa.string(), pa.string())
@@ -51,12 +53,25 @@ def registered(con: duckdb.DuckDBPyConnection, name: str, rows: Rows) -> Iterato
         con.unregister(name)
 
 
-def insert(con: duckdb.DuckDBPyConnection, table: str, rows: Rows, suffix: str = "") -> None:
+def insert(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    rows: Rows,
+    suffix: str = "",
+    *,
+    hashes: dict[str, str] | None = None,
+) -> None:
+    """Insert ``rows``; ``hashes`` adds hash columns: column -> the identity
+    column it hashes (schema.IDENTITY_HASH)."""
     if not len(rows):
         return
-    columns = ", ".join(rows.schema)
+    names = [*rows.schema, *(hashes or {})]
+    values = [*rows.schema, *(IDENTITY_HASH.format(s) for s in (hashes or {}).values())]
     with registered(con, "_rows", rows):
-        con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM _rows {suffix}")
+        con.execute(
+            f"INSERT INTO {table} ({', '.join(names)}) SELECT {', '.join(values)} FROM _rows "
+            + suffix
+        )
 
 
 def orders(items: Any) -> Rows:

@@ -25,12 +25,13 @@ import duckdb
 
 from tally import identity_graph
 from tally.beacon import DEFAULT_BLOCKED, Beacon, KeyLookup, parse_record
+from tally.errors import Unavailable
 from tally.identity_graph import Edge, Order
 from tally.log.reader import Entry
 from tally.operations import parse_operator
 from tally.store.graph import rederive
 from tally.store.rows import INT, TEXT, Rows, insert, orders, registered, reject_rows
-from tally.store.schema import DDL, SCHEMA_VERSION
+from tally.store.schema import DDL, IDENTITY_HASH, INDEXES, MIGRATE_1_TO_2, SCHEMA_VERSION
 from tally.store.stage import REJECT, Stage
 
 log = logging.getLogger("tally.store")
@@ -63,6 +64,27 @@ class Store:
                 "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
                 [str(SCHEMA_VERSION)],
             )
+            if self.schema_version() == 1:
+                self._migrate_1_to_2()
+            self.con.execute(INDEXES)
+        elif self.schema_version() != SCHEMA_VERSION:
+            raise Unavailable(
+                f"the store at {path} is of schema {self.schema_version()}, this Tally reads "
+                f"{SCHEMA_VERSION}: start `tally serve` once to upgrade it"
+            )
+
+    def schema_version(self) -> int:
+        row = self.con.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+        return int(row[0]) if row else SCHEMA_VERSION
+
+    def _migrate_1_to_2(self) -> None:
+        """Adds the identity hashes (schema.py) to a store of schema 1."""
+        log.info("upgrading the store to schema 2 (identity hashes)")
+        self.con.execute("BEGIN")
+        for statement in MIGRATE_1_TO_2:
+            self.con.execute(statement)
+        self.con.execute("UPDATE meta SET value = '2' WHERE name = 'schema_version'")
+        self.con.execute("COMMIT")
 
     def close(self) -> None:
         self.con.close()
@@ -290,7 +312,24 @@ class Store:
                     fresh.append(*pair)
         if len(known) > _KNOWN_CACHE:
             known.clear()
-        insert(self.con, "known_identities", fresh, "ON CONFLICT DO NOTHING")
+        insert(self.con, "known_identities", fresh, "ON CONFLICT DO NOTHING",
+               hashes={"ih": "identity"})  # fmt: skip
+        if len(fresh):
+            self._check_hashes(fresh)
+
+    def _check_hashes(self, fresh: Rows) -> None:
+        """Reports take two identities with one hash for one person (schema.py):
+        say so loudly if it ever happens (about 1 in 40 billion for a product of
+        a billion identities)."""
+        with registered(self.con, "_fresh", fresh):
+            clash = self.con.execute(
+                "SELECT f.product, f.identity, k.identity FROM _fresh f JOIN known_identities k "
+                f"ON k.product = f.product AND k.ih = {IDENTITY_HASH.format('f.identity')} "
+                "AND k.identity <> f.identity LIMIT 1"
+            ).fetchone()
+        if clash is not None:
+            log.error("identities %r and %r of %r have the same hash: reports count them as "
+                      "one person", clash[1], clash[2], clash[0])  # fmt: skip
 
     def _spread(self, stage: Stage, stats: ApplyStats, touched: dict[str, set[str]]) -> None:
         con = self.con
@@ -299,16 +338,19 @@ class Store:
         )
         con.execute(
             "INSERT INTO events SELECT product, identity, event, time, recv_ns, stream, position, "
-            "properties, metadata FROM _kept WHERE kind = 'event'"
+            f"properties, metadata, {IDENTITY_HASH.format('identity')} FROM _kept "
+            "WHERE kind = 'event'"
         )
         con.execute(
             "INSERT INTO property_values SELECT product, identity, unnest(prop_keys), "
-            "unnest(prop_values), time, recv_ns, stream, position "
+            "unnest(prop_values), time, recv_ns, stream, position, "
+            f"{IDENTITY_HASH.format('identity')} "
             "FROM _kept WHERE kind IN ('event', 'set') AND len(prop_keys) > 0"
         )
         con.execute(
             "INSERT INTO aliases SELECT product, identity, other, time, recv_ns, stream, "
-            f"position, '{identity_graph.ACCEPTED}' FROM _kept WHERE kind = 'alias'"
+            f"position, '{identity_graph.ACCEPTED}', {IDENTITY_HASH.format('identity')}, "
+            f"{IDENTITY_HASH.format('other')} FROM _kept WHERE kind = 'alias'"
         )
         con.execute(
             "INSERT INTO rejects SELECT product, reason, path, recv_ns, stream, position, params, "

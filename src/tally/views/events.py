@@ -7,7 +7,15 @@ from typing import Any
 import duckdb
 
 from tally.names import name_key, normalise_name
-from tally.views.common import identities_of, iso, iso_ns, paging, parse_time, resolve_person
+from tally.views.common import (
+    identities_of,
+    iso,
+    iso_ns,
+    of_identities,
+    paging,
+    parse_time,
+    resolve_person,
+)
 
 
 def property_names(con: duckdb.DuckDBPyConnection, product: str) -> dict[str, str]:
@@ -39,8 +47,9 @@ def events_view(
     if identity:
         # An identity filter means its person: every identity merged with it.
         person = resolve_person(con, product, identity)
-        where.append("e.identity IN (SELECT unnest(?::VARCHAR[]))")
-        params.append(identities_of(con, product, person))
+        condition, more = of_identities(con, identities_of(con, product, person), "e.")
+        where.append(condition)
+        params += more
     start, end = parse_time(time_from, "from"), parse_time(time_to, "to")
     if start is not None:
         where.append("e.time >= ?")
@@ -59,7 +68,7 @@ def events_view(
                coalesce(i.person, e.identity), e.time, e.recv_ns, map_entries(e.properties)
         FROM events e
         LEFT JOIN names n ON n.product = e.product AND n.kind = 'event' AND n.key = e.event
-        LEFT JOIN identities i ON i.product = e.product AND i.identity = e.identity
+        LEFT JOIN identities i ON i.product = e.product AND i.ih = e.ih
         WHERE {condition}
         ORDER BY e.time DESC, e.recv_ns DESC, e.stream DESC, e.position DESC
         LIMIT ? OFFSET ?

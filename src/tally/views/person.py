@@ -8,10 +8,13 @@ import duckdb
 
 from tally import identity_graph
 from tally.identity_graph import Edge
-from tally.views.common import identities_of, iso, iso_ns, paging, resolve_person
+from tally.store.schema import IDENTITY_HASH
+from tally.views.common import identities_of, iso, iso_ns, of_identities, paging, resolve_person
 from tally.views.events import property_names
 
 HISTORY_LIMIT = 100
+HASHED = IDENTITY_HASH.format("?::VARCHAR")
+HASH_LIST = IDENTITY_HASH.format("unnest(?::VARCHAR[])")
 
 
 def person_view(
@@ -39,11 +42,14 @@ def person_view(
 def _properties(
     con: duckdb.DuckDBPyConnection, product: str, identities: list[str]
 ) -> list[dict[str, Any]]:
+    condition, params = of_identities(con, identities)
     rows = con.execute(
         """
-        WITH v AS (
-            SELECT * FROM property_values
-            WHERE product = ? AND identity IN (SELECT unnest(?::VARCHAR[]))
+        WITH found AS MATERIALIZED (
+            SELECT rowid AS r FROM property_values WHERE product = ? AND {condition}
+        ), v AS (
+            -- Rows by rowid: DuckDB reads the wide columns of these rows only.
+            SELECT * FROM property_values WHERE rowid IN (SELECT r FROM found)
         )
         SELECT v.key, coalesce(n.display, v.key),
                arg_max(v.value, (v.time, v.recv_ns, v.stream, v.position)),
@@ -53,8 +59,8 @@ def _properties(
                     ORDER BY v.time DESC, v.recv_ns DESC, v.stream DESC, v.position DESC)
         FROM v LEFT JOIN names n ON n.product = v.product AND n.kind = 'property' AND n.key = v.key
         GROUP BY v.key, n.display ORDER BY coalesce(n.display, v.key)
-        """,
-        [product, identities],
+        """.replace("{condition}", condition),
+        [product, *params],
     ).fetchall()
     return [
         {
@@ -76,15 +82,35 @@ def _properties(
     ]
 
 
+def _unaliased(con: duckdb.DuckDBPyConnection, product: str, identities: list[str]) -> bool:
+    """Whether no alias, revoked or not, names this one-identity person: then
+    its page need not read the aliases. Every identity an alias names is in
+    ``identities`` (capped ones too) unless revoked, and revocations are few."""
+    if len(identities) != 1:
+        return False
+    row = con.execute(
+        f"SELECT EXISTS (SELECT 1 FROM identities WHERE product = ? AND ih = {HASHED} "
+        "AND identity = ?) OR EXISTS (SELECT 1 FROM revocations WHERE product = ? "
+        "AND (a = ? OR b = ?))",
+        [product, identities[0], identities[0], product, identities[0], identities[0]],
+    ).fetchone()
+    return row == (False,)
+
+
 def _aliases(
     con: duckdb.DuckDBPyConnection, product: str, identities: list[str], asked: str
 ) -> dict[str, Any]:
-    rows = con.execute(
-        "SELECT a, b, time, recv_ns, stream, position, status FROM aliases "
-        "WHERE product = ? AND (a IN (SELECT unnest(?::VARCHAR[])) "
-        "OR b IN (SELECT unnest(?::VARCHAR[]))) ORDER BY recv_ns, stream, position",
-        [product, identities, identities],
-    ).fetchall()
+    rows = (
+        []
+        if _unaliased(con, product, identities)
+        else con.execute(
+            "SELECT a, b, time, recv_ns, stream, position, status FROM aliases "
+            f"WHERE product = ? AND (ah IN (SELECT {HASH_LIST}) OR bh IN (SELECT {HASH_LIST})) "
+            "AND (a IN (SELECT unnest(?::VARCHAR[])) OR b IN (SELECT unnest(?::VARCHAR[]))) "
+            "ORDER BY recv_ns, stream, position",
+            [product, identities, identities, identities, identities],
+        ).fetchall()
+    )
     edges = [Edge(a, b, (r, s, p)) for a, b, _, r, s, p, _ in rows]
     status = {(r, s, p): st for _, _, _, r, s, p, st in rows}
     times = {(r, s, p): t for _, _, t, r, s, p, _ in rows}
@@ -115,23 +141,35 @@ def _aliases(
 def _events(
     con: duckdb.DuckDBPyConnection, product: str, identities: list[str], page: int, size: int
 ) -> dict[str, Any]:
-    (total,) = con.execute(
-        "SELECT count(*) FROM events "
-        "WHERE product = ? AND identity IN (SELECT unnest(?::VARCHAR[]))",
-        [product, identities],
-    ).fetchone() or (0,)
+    condition, params = of_identities(con, identities)
     rows = con.execute(
         """
+        WITH found AS MATERIALIZED (
+            -- The narrow columns first: one scan gives the count and the page,
+            -- then only the page's rows are read whole (a busy person's events
+            -- lie everywhere in the table).
+            SELECT rowid AS r, time, recv_ns, stream, position FROM events
+            WHERE product = ? AND {condition}
+        ), page AS MATERIALIZED (
+            SELECT r, count(*) OVER () AS total FROM found
+            ORDER BY time DESC, recv_ns DESC, stream DESC, position DESC
+            LIMIT ? OFFSET ?
+        )
         SELECT coalesce(n.display, e.event), e.event, e.identity, e.time, e.recv_ns,
-               map_entries(e.properties)
+               map_entries(e.properties), (SELECT count(*) FROM found)
         FROM events e
         LEFT JOIN names n ON n.product = e.product AND n.kind = 'event' AND n.key = e.event
-        WHERE e.product = ? AND e.identity IN (SELECT unnest(?::VARCHAR[]))
+        WHERE e.rowid IN (SELECT r FROM page)
         ORDER BY e.time DESC, e.recv_ns DESC, e.stream DESC, e.position DESC
-        LIMIT ? OFFSET ?
-        """,
-        [product, identities, size, (page - 1) * size],
+        """.replace("{condition}", condition),
+        [product, *params, size, (page - 1) * size],
     ).fetchall()
+    if rows:
+        total = rows[0][-1]
+    else:  # a page past the end
+        (total,) = con.execute(
+            f"SELECT count(*) FROM events WHERE product = ? AND {condition}", [product, *params]
+        ).fetchone() or (0,)
     names = property_names(con, product)
     return {
         "total": total,
@@ -146,6 +184,6 @@ def _events(
                 "received": iso_ns(recv_ns),
                 "properties": {names.get(p["key"], p["key"]): p["value"] for p in props},
             }
-            for display, key, identity, time, recv_ns, props in rows
+            for display, key, identity, time, recv_ns, props, _ in rows
         ],
     }
