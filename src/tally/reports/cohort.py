@@ -32,9 +32,8 @@ def run(con: duckdb.DuckDBPyConnection, q: Cohort, d: Dialect = DIALECT) -> dict
     c = q.common
     starts = interval_starts(c.start, c.end, q.interval, c.tz)
     size = SIZES[q.interval]
-    key = d.order_key("e")
     first = (
-        Sql(f"a AS (SELECT person, min({key}) AS k0, {d.first_by('e.time', key)} AS t0 FROM (")
+        Sql("a AS (SELECT person, min(time) AS t0 FROM (")
         + events_of(c.product, [q.first_event], c.start, c.end, d)
         + " AND "
         + event_filters("e", c.where, d)
@@ -44,31 +43,38 @@ def run(con: duckdb.DuckDBPyConnection, q: Cohort, d: Dialect = DIALECT) -> dict
         + d.bucket_join("a.t0", starts)
         + ")"
     )
-    # Returns: at or after t0 (even after `to`), never the defining occurrence.
+    # Returns at or after t0 (even after `to`), counted per person and bucket.
+    # The cohort-defining occurrence is not its own return (SPEC §12): when the
+    # two events are one, it is one of the occurrences counted in bucket 0 (at
+    # t0, and it passes the same filters), so one is taken off there. Counting
+    # needs no order keys, and a person's first return is then in the lowest
+    # bucket with an occurrence left.
+    defining = 1 if q.first_event == q.return_event else 0
     back = (
-        Sql(f", r AS (SELECT a.person, a.bucket, e.time, {key} AS k, (e.time - a.t0) // ")
-        + sql("? AS idx FROM (", size)
+        Sql(", r AS (SELECT person, bucket, idx, c - CASE WHEN idx = 0 THEN ")
+        + sql("? ELSE 0 END AS c FROM (SELECT a.person, a.bucket, (e.time - a.t0) // ? AS idx, ",
+              defining, size)
+        + "count(*) AS c FROM ("
         + events_of(c.product, [q.return_event], c.start, None, d)
         + " AND "
         + event_filters("e", c.where, d)
-        + ") e JOIN ca a ON e.person = a.person AND e.time >= a.t0 AND "
-        + f"{key} IS DISTINCT FROM a.k0)"
-    )
+        + ") e JOIN ca a ON e.person = a.person AND e.time >= a.t0 GROUP BY ALL)), "
+        + "firsts AS (SELECT person, bucket, min(idx) AS idx FROM r WHERE c > 0 GROUP BY ALL)"
+    )  # fmt: skip
     if q.count == "first_time":
-        first_idx = d.first_by("idx", "k")
-        back += f", rr AS (SELECT person, bucket, {first_idx} AS idx FROM r GROUP BY ALL)"
+        value = "SELECT bucket, idx, count(*) AS v FROM firsts"
+    elif c.unit == "people":
+        value = "SELECT bucket, idx, count(*) AS v FROM r WHERE c > 0"
     else:
-        back += ", rr AS (SELECT * FROM r)"
-    measure = "count(DISTINCT person)" if c.unit == "people" else "count(*)"
+        value = "SELECT bucket, idx, sum(c) AS v FROM r WHERE c > 0"
     query = (
         Sql("WITH ")
         + first
         + back
         + " SELECT 'size', bucket, NULL, count(*) FROM ca GROUP BY bucket"
-        + f" UNION ALL SELECT 'value', bucket, idx, {measure} FROM rr"
-        + sql(" WHERE idx < ? GROUP BY bucket, idx", q.buckets)
-        + " UNION ALL SELECT 'reached', bucket, idx, count(*) FROM"
-        + " (SELECT person, bucket, min(idx) AS idx FROM rr GROUP BY person, bucket)"
+        + f" UNION ALL SELECT 'value', * FROM ({value}"
+        + sql(" GROUP BY bucket, idx) WHERE idx < ?", q.buckets)
+        + " UNION ALL SELECT 'reached', bucket, idx, count(*) FROM firsts"
         + sql(" WHERE idx < ? GROUP BY bucket, idx", q.buckets)
     )
     sizes: dict[int, int] = {}

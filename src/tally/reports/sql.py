@@ -101,6 +101,29 @@ def _next(naive: datetime, interval: Interval) -> datetime:
     return naive + timedelta(hours=1)
 
 
+SLOT = 900  # a quarter hour: every interval of every time zone starts on one
+MAX_SLOTS = 400_000
+_LONGEST = 32 * 86_400  # longer than any interval (a month, with a DST hour)
+
+
+def _slots(starts: Sequence[int]) -> tuple[list[int], list[int]] | None:
+    """The quarter hours from the first start to the end of the last interval,
+    and the interval each is in; None when that is too long (or a start is not
+    on a quarter hour)."""
+    if not starts or any(s % SLOT for s in starts):
+        return None
+    ends = [*starts[1:], starts[-1] + _LONGEST]
+    if (ends[-1] - starts[0]) // SLOT > MAX_SLOTS:
+        return None
+    slots: list[int] = []
+    buckets: list[int] = []
+    for start, end in zip(starts, ends, strict=True):
+        first, last = start // SLOT, end // SLOT
+        slots.extend(range(first, last))
+        buckets.extend([start] * (last - first))
+    return slots, buckets
+
+
 def iso_local(seconds: int, tz_name: str) -> str:
     return datetime.fromtimestamp(seconds, ZoneInfo(tz_name)).isoformat()
 
@@ -153,10 +176,24 @@ class Dialect:
 
     def bucket_join(self, time_expr: str, starts: Sequence[int]) -> Sql:
         """A join that gives each row the start of its interval as ``b.bucket``:
-        the greatest start at or before ``time_expr``."""
+        the greatest start at or before ``time_expr``.
+
+        Every time zone's offset is a whole number of quarter hours, so every
+        interval starts on one: rows find their interval by an equi-join on
+        their quarter hour, against a table of the range's quarter hours (a
+        hash join, several times faster than ``ASOF`` here). Ranges of more
+        than :data:`MAX_SLOTS` quarter hours (about 11 years) join by ``ASOF``.
+        """
+        slots = _slots(starts)
+        if slots is None:
+            return sql(
+                f" ASOF JOIN (SELECT unnest(?::BIGINT[]) AS bucket) b ON {time_expr} >= b.bucket",
+                list(starts),
+            )
         return sql(
-            f" ASOF JOIN (SELECT unnest(?::BIGINT[]) AS bucket) b ON {time_expr} >= b.bucket",
-            list(starts),
+            " JOIN (SELECT unnest(?::BIGINT[]) AS slot, unnest(?::BIGINT[]) AS bucket) b "
+            f"ON b.slot = {time_expr} // {SLOT}",
+            *slots,
         )
 
     def identity_hash(self, text: str) -> str:

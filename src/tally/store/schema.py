@@ -153,6 +153,8 @@ CREATE INDEX IF NOT EXISTS property_values_ih ON property_values (ih);
 CREATE INDEX IF NOT EXISTS known_identities_ih ON known_identities (ih);
 CREATE INDEX IF NOT EXISTS identities_ih ON identities (ih);
 CREATE INDEX IF NOT EXISTS identities_ph ON identities (ph);
+CREATE INDEX IF NOT EXISTS aliases_ah ON aliases (ah);
+CREATE INDEX IF NOT EXISTS aliases_bh ON aliases (bh);
 """
 
 #: From schema 1 (no hashes) to 2, in place.

@@ -23,7 +23,7 @@ KNOWN_IDENTITIES = (
 
 
 def of_identities(
-    con: duckdb.DuckDBPyConnection, identities: list[str], prefix: str = ""
+    con: duckdb.DuckDBPyConnection, identities: list[str], column: str = "ih"
 ) -> tuple[str, list[Any]]:
     """A condition for rows whose identity is one of ``identities``, and its
     parameters: their hashes (schema.py) as constants, which DuckDB tests in the
@@ -36,7 +36,7 @@ def of_identities(
     ).fetchone()
     hashes = list(row[0]) if row and row[0] else []
     marks = ", ".join("?::UBIGINT" for _ in hashes) or "NULL"
-    return f"{prefix}ih IN ({marks})", hashes
+    return f"{column} IN ({marks})", hashes
 
 
 def iso(seconds: int | float) -> str:

@@ -47,7 +47,7 @@ def events_view(
     if identity:
         # An identity filter means its person: every identity merged with it.
         person = resolve_person(con, product, identity)
-        condition, more = of_identities(con, identities_of(con, product, person), "e.")
+        condition, more = of_identities(con, identities_of(con, product, person), "e.ih")
         where.append(condition)
         params += more
     start, end = parse_time(time_from, "from"), parse_time(time_to, "to")

@@ -14,7 +14,6 @@ from tally.views.events import property_names
 
 HISTORY_LIMIT = 100
 HASHED = IDENTITY_HASH.format("?::VARCHAR")
-HASH_LIST = IDENTITY_HASH.format("unnest(?::VARCHAR[])")
 
 
 def person_view(
@@ -100,17 +99,20 @@ def _unaliased(con: duckdb.DuckDBPyConnection, product: str, identities: list[st
 def _aliases(
     con: duckdb.DuckDBPyConnection, product: str, identities: list[str], asked: str
 ) -> dict[str, Any]:
-    rows = (
-        []
-        if _unaliased(con, product, identities)
-        else con.execute(
-            "SELECT a, b, time, recv_ns, stream, position, status FROM aliases "
-            f"WHERE product = ? AND (ah IN (SELECT {HASH_LIST}) OR bh IN (SELECT {HASH_LIST})) "
-            "AND (a IN (SELECT unnest(?::VARCHAR[])) OR b IN (SELECT unnest(?::VARCHAR[]))) "
+    rows: list[Any] = []
+    if not _unaliased(con, product, identities):
+        of_a, hashes = of_identities(con, identities, "ah")
+        of_b = of_a.replace("ah IN", "bh IN", 1)
+        # Each end by its hash (indexed); then exactly, by its text.
+        columns = "a, b, time, recv_ns, stream, position, status"
+        found = con.execute(
+            f"SELECT {columns} FROM aliases WHERE product = ? AND {of_a} UNION "
+            f"SELECT {columns} FROM aliases WHERE product = ? AND {of_b} "
             "ORDER BY recv_ns, stream, position",
-            [product, identities, identities, identities, identities],
+            [product, *hashes, product, *hashes],
         ).fetchall()
-    )
+        mine = set(identities)
+        rows = [row for row in found if row[0] in mine or row[1] in mine]
     edges = [Edge(a, b, (r, s, p)) for a, b, _, r, s, p, _ in rows]
     status = {(r, s, p): st for _, _, _, r, s, p, st in rows}
     times = {(r, s, p): t for _, _, t, r, s, p, _ in rows}
