@@ -78,3 +78,30 @@ def test_a_store_of_schema_1_is_upgraded_when_opened_for_writing(tmp_path: Path)
     assert [s["people"] for s in answer["steps"]] == [2, 1]
     assert person_view(upgraded.con, "acme", "anon-1")["identities"] == ["ann@x.example", "anon-1"]
     upgraded.close()
+
+
+@pytest.mark.parametrize("events", [7, 150])  # read by index, or by the page's time span
+def test_the_person_page_lists_events_newest_first_in_the_total_order(
+    tmp_path: Path, events: int
+) -> None:
+    rows = []
+    for i in range(events):
+        # Pairs in one second, received in either order, on two streams.
+        at = T0 + 3600 * (i // 2)
+        who = "anon-1" if i % 3 else "ann@x.example"
+        rows.append(event(who, f"Step {i % 4}", at, {"n": str(i)}, stream=f"c{i % 2}",
+                          ns=(i * 7919) % 1000, t=at - (i % 2), d=True))  # fmt: skip
+    rows.append(alias("anon-1", "ann@x.example", T0 + 1))
+    store = Store(tmp_path / "s.duckdb")
+    store.apply(build(rows), keys)
+    expected = store.con.execute(
+        "SELECT properties['n'] FROM events "
+        "ORDER BY time DESC, recv_ns DESC, stream DESC, position DESC"
+    ).fetchall()
+    seen = []
+    for page in range(1, events // 20 + 2):
+        doc = person_view(store.con, "acme", "anon-1", page=page, page_size=20)["events"]
+        assert doc["total"] == events
+        seen += [(e["properties"]["n"],) for e in doc["items"]]
+    assert seen == expected
+    store.close()

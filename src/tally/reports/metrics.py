@@ -100,12 +100,28 @@ def _cells(
         + event_filters("e", c.where, d)
         + ") WHERE "
         + person_restriction(c, "person", d)
-        + f") SELECT b.bucket, {seg_expr} AS seg, count(DISTINCT x.person), count(*), "
-        + "sum(x.n), count(x.n), avg(x.n), grouping(b.bucket) FROM x"
-        + join
-        + d.bucket_join("x.time", starts)
-        + " GROUP BY GROUPING SETS ((b.bucket, seg), (seg))"
+        + ")"
     )
+    # Only what the measure needs; for distinct people, the distinct (person,
+    # interval) pairs first, which the two groupings then count.
+    if q.measure == "people":
+        query += (
+            Sql(f", xb AS (SELECT DISTINCT x.person, b.bucket, {seg_expr} AS seg FROM x")
+            + join
+            + d.bucket_join("x.time", starts)
+            + ") SELECT bucket, seg, count(DISTINCT person), 0, NULL, 0, NULL, "
+            + "grouping(bucket) FROM xb GROUP BY GROUPING SETS ((bucket, seg), (seg))"
+        )
+    else:
+        people = "count(DISTINCT x.person)" if q.measure == "average_per_person" else "0"
+        numbers = "sum(x.n), count(x.n), avg(x.n)" if q.property else "NULL, 0, NULL"
+        query += (
+            Sql(f" SELECT b.bucket, {seg_expr} AS seg, {people}, count(*), {numbers}, ")
+            + "grouping(b.bucket) FROM x"
+            + join
+            + d.bucket_join("x.time", starts)
+            + " GROUP BY GROUPING SETS ((b.bucket, seg), (seg))"
+        )
     rows = con.execute(query.text, list(query.params)).fetchall()
     out: dict[Any, dict[int | None, tuple[Any, ...]]] = {}
     for bucket, seg, people, times, total, count, average, grouped in rows:
