@@ -93,8 +93,10 @@ def _cells(
         seg_expr = "sv.value"
         at = d.order_key("x") if segment.attribution == "at_event" else ""
         join = segment_join(c.product, segment, "x", d, at=at)
+    # Only the columns used: DuckDB materialises this (a map column costs most).
+    order = ", recv_ns, stream, position" if segment and segment.attribution == "at_event" else ""
     query = (
-        Sql("WITH x AS (SELECT * FROM (")
+        Sql(f"WITH x AS (SELECT person, time, n{order} FROM (")
         + events_of(c.product, [q.event], c.start, c.end, d, extra=numeric)
         + " AND "
         + event_filters("e", c.where, d)
@@ -109,8 +111,9 @@ def _cells(
             Sql(f", xb AS (SELECT DISTINCT x.person, b.bucket, {seg_expr} AS seg FROM x")
             + join
             + d.bucket_join("x.time", starts)
-            + ") SELECT bucket, seg, count(DISTINCT person), 0, NULL, 0, NULL, "
-            + "grouping(bucket) FROM xb GROUP BY GROUPING SETS ((bucket, seg), (seg))"
+            + ") SELECT bucket, seg, count(*), 0, NULL, 0, NULL, 0 FROM xb GROUP BY bucket, seg"
+            + " UNION ALL SELECT NULL, seg, count(DISTINCT person), 0, NULL, 0, NULL, 1 "
+            + "FROM xb GROUP BY seg"
         )
     else:
         people = "count(DISTINCT x.person)" if q.measure == "average_per_person" else "0"
