@@ -44,6 +44,13 @@ def _fetch(
         return answer
     if product is not None:
         _check_product(settings, product)
+    return read_store(settings, view)
+
+
+def read_store(
+    settings: Settings, view: Callable[[duckdb.DuckDBPyConnection], dict[str, Any]]
+) -> dict[str, Any]:
+    """``view`` on a cursor of the store, opened read-only (no server runs)."""
     if not settings.store_path.exists():
         raise Unavailable(f"no store in {settings.data_dir} yet: start `tally serve` first")
     try:

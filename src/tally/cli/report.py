@@ -16,15 +16,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import duckdb
 
 from tally import local
 from tally.catalog import Catalog
+from tally.cli.inspect import read_store
 from tally.cli.options import data_dir_option, echo_json, echo_table, errors_to_exit, product_option
-from tally.errors import InvalidInput, Unavailable
+from tally.errors import InvalidInput
 from tally.reports import Product, run_report
 from tally.settings import Settings
-from tally.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -119,18 +118,8 @@ def ask(data_dir: Path, product: str, kind: str, body: dict[str, Any]) -> dict[s
         found = catalog.product(product)
     finally:
         catalog.close()
-    if not settings.store_path.exists():
-        raise Unavailable(f"no store in {settings.data_dir} yet: start `tally serve` first")
-    try:
-        store = Store(settings.store_path, read_only=True)
-    except duckdb.Error as exc:
-        raise Unavailable(f"cannot open the store: {exc}") from exc
-    try:
-        return run_report(
-            store.cursor(), Product(found.name, found.timezone, found.revenue_property), kind, body
-        )
-    finally:
-        store.close()
+    asked = Product(found.name, found.timezone, found.revenue_property)
+    return read_store(settings, lambda con: run_report(con, asked, kind, body))
 
 
 def _output(
