@@ -16,8 +16,9 @@ Reports group people by number, not by text: every identity column has a
 :data:`IDENTITY_HASH` when the row is written, so a person is
 ``coalesce(identities.ph, ih)`` and reports join and count integers. The hash
 is MD5's (a standard, so the same in every DuckDB version and in ClickHouse);
-two identities of one product with the same hash would be one person, which
-for a product with a billion identities has a chance of about 1 in 40 billion.
+two identities of one product with the same hash would be one person in
+reports: the chance (n²/2⁶⁵ for n identities) is about 1 in 37 million for a
+million identities, 1 in 370,000 for ten million, 1 in 37 for a billion.
 """
 
 from __future__ import annotations

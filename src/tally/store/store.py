@@ -319,8 +319,7 @@ class Store:
 
     def _check_hashes(self, fresh: Rows) -> None:
         """Reports take two identities with one hash for one person (schema.py):
-        say so loudly if it ever happens (about 1 in 40 billion for a product of
-        a billion identities)."""
+        say so loudly if it ever happens (schema.py gives the odds)."""
         with registered(self.con, "_fresh", fresh):
             clash = self.con.execute(
                 "SELECT f.product, f.identity, k.identity FROM _fresh f JOIN known_identities k "
