@@ -22,8 +22,21 @@ def read_until_closed(sock: socket.socket, timeout: float = 10.0) -> bytes:
     return b"".join(chunks)
 
 
+def split_responses(data: bytes) -> list[Response]:
+    """Every response in ``data``, which must end with a whole one."""
+    responses = []
+    while data:
+        parsed = Response.parse(data)
+        assert parsed is not None, f"not a whole response: {data[:200]!r}"
+        response, used = parsed
+        responses.append(response)
+        data = data[used:]
+    return responses
+
+
 def read_responses(sock: socket.socket, count: int, timeout: float = 10.0) -> list[Response]:
-    """Read exactly ``count`` responses (each with a Content-Length, or none)."""
+    """Read exactly ``count`` responses (each with a Content-Length, or none);
+    bytes read past them are dropped, so the socket is done with after it."""
     sock.settimeout(timeout)
     buffer = b""
     responses: list[Response] = []
