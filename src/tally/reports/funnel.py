@@ -13,7 +13,7 @@ from typing import Any
 
 import duckdb
 
-from tally.reports.metrics import segment_join
+from tally.reports.metrics import NO_SEGMENT, segment_join
 from tally.reports.query import Funnel
 from tally.reports.sql import (
     DIALECT,
@@ -27,11 +27,9 @@ from tally.reports.sql import (
     sql,
 )
 
-NO_SEGMENT = "__all__"
-
 
 def run(con: duckdb.DuckDBPyConnection, q: Funnel, d: Dialect = DIALECT) -> dict[str, Any]:
-    seen = display_names(con, q.common.product, [s.event for s in q.steps], fallback=False)
+    seen = display_names(con, q.common.product, [s.event for s in q.steps])
     labels = [seen.get(s.event, s.label) for s in q.steps]
     whole = _counts(con, q, segmented=False, d=d).get(NO_SEGMENT)
     answer: dict[str, Any] = {"steps": _steps(labels, whole)}

@@ -17,7 +17,6 @@ from tally.reports.sql import DIALECT, Dialect, Sql, event_filters, person_restr
 
 #: How many (collapsed) steps a path shows.
 STEPS = 5
-_ORDER = "time, recv_ns, stream, position"
 _SLOTS = [f"s{i}" for i in range(1, STEPS + 1)]
 
 
@@ -94,7 +93,7 @@ def _query(q: Path, d: Dialect) -> Sql:
         # before; its length is the distance to the next run's start.
         + "), ranked AS (SELECT person, event, row_number() OVER w AS rn, lag(event) OVER w "
         + "AS previous, count(*) OVER (PARTITION BY person) AS total FROM inside "
-        + f"WINDOW w AS (PARTITION BY person ORDER BY {_ORDER})"
+        + f"WINDOW w AS (PARTITION BY person ORDER BY {d.order_columns})"
         + "), runs AS (SELECT person, event, coalesce(lead(rn) OVER w, total + 1) - rn AS n, "
         + "row_number() OVER w AS run, count(*) OVER (PARTITION BY person) AS runs "
         + "FROM ranked WHERE previous IS NULL OR previous <> event "

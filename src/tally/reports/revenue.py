@@ -26,7 +26,6 @@ from tally.reports.sql import (
 )
 
 DAY = 86_400
-_ORDER = "time, recv_ns, stream, position"
 
 
 def run(con: duckdb.DuckDBPyConnection, q: Revenue, d: Dialect = DIALECT) -> dict[str, Any]:
@@ -101,7 +100,7 @@ def _cells(
         # Each positive payment ever, with the time of the person's next one and
         # of their first one.
         + "), positive AS (SELECT person, time, lead(time) OVER (PARTITION BY person "
-        + f"ORDER BY {_ORDER}) AS next, min(time) OVER (PARTITION BY person) AS first "
+        + f"ORDER BY {d.order_columns}) AS next, min(time) OVER (PARTITION BY person) AS first "
         + "FROM pay WHERE amount > 0), facts AS ("
         + join(facts, " UNION ALL ")
         + f") SELECT f.kind, b.bucket, count(DISTINCT f.person), {d.exact_sum('f.amount')}, "

@@ -69,21 +69,16 @@ def interval_starts(start: int, end: int, interval: Interval, tz_name: str) -> l
     if interval == "hour":
         # Hours are cut in absolute time (every zone's offset is whole hours or
         # half hours; a half-hour zone's hours start at :30 UTC).
-        first = local.replace(minute=0, second=0, microsecond=0)
-    else:
-        first = local.replace(hour=0, minute=0, second=0, microsecond=0, fold=0)
-        if interval == "week":
-            first -= timedelta(days=first.weekday())
-        elif interval == "month":
-            first = first.replace(day=1)
+        first = int(local.replace(minute=0, second=0, microsecond=0).timestamp())
+        return list(range(first, end, 3600))
+    day = local.replace(hour=0, minute=0, second=0, microsecond=0, fold=0)
+    if interval == "week":
+        day -= timedelta(days=day.weekday())
+    elif interval == "month":
+        day = day.replace(day=1)
     starts: list[int] = []
-    naive = first.replace(tzinfo=None)
-    while True:
-        moment = int(naive.replace(tzinfo=tz).timestamp())
-        if interval == "hour":
-            moment = int(first.timestamp()) + 3600 * len(starts)
-        if moment >= end:
-            break
+    naive = day.replace(tzinfo=None)
+    while (moment := int(naive.replace(tzinfo=tz).timestamp())) < end:
         if not starts or moment > starts[-1]:
             starts.append(moment)
         naive = _next(naive, interval)
@@ -95,10 +90,8 @@ def _next(naive: datetime, interval: Interval) -> datetime:
         return naive + timedelta(days=1)
     if interval == "week":
         return naive + timedelta(days=7)
-    if interval == "month":
-        year, month = (naive.year + 1, 1) if naive.month == 12 else (naive.year, naive.month + 1)
-        return naive.replace(year=year, month=month)
-    return naive + timedelta(hours=1)
+    year, month = (naive.year + 1, 1) if naive.month == 12 else (naive.year, naive.month + 1)
+    return naive.replace(year=year, month=month)
 
 
 SLOT = 900  # a quarter hour: every interval of every time zone starts on one
@@ -133,6 +126,9 @@ def iso_local(seconds: int, tz_name: str) -> str:
 
 class Dialect:
     """DuckDB's spelling of what the reports need."""
+
+    #: The total order of occurrences (SPEC §3, §11), as columns to order by.
+    order_columns = "time, recv_ns, stream, position"
 
     def order_key(self, alias: str) -> str:
         """The total order of occurrences (SPEC §3, §11) as one comparable value."""
@@ -169,10 +165,6 @@ class Dialect:
     def ordered_list(self, value: str, order: str) -> str:
         """An aggregate: the group's values as a list, in ``order``."""
         return f"list({value} ORDER BY {order})"
-
-    def empty_list(self, element: str = "VARCHAR") -> str:
-        """An empty list of ``element`` values."""
-        return f"[]::{element}[]"
 
     def bucket_join(self, time_expr: str, starts: Sequence[int]) -> Sql:
         """A join that gives each row the start of its interval as ``b.bucket``:
@@ -334,14 +326,12 @@ def events_of(
 
 
 def display_names(
-    con: Any, product: str, keys: Iterable[str], kind: str = "event", *, fallback: bool = True
+    con: Any, product: str, keys: Iterable[str], kind: str = "event"
 ) -> dict[str, str]:
-    """Name key -> the first spelling seen (SPEC §2); a key never seen shows as
-    itself, or is left out without ``fallback``."""
+    """Name key -> the first spelling seen (SPEC §2), for the keys ever seen."""
     wanted = sorted(set(keys))
     if not wanted:
         return {}
     query = sql("SELECT key, display FROM names WHERE product = ? AND kind = ? AND key IN ",
                 product, kind) + values_list(wanted)  # fmt: skip
-    found = dict(con.execute(query.text, list(query.params)).fetchall())
-    return {key: found.get(key, key) for key in wanted} if fallback else found
+    return dict(con.execute(query.text, list(query.params)).fetchall())

@@ -22,19 +22,22 @@ KNOWN_IDENTITIES = (
 )
 
 
-def of_identities(
-    con: duckdb.DuckDBPyConnection, identities: list[str], column: str = "ih"
-) -> tuple[str, list[Any]]:
-    """A condition for rows whose identity is one of ``identities``, and its
-    parameters: their hashes (schema.py) as constants, which DuckDB tests in the
-    scan itself, so that ten million rows narrow to a few by comparing integers
-    (comparing the text too would read every string of the vectors they are in:
-    15 times slower). The hash is exact while no two identities of a product
-    share one, which the processor checks as it stores them (Store)."""
+def identity_hashes(con: duckdb.DuckDBPyConnection, identities: list[str]) -> list[int]:
+    """The hashes (schema.py) of ``identities``, as the store keeps them."""
     row = con.execute(
         f"SELECT list({IDENTITY_HASH.format('x')}) FROM unnest(?::VARCHAR[]) t(x)", [identities]
     ).fetchone()
-    hashes = list(row[0]) if row and row[0] else []
+    return list(row[0]) if row and row[0] else []
+
+
+def hashed_in(column: str, hashes: list[int]) -> tuple[str, list[int]]:
+    """A condition that ``column`` is one of ``hashes``, and its parameters.
+
+    The hashes go in as constants, which DuckDB tests in the scan itself (or by
+    an index), so that ten million rows narrow to a few by comparing integers
+    (comparing the identity text too would read every string of the vectors
+    they are in: 15 times slower). The hash is exact while no two identities
+    of a product share one, which the processor checks as it stores them."""
     marks = ", ".join("?::UBIGINT" for _ in hashes) or "NULL"
     return f"{column} IN ({marks})", hashes
 

@@ -8,10 +8,11 @@ import duckdb
 
 from tally.names import name_key, normalise_name
 from tally.views.common import (
+    hashed_in,
     identities_of,
+    identity_hashes,
     iso,
     iso_ns,
-    of_identities,
     paging,
     parse_time,
     resolve_person,
@@ -47,7 +48,8 @@ def events_view(
     if identity:
         # An identity filter means its person: every identity merged with it.
         person = resolve_person(con, product, identity)
-        condition, more = of_identities(con, identities_of(con, product, person), "e.ih")
+        hashes = identity_hashes(con, identities_of(con, product, person))
+        condition, more = hashed_in("e.ih", hashes)
         where.append(condition)
         params += more
     start, end = parse_time(time_from, "from"), parse_time(time_to, "to")

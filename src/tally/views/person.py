@@ -9,7 +9,15 @@ import duckdb
 from tally import identity_graph
 from tally.identity_graph import Edge
 from tally.store.schema import IDENTITY_HASH
-from tally.views.common import identities_of, iso, iso_ns, of_identities, paging, resolve_person
+from tally.views.common import (
+    hashed_in,
+    identities_of,
+    identity_hashes,
+    iso,
+    iso_ns,
+    paging,
+    resolve_person,
+)
 from tally.views.events import property_names
 
 HISTORY_LIMIT = 100
@@ -32,23 +40,24 @@ def person_view(
     try:
         person = resolve_person(con, product, identity)
         identities = identities_of(con, product, person)
+        hashes = identity_hashes(con, identities)
         return {
             "product": product,
             "person": person,
             "identity": identity.strip(),
             "identities": identities,
-            "properties": _properties(con, product, identities),
-            "aliases": _aliases(con, product, identities, identity.strip()),
-            "events": _events(con, product, identities, page_number, size),
+            "properties": _properties(con, product, hashes),
+            "aliases": _aliases(con, product, identities, hashes, identity.strip()),
+            "events": _events(con, product, hashes, page_number, size),
         }
     finally:
         con.rollback()
 
 
 def _properties(
-    con: duckdb.DuckDBPyConnection, product: str, identities: list[str]
+    con: duckdb.DuckDBPyConnection, product: str, hashes: list[int]
 ) -> list[dict[str, Any]]:
-    condition, params = of_identities(con, identities)
+    condition, params = hashed_in("ih", hashes)
     rows = con.execute(
         """
         WITH found AS MATERIALIZED (
@@ -104,12 +113,16 @@ def _unaliased(con: duckdb.DuckDBPyConnection, product: str, identities: list[st
 
 
 def _aliases(
-    con: duckdb.DuckDBPyConnection, product: str, identities: list[str], asked: str
+    con: duckdb.DuckDBPyConnection,
+    product: str,
+    identities: list[str],
+    hashes: list[int],
+    asked: str,
 ) -> dict[str, Any]:
     rows: list[Any] = []
     if not _unaliased(con, product, identities):
-        of_a, hashes = of_identities(con, identities, "ah")
-        of_b = of_a.replace("ah IN", "bh IN", 1)
+        of_a, _ = hashed_in("ah", hashes)
+        of_b, _ = hashed_in("bh", hashes)
         # Each end by its hash (indexed); then exactly, by its text.
         columns = "a, b, time, recv_ns, stream, position, status"
         found = con.execute(
@@ -148,9 +161,9 @@ def _aliases(
 
 
 def _events(
-    con: duckdb.DuckDBPyConnection, product: str, identities: list[str], page: int, size: int
+    con: duckdb.DuckDBPyConnection, product: str, hashes: list[int], page: int, size: int
 ) -> dict[str, Any]:
-    condition, params = of_identities(con, identities)
+    condition, params = hashed_in("ih", hashes)
     # The person's events by index, narrow columns only: the count, and the
     # page's order keys and time span.
     total, oldest, newest, keys = con.execute(
