@@ -45,12 +45,9 @@ _ABSENCE_PASSES = ("has_no_value", "not_equals")
 def run(con: duckdb.DuckDBPyConnection, q: People, d: Dialect = DIALECT) -> dict[str, Any]:
     search = _Search(q, d)
     shown, select, joins = search.shown("pg")
-    name, name_joins = d.person_name("m", q.common.product)
+    page = sql("ORDER BY name LIMIT ? OFFSET ?", q.page_size, (q.page - 1) * q.page_size)
     query = (
-        search.matches()
-        + f", pg AS (SELECT m.person, {name} AS name FROM m"
-        + name_joins
-        + sql(" ORDER BY name LIMIT ? OFFSET ?)", q.page_size, (q.page - 1) * q.page_size)
+        search.named("pg", page)
         + shown
         + " SELECT t.total, "
         + select
@@ -83,18 +80,8 @@ def csv_rows(
     yield ["person", "identities", *(c.label for c in q.columns)]
     search = _Search(q, d)
     shown, select, joins = search.shown("mn")
-    name, name_joins = d.person_name("m", q.common.product)
     query = (
-        search.matches()
-        + f", mn AS (SELECT m.person, {name} AS name FROM m"
-        + name_joins
-        + ")"
-        + shown
-        + " SELECT "
-        + select
-        + " FROM mn"
-        + joins
-        + " ORDER BY mn.name"
+        search.named("mn") + shown + " SELECT " + select + " FROM mn" + joins + " ORDER BY mn.name"
     )
     cursor = con.cursor()
     try:
@@ -110,6 +97,19 @@ def csv_rows(
 class _Search:
     """The SQL of one search: :meth:`matches` ends with the CTE ``m`` of the
     matching people; :meth:`shown` gives the columns of some of them."""
+
+    def named(self, cte: str, tail: Sql | None = None) -> Sql:
+        """:meth:`matches`, then the CTE ``cte`` of the matching people with
+        their names (``person``, ``name``), ``tail`` (ORDER BY, LIMIT) inside."""
+        name, joins = self.d.person_name("m", self.q.common.product)
+        return (
+            self.matches()
+            + f", {cte} AS (SELECT m.person, {name} AS name FROM m"
+            + joins
+            + " "
+            + (tail or Sql(""))
+            + ")"
+        )
 
     def __init__(self, q: People, d: Dialect) -> None:
         self.q, self.d = q, d
