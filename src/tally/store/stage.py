@@ -6,6 +6,11 @@ a second on one core), so :meth:`Stage.add` only de-duplicates within the batch
 and keeps the parsed record; the columns are built at the end with one
 comprehension each, and names, properties and identities are set operations in
 DuckDB over the whole batch.
+
+:meth:`Stage.freeze` builds the table once the batch is read, which the
+processor does in its preparing thread (no store access), while the batch
+before is written; the history de-duplication that follows may still leave
+records out, and :meth:`Stage.table` then filters the frozen table.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ class Stage:
         self.keep: list[bool] = []
         self._first: dict[tuple[int, int, int], int] = {}
         self.duplicates = 0
+        self._frozen: tuple[list[int], pa.Table] | None = None  # rows (indices), table
+        self._dropped = False  # records left out since the table was frozen
 
     def __len__(self) -> int:
         return len(self.parsed)
@@ -77,21 +84,35 @@ class Stage:
         earlier duplicate of each."""
         if keys:
             for index, (_, stream, position) in enumerate(self.orders):
-                if (stream, position) in keys:
+                if (stream, position) in keys and self.keep[index]:
                     self.keep[index] = False
+                    self._dropped = True
 
     def kept(self) -> list[int]:
         return [i for i, keep in enumerate(self.keep) if keep]
 
+    def freeze(self) -> pa.Table:
+        """The table of the records kept so far (built once; see :meth:`table`)."""
+        if self._frozen is None:
+            kept = self.kept()
+            beacons = [i for i in kept if not isinstance(self.parsed[i], Rejected)]
+            rejects = [i for i in kept if isinstance(self.parsed[i], Rejected)]
+            tables = [self._beacons(beacons)]
+            if rejects:
+                tables.append(self._rejects(rejects))
+            table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+            self._frozen = (beacons + rejects, table)
+            self._dropped = False
+        return self._frozen[1]
+
     def table(self) -> pa.Table:
         """The records that stay, beacons and rejects in one table."""
-        kept = self.kept()
-        beacons = [i for i in kept if not isinstance(self.parsed[i], Rejected)]
-        rejects = [i for i in kept if isinstance(self.parsed[i], Rejected)]
-        tables = [self._beacons(beacons)]
-        if rejects:
-            tables.append(self._rejects(rejects))
-        return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        table = self.freeze()
+        if not self._dropped:
+            return table
+        assert self._frozen is not None
+        rows = self._frozen[0]
+        return table.filter(pa.array([self.keep[i] for i in rows], pa.bool_()))
 
     def _common(self, indices: list[int]) -> dict[str, pa.Array]:
         orders, dedup = self.orders, self.dedup
@@ -132,7 +153,6 @@ class Stage:
                 "prop_keys": _listed(offsets, keys),
                 "prop_displays": _listed(offsets, [p.display for b in items for p in b.properties]),
                 "prop_values": _listed(offsets, values),
-                "properties": _mapped(offsets, keys, values),
                 "metadata": _mapped(meta_offsets, meta_keys, meta_values),
                 "drops": _listed(drop_offsets, drops),
             }
@@ -161,7 +181,6 @@ class Stage:
                 "prop_keys": _listed(empty, []),
                 "prop_displays": _listed(empty, []),
                 "prop_values": _listed(empty, []),
-                "properties": _mapped(empty, [], []),
                 "metadata": _mapped(empty, [], []),
                 "drops": _listed(empty, []),
             }

@@ -43,6 +43,47 @@ _KNOWN_CACHE = 2_000_000  # identities remembered as stored (about 200 MB at mos
 
 
 @dataclass
+class Prepared:
+    """A batch read and normalised but not written: :func:`prepare` makes it
+    without touching the store, so that the processor prepares one batch while
+    the store writes the one before (DuckDB releases the GIL while it works)."""
+
+    entries: Sequence[Entry]
+    keys: KeyLookup
+    blocked: frozenset[str]
+    stage: Stage
+    revocations: list[tuple[str, Edge]]
+    error: Exception | None = None  # a bug met while preparing: applied record by record
+
+
+def prepare(
+    entries: Sequence[Entry], keys: KeyLookup, *, blocked: frozenset[str] = DEFAULT_BLOCKED
+) -> Prepared:
+    """Normalise ``entries`` (SPEC §1 to §4) and build their table; never raises."""
+    stage = Stage()
+    revocations: list[tuple[str, Edge]] = []
+    try:
+        for entry in entries:
+            record = entry.record
+            order = (record.recv_ns, entry.stream, entry.position)
+            if record.method == "OPERATOR":
+                revocation = parse_operator(record)
+                if revocation is not None:
+                    revocations.append(
+                        (revocation.product, Edge(revocation.a, revocation.b, order))
+                    )
+                continue
+            parsed = parse_record(record, keys, blocked=blocked)
+            if parsed is not None:
+                stage.add(order, parsed)
+        if len(stage):
+            stage.freeze()
+    except Exception as exc:  # a bug: Store.write applies the batch record by record
+        return Prepared(entries, keys, blocked, Stage(), [], exc)
+    return Prepared(entries, keys, blocked, stage, revocations)
+
+
+@dataclass
 class ApplyStats:
     records: int = 0
     applied: int = 0
@@ -133,16 +174,21 @@ class Store:
         blocked: frozenset[str] = DEFAULT_BLOCKED,
         cap: int = DEFAULT_CAP,
     ) -> ApplyStats:
-        """Apply ``entries`` and record the positions they reach, atomically.
+        """Apply ``entries`` and record the positions they reach, atomically."""
+        return self.write(prepare(entries, keys, blocked=blocked), cap=cap)
+
+    def write(self, prepared: Prepared, *, cap: int = DEFAULT_CAP) -> ApplyStats:
+        """Write a prepared batch and the positions it reaches, atomically.
 
         A batch that fails as a whole (a bug, not bad input) is applied record by
         record, and the records that still fail are kept as ``internal_error``
         rejects: the pipeline never stops on one record (issue: "bad input").
         """
+        entries = prepared.entries
         try:
-            stats: ApplyStats = self._transaction(
-                lambda: self._apply(entries, keys, blocked, cap, entries)
-            )
+            if prepared.error is not None:
+                raise prepared.error
+            stats: ApplyStats = self._transaction(lambda: self._apply(prepared, cap, entries))
             return stats
         except Exception as exc:  # any bug at all: one record must not stop the pipeline
             if len(entries) == 1:
@@ -155,7 +201,7 @@ class Store:
             log.exception("batch of %d records failed; applying one by one", len(entries))
             total = ApplyStats()
             for entry in entries:
-                stats = self.apply([entry], keys, blocked=blocked, cap=cap)
+                stats = self.apply([entry], prepared.keys, blocked=prepared.blocked, cap=cap)
                 total.records += stats.records
                 total.applied += stats.applied
                 total.duplicates += stats.duplicates
@@ -185,7 +231,10 @@ class Store:
                         f"DELETE FROM {name} WHERE (stream, position) IN "
                         "(SELECT stream, position FROM _replayed)"
                     )
-            return self._apply(entries, keys, blocked, cap, ())
+            prepared = prepare(entries, keys, blocked=blocked)
+            if prepared.error is not None:
+                raise prepared.error
+            return self._apply(prepared, cap, ())
 
         return self._transaction(work)  # type: ignore[no-any-return]
 
@@ -219,31 +268,9 @@ class Store:
         stats.rejected[INTERNAL_ERROR] += 1
         return stats
 
-    def _apply(
-        self,
-        entries: Sequence[Entry],
-        keys: KeyLookup,
-        blocked: frozenset[str],
-        cap: int,
-        position_entries: Iterable[Entry],
-    ) -> ApplyStats:
-        stats = ApplyStats(records=len(entries))
-        stage = Stage()
-        revocations: list[tuple[str, Edge]] = []
-        for entry in entries:
-            record = entry.record
-            order = (record.recv_ns, entry.stream, entry.position)
-            if record.method == "OPERATOR":
-                revocation = parse_operator(record)
-                if revocation is not None:
-                    revocations.append(
-                        (revocation.product, Edge(revocation.a, revocation.b, order))
-                    )
-                continue
-            parsed = parse_record(record, keys, blocked=blocked)
-            if parsed is not None:
-                stage.add(order, parsed)
-
+    def _apply(self, prepared: Prepared, cap: int, position_entries: Iterable[Entry]) -> ApplyStats:
+        stats = ApplyStats(records=len(prepared.entries))
+        stage, revocations = prepared.stage, prepared.revocations
         touched: dict[str, set[str]] = {}
         if len(stage):
             touched = self._write(stage, stats)
@@ -265,15 +292,15 @@ class Store:
         # Within the batch the stage kept the earliest of each set of duplicates;
         # against the whole history, the stored one stays if it is earlier, else
         # this one takes the stored one's place (SPEC §4, §11).
-        candidates = Rows(dedup_time=INT, h1=INT, h2=INT, recv_ns=INT, stream=TEXT, position=INT)
-        for index in stage.kept():
-            candidates.append(*stage.dedup[index], *stage.orders[index])
-        with registered(con, "_candidates", candidates):
+        con.register("_candidates", stage.freeze())
+        try:
             stored = con.execute(
                 "SELECT c.recv_ns, c.stream, c.position, s.recv_ns, s.stream, s.position "
                 "FROM _candidates c JOIN seen s "
                 "ON s.dedup_time = c.dedup_time AND s.h1 = c.h1 AND s.h2 = c.h2"
             ).fetchall()
+        finally:
+            con.unregister("_candidates")
         duplicates = stage.duplicates
         later: set[tuple[str, int]] = set()
         replaced: list[Order] = []
@@ -289,11 +316,18 @@ class Store:
         stats.duplicates = duplicates
         self._bump("duplicates", duplicates)
         touched = self._remove(replaced)
-        con.register("_kept", stage.table())
+        con.register("_staged", stage.table())
+        try:
+            con.execute(
+                "CREATE OR REPLACE TEMP TABLE _kept AS SELECT *, "
+                f"{IDENTITY_HASH.format('identity')} AS ih FROM _staged"
+            )
+        finally:
+            con.unregister("_staged")
         try:
             self._spread(stage, stats, touched)
         finally:
-            con.unregister("_kept")
+            con.execute("DROP TABLE _kept")
         return touched
 
     def _remember_identities(self, stage: Stage) -> None:
@@ -337,18 +371,17 @@ class Store:
         )
         con.execute(
             "INSERT INTO events SELECT product, identity, event, time, recv_ns, stream, position, "
-            f"properties, metadata, {IDENTITY_HASH.format('identity')} FROM _kept "
+            "map(prop_keys, prop_values), metadata, ih FROM _kept "
             "WHERE kind = 'event'"
         )
         con.execute(
             "INSERT INTO property_values SELECT product, identity, unnest(prop_keys), "
-            "unnest(prop_values), time, recv_ns, stream, position, "
-            f"{IDENTITY_HASH.format('identity')} "
+            "unnest(prop_values), time, recv_ns, stream, position, ih "
             "FROM _kept WHERE kind IN ('event', 'set') AND len(prop_keys) > 0"
         )
         con.execute(
             "INSERT INTO aliases SELECT product, identity, other, time, recv_ns, stream, "
-            f"position, '{identity_graph.ACCEPTED}', {IDENTITY_HASH.format('identity')}, "
+            f"position, '{identity_graph.ACCEPTED}', ih, "
             f"{IDENTITY_HASH.format('other')} FROM _kept WHERE kind = 'alias'"
         )
         con.execute(
