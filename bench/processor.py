@@ -153,8 +153,7 @@ def measure_apply(data_dir: Path) -> tuple[float, int]:
     settings = Settings(data_dir=data_dir)
     store = Store(settings.store_path)
     store.con.execute("SET threads = 1")
-    processor = Processor(settings, store)
-    processor.keys.refresh = lambda: keys  # type: ignore[method-assign]  # no catalog here
+    processor = Processor(settings, store, keys=lambda: keys)  # no catalog here
     started = time.perf_counter()
     applied = processor.catch_up()
     seconds = time.perf_counter() - started

@@ -20,9 +20,11 @@ property test feeds the processor.
 
 from __future__ import annotations
 
+import tempfile
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import hypothesis
@@ -48,8 +50,11 @@ from journeys import (
     total_order,
 )
 from tally.log.reader import Entry
-from tally.log.record import Record
+from tally.log.record import Record, encode_record
+from tally.log.writer import SegmentWriter
 from tally.operations import REVOKE_ALIAS_PATH
+from tally.processor import Processor
+from tally.settings import Settings
 from tally.store.store import Store
 
 CAP = 3
@@ -161,6 +166,46 @@ def fresh_store() -> Iterator[Store]:
         yield store
     finally:
         store.close()
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(records=record_sets(), data=st.data())
+def test_the_processor_catching_up_in_batches_gives_the_same_store(
+    records: list[Row], data: st.DataObject
+) -> None:
+    """The processor as it runs: the records written to real log streams, read
+    back in batches of a drawn size, each prepared while the one before is
+    written (Processor.catch_up): the store of one batch in the total order."""
+    entries = build(records)
+    cap = data.draw(CAPS, "cap")
+    limit = data.draw(st.integers(1, 8), "batch size")
+    with tempfile.TemporaryDirectory() as directory, fresh_store() as whole:
+        config = Settings(data_dir=Path(directory), max_identities_per_person=cap)
+        writers: dict[str, SegmentWriter] = {}
+        for entry in sorted(entries, key=lambda e: (e.stream, e.position)):
+            if entry.stream not in writers:
+                writers[entry.stream] = SegmentWriter(config.log_dir / entry.stream)
+            writers[entry.stream].write_durable(encode_record(entry.record))
+        for writer in writers.values():
+            writer.close()
+        caught_up = Store(config.store_path)
+        try:
+            processor = Processor(config, caught_up, keys=lambda: KEYS)
+            assert processor.catch_up(limit=limit) == len(entries)
+            # A batch takes up to max(limit // streams, 1) records of each stream.
+            per_batch = max(limit // len(writers), 1) * len(writers)
+            assert processor.progress.batches >= len(entries) / per_batch
+            whole.apply(total_order(entries), KEYS, cap=cap)
+            expected, got = snapshot(whole), snapshot(caught_up)
+            assert got == expected, _differences(expected, got)
+            assert caught_up.positions() == whole.positions()
+            assert processor.catch_up(limit=limit) == 0  # nothing left
+        finally:
+            caught_up.close()
 
 
 def _differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

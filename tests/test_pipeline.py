@@ -61,7 +61,7 @@ def caught_up(server: RunningServer) -> dict[str, Any] | None:
 
 
 def dump_store(path: Path) -> dict[str, list[tuple[Any, ...]]]:
-    """Every table of a (closed) store, as sorted rows of plain values."""
+    """Every table of a (closed) store, as sorted rows of plain values, and its indexes."""
 
     def plain(value: Any) -> Any:
         if isinstance(value, dict):
@@ -77,6 +77,10 @@ def dump_store(path: Path) -> dict[str, list[tuple[Any, ...]]]:
         for table in sorted(tables):
             rows = con.execute(f'SELECT * FROM "{table}"').fetchall()
             dump[table] = sorted((tuple(plain(v) for v in row) for row in rows), key=repr)
+        # The indexes too (a rebuild drops them while it writes, then builds them).
+        dump["(indexes)"] = con.execute(
+            "SELECT index_name, table_name, expressions FROM duckdb_indexes() ORDER BY ALL"
+        ).fetchall()
         return dump
     finally:
         con.close()

@@ -91,11 +91,14 @@ class Progress:
 
 
 class Processor:
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, *, keys: Callable[[], KeyLookup] | None = None
+    ) -> None:
+        """``keys`` gives the API keys before every batch; by default, the catalog's."""
         self.settings = settings
         self.store = store
         self.reader = LogReader(settings.log_dir)
-        self.keys = CatalogKeys(settings.catalog_path)
+        self.keys = keys or CatalogKeys(settings.catalog_path).refresh
         self.progress = Progress()
         self.lock = threading.Lock()  # held while a batch is applied (replay takes it too)
         self._stop = threading.Event()
@@ -123,7 +126,7 @@ class Processor:
         return batch
 
     def _prepare(self, batch: list[Entry]) -> Prepared:
-        return prepare(batch, self.keys.refresh(), blocked=self.settings.blocked_identities)
+        return prepare(batch, self.keys(), blocked=self.settings.blocked_identities)
 
     def _write(self, prepared: Prepared) -> int:
         """Write a prepared batch (the caller holds the lock); how many records it held."""
@@ -153,7 +156,7 @@ class Processor:
                 return {"replayed": 0, "applied": 0, "duplicates": 0, "rejected": {}}
             stats = self.store.replay(
                 entries,
-                self.keys.refresh(),
+                self.keys(),
                 blocked=self.settings.blocked_identities,
                 cap=self.settings.max_identities_per_person,
             )

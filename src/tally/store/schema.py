@@ -147,16 +147,22 @@ CREATE TABLE IF NOT EXISTS counters (name VARCHAR PRIMARY KEY, value BIGINT NOT 
 """
 
 #: One person's rows in a few milliseconds (the person page, SPEC §9) instead
-#: of a scan of every event: ART indexes on the identity hashes.
-INDEXES = """
-CREATE INDEX IF NOT EXISTS events_ih ON events (ih);
-CREATE INDEX IF NOT EXISTS property_values_ih ON property_values (ih);
-CREATE INDEX IF NOT EXISTS known_identities_ih ON known_identities (ih);
-CREATE INDEX IF NOT EXISTS identities_ih ON identities (ih);
-CREATE INDEX IF NOT EXISTS identities_ph ON identities (ph);
-CREATE INDEX IF NOT EXISTS aliases_ah ON aliases (ah);
-CREATE INDEX IF NOT EXISTS aliases_bh ON aliases (bh);
-"""
+#: of a scan of every event: ART indexes on the identity hashes, as
+#: ``(index, table, column)``.
+INDEXED = [
+    ("events_ih", "events", "ih"),
+    ("property_values_ih", "property_values", "ih"),
+    ("known_identities_ih", "known_identities", "ih"),
+    ("identities_ih", "identities", "ih"),
+    ("identities_ph", "identities", "ph"),
+    ("aliases_ah", "aliases", "ah"),
+    ("aliases_bh", "aliases", "bh"),
+]
+INDEXES = "".join(
+    f"CREATE INDEX IF NOT EXISTS {index} ON {table} ({column});\n"
+    for index, table, column in INDEXED
+)
+DROP_INDEXES = "".join(f"DROP INDEX IF EXISTS {index};\n" for index, _, _ in INDEXED)
 
 #: From schema 1 (no hashes) to 2, in place.
 MIGRATE_1_TO_2 = [

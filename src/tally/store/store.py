@@ -31,7 +31,14 @@ from tally.log.reader import Entry
 from tally.operations import parse_operator
 from tally.store.graph import rederive
 from tally.store.rows import INT, TEXT, Rows, insert, orders, registered, reject_rows
-from tally.store.schema import DDL, IDENTITY_HASH, INDEXES, MIGRATE_1_TO_2, SCHEMA_VERSION
+from tally.store.schema import (
+    DDL,
+    DROP_INDEXES,
+    IDENTITY_HASH,
+    INDEXES,
+    MIGRATE_1_TO_2,
+    SCHEMA_VERSION,
+)
 from tally.store.stage import REJECT, Stage
 
 log = logging.getLogger("tally.store")
@@ -156,6 +163,15 @@ class Store:
         # Its own cursor: the processor's thread may be using self.con right now.
         with self.con.cursor() as cursor:
             cursor.execute(f"SET threads = {n}")
+
+    @contextlib.contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Without the person page's indexes while a whole store is written
+        (``tally rebuild``): building an ART index once at the end costs far less
+        than keeping it up to date batch by batch."""
+        self.con.execute(DROP_INDEXES)
+        yield
+        self.con.execute(INDEXES)
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A connection for another thread (DuckDB: one cursor per thread)."""

@@ -1,0 +1,47 @@
+"""The processor's loop: stopping between batches, and the garbage collector."""
+
+from __future__ import annotations
+
+import gc
+import threading
+from pathlib import Path
+
+from journeys import Keys, build, event
+from tally.log.record import encode_record
+from tally.log.writer import SegmentWriter
+from tally.processor import Processor, gc_paused
+from tally.settings import Settings
+from tally.store import Store
+
+
+def test_catch_up_stops_after_the_batch_in_hand(tmp_path: Path) -> None:
+    config = Settings(data_dir=tmp_path)
+    writer = SegmentWriter(config.log_dir / "c0")
+    for entry in build([event("bob", f"Step {i}", 1_700_000_000 + i) for i in range(10)]):
+        writer.write_durable(encode_record(entry.record))
+    writer.close()
+    store = Store(config.store_path)
+    try:
+        processor = Processor(config, store, keys=Keys)
+        stop = threading.Event()
+        stop.set()
+        assert processor.catch_up(stop=stop, limit=3) == 3  # one batch, then it stops
+        assert store.con.execute("SELECT count(*) FROM events").fetchone() == (3,)
+        assert processor.catch_up(limit=3) == 7  # and resumes where it stopped
+        assert store.con.execute("SELECT count(*) FROM events").fetchone() == (10,)
+    finally:
+        store.close()
+
+
+def test_the_garbage_collector_is_paused_and_restored() -> None:
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # left as it was found
+    finally:
+        gc.enable()
