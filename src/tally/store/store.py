@@ -414,19 +414,24 @@ class Store:
         con.execute(
             """
             INSERT INTO names
-            SELECT product, kind, key, arg_min(display, (recv_ns, stream, position)),
-                   min(recv_ns), arg_min(stream, (recv_ns, stream, position)),
-                   arg_min(position, (recv_ns, stream, position))
+            SELECT product, kind, key, first.display, first.recv_ns, first.stream,
+                   first.position
             FROM (
-                SELECT product, 'event' AS kind, event AS key, event_display AS display,
-                       recv_ns, stream, position
-                FROM _kept WHERE kind = 'event'
-                UNION ALL
-                SELECT product, 'property', unnest(prop_keys), unnest(prop_displays),
-                       recv_ns, stream, position
-                FROM _kept WHERE kind IN ('event', 'set') AND len(prop_keys) > 0
+                -- a struct's minimum is by its fields in order: the earliest record's
+                -- spelling (a record names a key once, so display never decides)
+                SELECT product, kind, key, min(struct_pack(recv_ns := recv_ns,
+                       stream := stream, position := position, display := display)) AS first
+                FROM (
+                    SELECT product, 'event' AS kind, event AS key, event_display AS display,
+                           recv_ns, stream, position
+                    FROM _kept WHERE kind = 'event'
+                    UNION ALL
+                    SELECT product, 'property', unnest(prop_keys), unnest(prop_displays),
+                           recv_ns, stream, position
+                    FROM _kept WHERE kind IN ('event', 'set') AND len(prop_keys) > 0
+                )
+                GROUP BY product, kind, key
             )
-            GROUP BY product, kind, key
             ON CONFLICT DO UPDATE SET display = EXCLUDED.display, recv_ns = EXCLUDED.recv_ns,
                 stream = EXCLUDED.stream, position = EXCLUDED.position
             WHERE EXCLUDED.recv_ns < names.recv_ns OR (EXCLUDED.recv_ns = names.recv_ns AND
