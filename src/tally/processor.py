@@ -16,10 +16,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import duckdb
 
 from tally.beacon import UNKNOWN_KEY, KeyLookup, KeyStatus
 from tally.log.reader import Entry, LogReader
@@ -185,40 +187,53 @@ class Processor:
         total = 0
         with self.lock:
             positions = self.store.positions()
-        with gc_paused() as paused:
-            current = self._read_and_prepare(positions, limit)
-            if not current[0].entries:
-                return 0
-            with ThreadPoolExecutor(
-                1, thread_name_prefix="tally-prepare", initializer=self._prepare_thread
-            ) as preparer:
-                while True:
-                    prepared, positions = current
-                    stopping = stop is not None and stop.is_set()
-                    ahead = None
-                    if not stopping:
-                        ahead = preparer.submit(self._read_and_prepare, positions, limit)
-                    with self.lock:
-                        total += self._write(prepared)
-                    if on_batch is not None:
-                        on_batch(len(prepared.entries))
-                    if ahead is None:
-                        break
-                    current = ahead.result()
-                    if not current[0].entries:
-                        break
-                    paused.collect_now_and_then()
+        # The preparing side stages batches through a cursor of its own (a
+        # connection is used by one thread at a time; replay uses the store's).
+        cursor = self.store.cursor()
+        ahead: Future[tuple[Prepared, dict[str, int]]] | None = None
+        try:
+            with gc_paused() as paused:
+                current = self._read_and_prepare(positions, limit, cursor)
+                if not current[0].entries:
+                    return 0
+                with ThreadPoolExecutor(
+                    1, thread_name_prefix="tally-prepare", initializer=self._prepare_thread
+                ) as preparer:
+                    while True:
+                        prepared, positions = current
+                        if stop is None or not stop.is_set():
+                            ahead = preparer.submit(
+                                self._read_and_prepare, positions, limit, cursor
+                            )
+                        with self.lock:
+                            total += self._write(prepared)
+                        if on_batch is not None:
+                            on_batch(len(prepared.entries))
+                        if ahead is None:
+                            break
+                        current, ahead = ahead.result(), None
+                        if not current[0].entries:
+                            break
+                        paused.collect_now_and_then()
+        finally:
+            if ahead is not None:  # prepared, never to be written: free its staging table
+                with contextlib.suppress(Exception):  # an error of its own was raised already
+                    self.store.unstage(ahead.result()[0], cursor)
+            cursor.close()
         return total
 
     def _read_and_prepare(
-        self, positions: dict[str, int], limit: int
+        self, positions: dict[str, int], limit: int, con: duckdb.DuckDBPyConnection
     ) -> tuple[Prepared, dict[str, int]]:
-        """The batch after ``positions``, prepared, and the positions after it."""
+        """The batch after ``positions``, prepared and staged, and the positions
+        after it."""
         batch = self.read_batch(limit, positions)
         after = dict(positions)
         for entry in batch:
             after[entry.stream] = max(after.get(entry.stream, 0), entry.next_position)
-        return self._prepare(batch), after
+        prepared = self._prepare(batch)
+        self.store.stage(prepared, con)
+        return prepared, after
 
     def _prepare_thread(self) -> None:
         if self._nice:  # the preparing thread yields to ingest like the processor's own

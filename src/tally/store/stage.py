@@ -9,8 +9,8 @@ DuckDB over the whole batch.
 
 :meth:`Stage.freeze` builds the table once the batch is read, which the
 processor does in its preparing thread (no store access), while the batch
-before is written; the history de-duplication that follows may still leave
-records out, and :meth:`Stage.table` then filters the frozen table.
+before is written; the store copies it into its staging database, and the
+history de-duplication that follows leaves records out in SQL.
 """
 
 from __future__ import annotations
@@ -49,8 +49,7 @@ class Stage:
         self.keep: list[bool] = []
         self._first: dict[tuple[int, int, int], int] = {}
         self.duplicates = 0
-        self._frozen: tuple[list[int], pa.Table] | None = None  # rows (indices), table
-        self._dropped = False  # records left out since the table was frozen
+        self._frozen: pa.Table | None = None
 
     def __len__(self) -> int:
         return len(self.parsed)
@@ -84,15 +83,15 @@ class Stage:
         earlier duplicate of each."""
         if keys:
             for index, (_, stream, position) in enumerate(self.orders):
-                if (stream, position) in keys and self.keep[index]:
+                if (stream, position) in keys:
                     self.keep[index] = False
-                    self._dropped = True
 
     def kept(self) -> list[int]:
         return [i for i, keep in enumerate(self.keep) if keep]
 
     def freeze(self) -> pa.Table:
-        """The table of the records kept so far (built once; see :meth:`table`)."""
+        """The records kept within the batch, beacons and rejects in one table
+        (built once: the history de-duplication that follows filters it in SQL)."""
         if self._frozen is None:
             kept = self.kept()
             beacons = [i for i in kept if not isinstance(self.parsed[i], Rejected)]
@@ -100,19 +99,8 @@ class Stage:
             tables = [self._beacons(beacons)]
             if rejects:
                 tables.append(self._rejects(rejects))
-            table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-            self._frozen = (beacons + rejects, table)
-            self._dropped = False
-        return self._frozen[1]
-
-    def table(self) -> pa.Table:
-        """The records that stay, beacons and rejects in one table."""
-        table = self.freeze()
-        if not self._dropped:
-            return table
-        assert self._frozen is not None
-        rows = self._frozen[0]
-        return table.filter(pa.array([self.keep[i] for i in rows], pa.bool_()))
+            self._frozen = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        return self._frozen
 
     def _common(self, indices: list[int]) -> dict[str, pa.Array]:
         orders, dedup = self.orders, self.dedup

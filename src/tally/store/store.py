@@ -11,6 +11,7 @@ written, and the identity graph is re-derived where aliases changed.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -46,7 +47,9 @@ log = logging.getLogger("tally.store")
 DEFAULT_CAP = 1000
 PROPERTY_DROPPED = "property_dropped"
 INTERNAL_ERROR = "internal_error"
-_KNOWN_CACHE = 2_000_000  # identities remembered as stored (about 200 MB at most)
+_KNOWN_CACHE = 2_000_000
+#: An in-memory database beside the store for batches on their way in.
+STAGING = "tally_staging"  # identities remembered as stored (about 200 MB at most)
 
 
 @dataclass
@@ -61,6 +64,7 @@ class Prepared:
     stage: Stage
     revocations: list[tuple[str, Edge]]
     error: Exception | None = None  # a bug met while preparing: applied record by record
+    staged: str | None = None  # its table in the staging database (Store.stage)
 
 
 def prepare(
@@ -103,10 +107,12 @@ class Store:
         self.path = path
         self.con = duckdb.connect(str(path), read_only=read_only)
         self._known: set[tuple[str | None, str | None]] = set()
+        self._staged = itertools.count()
         self.threads = os.cpu_count() or 1  # DuckDB's threads outside reports
         self._threads_lock = threading.Lock()
         self._reports = 0
         if not read_only:
+            self.con.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {STAGING}")
             self.con.execute(DDL)
             self.con.execute(
                 "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
@@ -193,6 +199,32 @@ class Store:
         """Apply ``entries`` and record the positions they reach, atomically."""
         return self.write(prepare(entries, keys, blocked=blocked), cap=cap)
 
+    def stage(self, prepared: Prepared, con: duckdb.DuckDBPyConnection | None = None) -> None:
+        """Copy a prepared batch's table into the in-memory staging database,
+        with its identity hash: the DuckDB half of preparing. The processor does
+        it on a cursor of its preparing thread, so that the Arrow scan (which
+        takes the GIL now and then) does not slow the thread writing the store."""
+        if prepared.staged is not None or prepared.error is not None or not len(prepared.stage):
+            return
+        con = con or self.con
+        name = f"{STAGING}.batch_{next(self._staged)}"
+        con.register("_prepared", prepared.stage.freeze())
+        try:
+            con.execute(
+                f"CREATE TABLE {name} AS SELECT *, {IDENTITY_HASH.format('identity')} AS ih "
+                "FROM _prepared"
+            )
+        finally:
+            con.unregister("_prepared")
+        prepared.staged = name
+
+    def unstage(self, prepared: Prepared, con: duckdb.DuckDBPyConnection | None = None) -> None:
+        """Drop a batch's staging table (outside the store's transaction: a
+        transaction writes to one database)."""
+        if prepared.staged is not None:
+            (con or self.con).execute(f"DROP TABLE IF EXISTS {prepared.staged}")
+            prepared.staged = None
+
     def write(self, prepared: Prepared, *, cap: int = DEFAULT_CAP) -> ApplyStats:
         """Write a prepared batch and the positions it reaches, atomically.
 
@@ -204,7 +236,11 @@ class Store:
         try:
             if prepared.error is not None:
                 raise prepared.error
-            stats: ApplyStats = self._transaction(lambda: self._apply(prepared, cap, entries))
+            self.stage(prepared)
+            try:
+                stats: ApplyStats = self._transaction(lambda: self._apply(prepared, cap, entries))
+            finally:
+                self.unstage(prepared)
             return stats
         except Exception as exc:  # any bug at all: one record must not stop the pipeline
             if len(entries) == 1:
@@ -247,12 +283,16 @@ class Store:
                         f"DELETE FROM {name} WHERE (stream, position) IN "
                         "(SELECT stream, position FROM _replayed)"
                     )
-            prepared = prepare(entries, keys, blocked=blocked)
-            if prepared.error is not None:
-                raise prepared.error
             return self._apply(prepared, cap, ())
 
-        return self._transaction(work)  # type: ignore[no-any-return]
+        prepared = prepare(entries, keys, blocked=blocked)
+        if prepared.error is not None:
+            raise prepared.error
+        self.stage(prepared)
+        try:
+            return self._transaction(work)  # type: ignore[no-any-return]
+        finally:
+            self.unstage(prepared)
 
     def _transaction(self, work: Any) -> Any:
         self.con.execute("BEGIN TRANSACTION")
@@ -289,7 +329,7 @@ class Store:
         stage, revocations = prepared.stage, prepared.revocations
         touched: dict[str, set[str]] = {}
         if len(stage):
-            touched = self._write(stage, stats)
+            touched = self._write(prepared, stats)
         self._write_revocations(revocations)
         for product, edge in revocations:
             touched.setdefault(product, set()).update((edge.a, edge.b))
@@ -302,21 +342,18 @@ class Store:
 
     # -- de-duplication (SPEC §4) and writing ---------------------------------------------------
 
-    def _write(self, stage: Stage, stats: ApplyStats) -> dict[str, set[str]]:
+    def _write(self, prepared: Prepared, stats: ApplyStats) -> dict[str, set[str]]:
         """Spread the batch over the tables; the alias identities it touched."""
-        con = self.con
+        con, stage = self.con, prepared.stage
         # Within the batch the stage kept the earliest of each set of duplicates;
         # against the whole history, the stored one stays if it is earlier, else
         # this one takes the stored one's place (SPEC §4, §11).
-        con.register("_candidates", stage.freeze())
-        try:
-            stored = con.execute(
-                "SELECT c.recv_ns, c.stream, c.position, s.recv_ns, s.stream, s.position "
-                "FROM _candidates c JOIN seen s "
-                "ON s.dedup_time = c.dedup_time AND s.h1 = c.h1 AND s.h2 = c.h2"
-            ).fetchall()
-        finally:
-            con.unregister("_candidates")
+        staged = prepared.staged
+        stored = con.execute(
+            "SELECT c.recv_ns, c.stream, c.position, s.recv_ns, s.stream, s.position "
+            f"FROM {staged} c JOIN seen s "
+            "ON s.dedup_time = c.dedup_time AND s.h1 = c.h1 AND s.h2 = c.h2"
+        ).fetchall()
         duplicates = stage.duplicates
         later: set[tuple[str, int]] = set()
         replaced: list[Order] = []
@@ -332,18 +369,18 @@ class Store:
         stats.duplicates = duplicates
         self._bump("duplicates", duplicates)
         touched = self._remove(replaced)
-        con.register("_staged", stage.table())
-        try:
-            con.execute(
-                "CREATE OR REPLACE TEMP TABLE _kept AS SELECT *, "
-                f"{IDENTITY_HASH.format('identity')} AS ih FROM _staged"
-            )
-        finally:
-            con.unregister("_staged")
+        if later:
+            with registered(con, "_later", orders(later)):
+                con.execute(
+                    f"CREATE TEMP TABLE _kept AS SELECT * FROM {staged} "
+                    "WHERE (stream, position) NOT IN (SELECT (stream, position) FROM _later)"
+                )
+        else:
+            con.execute(f"CREATE TEMP VIEW _kept AS SELECT * FROM {staged}")
         try:
             self._spread(stage, stats, touched)
         finally:
-            con.execute("DROP TABLE _kept")
+            con.execute(f"DROP {'TABLE' if later else 'VIEW'} _kept")
         return touched
 
     def _remember_identities(self, stage: Stage) -> None:
