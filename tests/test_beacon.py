@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes, urlencode
 
@@ -511,6 +512,8 @@ TIMES = [
     ("§3 fractional is floored", "&_t=1600000000.999", NOW, 1_600_000_000),
     ("§3 negative fractional is floored", "&_t=-1.5", NOW, -2),
     ("§3 fractional ms", "&_t=1600000000999.9", NOW, 1_600_000_000),
+    ("§3 10^11 and a zero fraction is seconds", "&_t=100000000000.00", NOW, 100_000_000_000),
+    ("§3 just over 10^11 is in ms", "&_t=100000000000.01", NOW, 100_000_000),
     ("§11 numeric forms", "&_t=1.6e9", NOW, 1_600_000_000),
     ("§11 non-numeric _t without _d: ignored", "&_t=yesterday", NOW, NOW),
     ("§11 padded _t is non-numeric", "&_t=+1600000000", NOW, NOW),
@@ -533,6 +536,22 @@ def test_times(spec: str, extra: str, time: int, dedup_time: int) -> None:
     for path in ("/e", "/s"):
         result = beacon("_k=good&_p=bob&_n=x" + extra, path)
         assert (result.time, result.dedup_time) == (time, dedup_time), (spec, path)
+
+
+@given(
+    whole=st.text("0123456789", min_size=1, max_size=20),
+    fraction=st.text("0123456789", max_size=8),
+    dot=st.sampled_from([".", ""]),
+)
+def test_a_fraction_of_a_second_is_floored_like_any_number(
+    whole: str, fraction: str, dot: str
+) -> None:
+    """The shortcut for ``digits.digits`` agrees with the general rule (SPEC §3)."""
+    raw = whole + dot + fraction
+    number = Decimal(raw)  # below 10^20: within the 64-bit range in ms
+    seconds = int(number.to_integral_value(rounding=ROUND_FLOOR))
+    expected = seconds // 1000 if number > 10**11 else seconds
+    assert beacon(f"_k=good&_p=bob&_n=x&_t={raw}").dedup_time == expected
 
 
 def test_the_receive_second_is_floored() -> None:
@@ -646,6 +665,26 @@ GOLDEN_REJECT_KEY = "ac0d98d91c1454e6fbe63d6935d0550d"
 def test_the_keys_are_pinned() -> None:
     assert dedup(GOLDEN_QUERY).hex() == GOLDEN_KEY
     assert rejected(GOLDEN_QUERY.replace("good", "nope")).dedup_key.hex() == GOLDEN_REJECT_KEY
+
+
+# More of the same, over each kind, non-ASCII text, a millisecond _t, and the
+# framing by lengths (a field holding a NUL), of a beacon and of a reject.
+GOLDEN_KEYS = [
+    ("/a", "_k=good&_p=bob&_n=Robert&_t=1600000000", "5a60108e4964519ec98fd5936b29e564"),
+    ("/s", "_k=good&_p=b%C3%B6b&Plan=%E2%9C%93&Page+Name=Home", "9d61224869e5e60b305342aa3e409f1c"),
+    ("/e", "_k=good&_p=bob&_n=Signed+Up&_d=1&_t=1600000000123", "edc7f566902f8b9330a8ffc91876e1c4"),
+    ("/e", "_k=good&_p=bob&_n=x&a=%00&b=1", "217795aedcd389350fbf244fee68a7ab"),
+    ("/e", "_k=nope&_p=b%00ob&_t=1600000000", "5edc4448354b4315472674a85cf0884d"),
+    ("/a", "_k=good&_p=bob", "b0b19cc6679dfe0bb249d368902fda15"),
+]
+
+
+@pytest.mark.parametrize(("path", "query", "key"), GOLDEN_KEYS)
+def test_more_keys_are_pinned(path: str, query: str, key: str) -> None:
+    result = parse(query, path)
+    assert result is not None
+    digest = result.dedup_key() if isinstance(result, Beacon) else result.dedup_key
+    assert digest.hex() == key
 
 
 def test_the_key_is_stable_across_processes() -> None:
