@@ -547,7 +547,7 @@ def test_a_fraction_of_a_second_is_floored_like_any_number(
     whole: str, fraction: str, dot: str
 ) -> None:
     """The shortcut for ``digits.digits`` agrees with the general rule (SPEC §3)."""
-    raw = whole + dot + fraction
+    raw = whole + dot + fraction if dot else whole
     number = Decimal(raw)  # below 10^20: within the 64-bit range in ms
     seconds = int(number.to_integral_value(rounding=ROUND_FLOOR))
     expected = seconds // 1000 if number > 10**11 else seconds
