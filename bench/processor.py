@@ -6,9 +6,10 @@ Measures, in one run:
    with properties, property sets, aliases, retried duplicates, bad keys) on two
    streams is applied from scratch by the real processor (``Processor.catch_up``:
    reading the log, normalising, de-duplicating, writing DuckDB), pinned to one
-   CPU with DuckDB limited to one thread. Reference in the same run: merely
-   reading and decoding the same log (``LogReader``), the floor for any
-   processor.
+   CPU with DuckDB limited to one thread, then again on every CPU (the
+   processor prepares the next batch while it writes one). Reference in the
+   same run: merely reading and decoding the same log (``LogReader``), the
+   floor for any processor.
 2. **history cost**: one batch of 50,000 records applied into an empty store and
    into a store that already holds ``--history`` events (filled directly with
    SQL, so that it takes seconds), median of 3; the ratio is the target
@@ -149,9 +150,11 @@ def measure_read(log_dir: Path) -> float:
     return count / (time.perf_counter() - started)
 
 
-def measure_apply(data_dir: Path) -> tuple[float, int]:
+def measure_apply(data_dir: Path, store_name: str = "store.duckdb") -> tuple[float, int]:
+    """Records per second of ``Processor.catch_up`` into a new store, on the
+    CPUs this process may use."""
     settings = Settings(data_dir=data_dir)
-    store = Store(settings.store_path)
+    store = Store(data_dir / store_name)
     store.con.execute("SET threads = 1")
     processor = Processor(settings, store, keys=lambda: keys)  # no catalog here
     started = time.perf_counter()
@@ -323,7 +326,9 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tally-bench-processor-"))
     try:
-        print(f"machine: {os.cpu_count()} CPUs; processor pinned to one CPU, DuckDB 1 thread")
+        print(
+            f"machine: {os.cpu_count()} CPUs; apply pinned to one CPU, then on all; DuckDB 1 thread"
+        )
         if args.records:
             data_dir = work / "apply"
             size = write_log(Settings(data_dir=data_dir).log_dir, args.records)
@@ -331,11 +336,15 @@ def main() -> None:
             read_rate = measure_read(data_dir / "log")
             rate, _ = measure_apply(data_dir)
             os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+            rate_all, _ = measure_apply(data_dir, "all-cpus.duckdb")
             print(f"log: {args.records:,} records, {size / 2**20:,.0f} MiB on 2 streams")
             print(f"reference, read + decode the log only: {read_rate:12,.0f} records/s")
             print(
                 f"apply (read, normalise, dedup, write):  {rate:12,.0f} records/s"
                 f"  ({rate / read_rate:.2f} of the reference)"
+            )
+            print(
+                f"the same on {os.cpu_count()} CPUs (prepare || write): {rate_all:,.0f} records/s"
             )
         if args.history:
             empty, full = measure_history(work, args.history)
