@@ -193,15 +193,16 @@ class Processor:
         total = 0
         with self.lock:
             positions = self.store.positions()
+        first = self.read_batch(limit, positions)
+        if not first:
+            return 0
         # The preparing side stages batches through a cursor of its own (a
         # connection is used by one thread at a time; replay uses the store's).
         cursor = self.store.cursor()
         ahead: Future[tuple[Prepared, dict[str, int]]] | None = None
         try:
             with gc_paused() as paused:
-                current = self._read_and_prepare(positions, limit, cursor)
-                if not current[0].entries:
-                    return 0
+                current = self._prepare_batch(first, positions, cursor)
                 with (
                     ThreadPoolExecutor(
                         1, thread_name_prefix="tally-prepare", initializer=self._prepare_thread
@@ -236,7 +237,11 @@ class Processor:
     ) -> tuple[Prepared, dict[str, int]]:
         """The batch after ``positions``, prepared and staged, and the positions
         after it."""
-        batch = self.read_batch(limit, positions)
+        return self._prepare_batch(self.read_batch(limit, positions), positions, con)
+
+    def _prepare_batch(
+        self, batch: list[Entry], positions: dict[str, int], con: duckdb.DuckDBPyConnection
+    ) -> tuple[Prepared, dict[str, int]]:
         after = dict(positions)
         for entry in batch:
             after[entry.stream] = max(after.get(entry.stream, 0), entry.next_position)
