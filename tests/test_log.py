@@ -25,7 +25,13 @@ from tally.log.record import (
     encode_record,
     read_frame,
 )
-from tally.log.writer import StreamLocked, list_segments, segment_name, valid_prefix
+from tally.log.writer import (
+    PREALLOCATE_BYTES,
+    StreamLocked,
+    list_segments,
+    segment_name,
+    valid_prefix,
+)
 
 STREAM = "c0"
 
@@ -266,14 +272,14 @@ TORN_TAILS = {
     "partial header": FRAME[:5],
     "partial frame": FRAME[: len(FRAME) // 2],
     "garbage": b"\xde\xad\xbe\xef not a frame " * 4,
-    "zeros": bytes(4096),
     "damaged last frame": FRAME[:-1] + bytes([FRAME[-1] ^ 1]),
 }
 
 
+@pytest.mark.parametrize("zeros", [b"", bytes(8192)], ids=["end of file", "zeros after"])
 @pytest.mark.parametrize("tail", TORN_TAILS.values(), ids=TORN_TAILS.keys())
 def test_a_torn_tail_is_truncated_when_the_writer_opens(
-    tmp_path: Path, tail: bytes, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, tail: bytes, zeros: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     stream_dir = tmp_path / STREAM
     frame_size = len(encode_record(record(0)))
@@ -282,7 +288,7 @@ def test_a_torn_tail_is_truncated_when_the_writer_opens(
     *earlier, last = segments(stream_dir)
     earlier_bytes = [p.read_bytes() for p in earlier]
     kept = last.stat().st_size
-    append(last, tail)
+    append(last, tail + zeros)  # and the preallocated zeros a crash leaves after it
     assert read_all(tmp_path) == written  # the reader stops at the tail, without error
 
     with caplog.at_level(logging.WARNING, logger="tally.log"):
@@ -304,6 +310,40 @@ def test_a_torn_tail_is_truncated_when_the_writer_opens(
     assert LogReader(tmp_path).count(STREAM) == (7, LogReader(tmp_path).size(STREAM))
 
 
+def test_preallocated_zeros_are_cut_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a crash leaves after the last synced batch: zeros only (writer.py)."""
+    stream_dir = tmp_path / STREAM
+    written = [record(n) for n in range(3)]
+    position = write(stream_dir, written)
+    [last] = segments(stream_dir)
+    append(last, bytes(PREALLOCATE_BYTES))
+    assert read_all(tmp_path) == written
+    assert LogReader(tmp_path).backlog(STREAM, 0)[0] == 3
+    with caplog.at_level(logging.DEBUG, logger="tally.log"):
+        writer = SegmentWriter(stream_dir)
+    assert caplog.records == []
+    assert last.stat().st_size == position
+    writer.write_durable(encode_record(record(3)))
+    writer.close()
+    assert read_all(tmp_path) == [*written, record(3)]
+
+
+def test_the_segment_being_written_is_preallocated_and_cut_back(tmp_path: Path) -> None:
+    stream_dir = tmp_path / STREAM
+    writer = SegmentWriter(stream_dir)
+    frame = encode_record(record(0))
+    position = writer.write_durable(frame)
+    [segment] = segments(stream_dir)
+    assert segment.stat().st_size >= PREALLOCATE_BYTES  # zeros ahead of the frames
+    assert segment.read_bytes()[position:] == bytes(segment.stat().st_size - position)
+    assert read_all(tmp_path) == [record(0)]  # readers stop at the zeros
+    assert LogReader(tmp_path).count(STREAM) == (1, position)
+    writer.close()
+    assert segment.stat().st_size == position  # a closed segment ends at its last frame
+
+
 def test_a_clean_stream_reopens_silently(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     stream_dir = tmp_path / STREAM
     position = write(stream_dir, [record(n) for n in range(3)])
@@ -323,10 +363,11 @@ def test_a_second_writer_on_a_stream_is_refused(tmp_path: Path) -> None:
     writer.write_durable(encode_record(record(0)))
     last = segments(stream_dir)[-1]
     append(last, FRAME[:10])  # as if a write were in progress: not a tail to cut
+    before = last.read_bytes()
 
     with pytest.raises(StreamLocked):
         SegmentWriter(stream_dir)
-    assert last.stat().st_size == len(encode_record(record(0))) + 10
+    assert last.read_bytes() == before
 
     writer.close()
     SegmentWriter(stream_dir).close()  # free again once the first one is closed

@@ -37,7 +37,8 @@ def track(server: RunningServer, person: str) -> None:
 
 
 def logged_people(log_dir: Path) -> list[str]:
-    """``_p`` of every record, reading each stream to its last byte."""
+    """``_p`` of every record, reading each stream to its durable end (while the
+    server runs, zeros are preallocated after it: writer.py)."""
     reader = LogReader(log_dir)
     people = []
     for stream in reader.streams():
@@ -45,7 +46,7 @@ def logged_people(log_dir: Path) -> list[str]:
         for entry in reader.read(stream):
             people.append(parse_qs(entry.record.query.decode())["_p"][0])
             end = entry.next_position
-        assert end == reader.size(stream), f"{stream} has bytes after its last record"
+        assert end == reader.durable(stream), f"{stream} has bytes after its last record"
     return sorted(people)
 
 

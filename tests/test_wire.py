@@ -14,6 +14,7 @@ import pytest
 
 from serverproc import RunningServer
 from tally import wire
+from tally.log.writer import valid_prefix
 from wire import Response, connect, get, read_responses, read_until_closed, split_responses
 
 NO_CACHE = "no-cache, no-store, must-revalidate, private"
@@ -278,7 +279,8 @@ def _collectors(server: RunningServer) -> list[psutil.Process]:
 
 def test_503_with_retry_after_when_the_log_cannot_grow_and_never_a_false_200(server):
     """A file-size limit on the collectors makes every write fail like a full disk."""
-    largest = max(f.stat().st_size for f in server.data_dir.glob("log/*/*.seg"))
+    # Where the frames end (the segment being written is zero-filled ahead of them).
+    largest = max(valid_prefix(f.read_bytes())[0] for f in server.data_dir.glob("log/*/*.seg"))
     for child in _collectors(server):
         resource.prlimit(child.pid, resource.RLIMIT_FSIZE, (largest + 1500, resource.RLIM_INFINITY))
     answers = {i: httpx.get(f"{server.base_url}/e?_k=k&_p=full&_n=x&i={i}") for i in range(100)}
@@ -319,7 +321,7 @@ def test_status_counts_what_the_log_holds(server):
     for i in range(30):
         httpx.get(f"{server.base_url}/e?_k=k&_p=s{i}&_n=x")
     status = server.status()
-    on_disk = sum(f.stat().st_size for f in server.data_dir.glob("log/*/*.seg"))
+    on_disk = sum(valid_prefix(f.read_bytes())[0] for f in server.data_dir.glob("log/*/*.seg"))
     assert status["log"]["records"] == 30
     assert status["log"]["bytes"] == on_disk
     assert status["log"]["streams"] == 2

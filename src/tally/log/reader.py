@@ -16,6 +16,7 @@ from tally.log.record import FRAME_HEADER, PAYLOAD_TIME, CorruptFrame, Record, r
 from tally.log.writer import SEGMENT_SUFFIX, durable_position, list_segments, segment_name
 
 _CHUNK = 4 * 1024 * 1024
+_NO_FRAME = bytes(FRAME_HEADER.size)
 
 
 class Entry(NamedTuple):
@@ -55,7 +56,7 @@ class LogReader:
         """Every durable record of ``stream`` at or after ``position``."""
         stream_dir = self.log_dir / stream
         end = durable_position(stream_dir)
-        for entry in self._read_all(stream, stream_dir, position):
+        for entry in self._read_all(stream, stream_dir, position, end):
             if end is not None and entry.next_position > end:
                 return
             yield entry
@@ -65,7 +66,9 @@ class LogReader:
         end = durable_position(self.log_dir / stream)
         return self.size(stream) if end is None else min(end, self.size(stream))
 
-    def _read_all(self, stream: str, stream_dir: Path, position: int) -> Iterator[Entry]:
+    def _read_all(
+        self, stream: str, stream_dir: Path, position: int, durable: int | None
+    ) -> Iterator[Entry]:
         bases = list_segments(stream_dir)
         for index, base in enumerate(bases):
             end = bases[index + 1] if index + 1 < len(bases) else None
@@ -73,17 +76,21 @@ class LogReader:
                 continue
             start = max(position - base, 0)
             path = stream_dir / segment_name(base)
-            yield from self._read_segment(stream, path, base, start, is_last=end is None)
+            # The writer's segment has preallocated zeros past its durable end:
+            # never read them (the processor polls here every few ms).
+            stop = None if end is not None or durable is None else durable - base
+            yield from self._read_segment(stream, path, base, start, end is None, stop)
 
     def _read_segment(
-        self, stream: str, path: Path, base: int, offset: int, *, is_last: bool
+        self, stream: str, path: Path, base: int, offset: int, is_last: bool, stop: int | None
     ) -> Iterator[Entry]:
         with open(path, "rb") as f:
             f.seek(offset)
             buffer = b""
             buffer_start = offset
             while True:
-                chunk = f.read(_CHUNK)
+                size = _CHUNK if stop is None else min(_CHUNK, stop - buffer_start - len(buffer))
+                chunk = f.read(size) if size > 0 else b""
                 if not chunk:
                     return
                 buffer = buffer + chunk if buffer else chunk
@@ -93,8 +100,12 @@ class LogReader:
                         frame = read_frame(buffer, pos)
                     except CorruptFrame as exc:
                         # Damage in the newest segment's last bytes is a torn tail
-                        # that its writer truncates on its next start.
-                        if is_last and os.fstat(f.fileno()).st_size <= buffer_start + len(buffer):
+                        # that its writer truncates on its next start; a zero
+                        # header is where its preallocated zeros begin.
+                        if is_last and (
+                            os.fstat(f.fileno()).st_size <= buffer_start + len(buffer)
+                            or buffer[pos : pos + FRAME_HEADER.size] == _NO_FRAME
+                        ):
                             return
                         raise LogCorrupt(f"{path} at offset {buffer_start + pos}: {exc}") from exc
                     if frame is None:
@@ -125,6 +136,8 @@ class LogReader:
             offset = 0
             while offset + FRAME_HEADER.size + PAYLOAD_TIME.size <= len(data):
                 length = FRAME_HEADER.unpack_from(data, offset)[0]
+                if not length:  # preallocated zeros: no frame here (writer.py)
+                    break
                 if first_ns is None:
                     first_ns = PAYLOAD_TIME.unpack_from(data, offset + FRAME_HEADER.size)[2]
                 offset += FRAME_HEADER.size + length
