@@ -344,6 +344,24 @@ def test_the_segment_being_written_is_preallocated_and_cut_back(tmp_path: Path) 
     assert segment.stat().st_size == position  # a closed segment ends at its last frame
 
 
+def test_preallocating_ahead_keeps_half_a_chunk_of_zeros(tmp_path: Path) -> None:
+    stream_dir = tmp_path / STREAM
+    writer = SegmentWriter(stream_dir)
+    position = writer.write_durable(encode_record(record(0)))
+    [segment] = segments(stream_dir)
+    allocated = segment.stat().st_size
+    writer.preallocate_ahead()  # plenty left: nothing to do
+    assert segment.stat().st_size == allocated
+    body = b"x" * (allocated - position - PREALLOCATE_BYTES // 4 - 200)
+    position = writer.write_durable(encode_record(record(1, body=body)))
+    assert segment.stat().st_size == allocated  # it fitted in what was zero-filled
+    writer.preallocate_ahead()  # about a quarter of a chunk left: one more chunk
+    assert segment.stat().st_size == position + PREALLOCATE_BYTES
+    assert segment.read_bytes()[position:] == bytes(PREALLOCATE_BYTES)
+    writer.close()
+    assert read_all(tmp_path) == [record(0), record(1, body=body)]
+
+
 def test_a_clean_stream_reopens_silently(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     stream_dir = tmp_path / STREAM
     position = write(stream_dir, [record(n) for n in range(3)])

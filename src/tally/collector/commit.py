@@ -97,6 +97,8 @@ class GroupCommit:
             except BaseException as exc:  # answered 503 on the loop
                 error = exc
             self._loop.call_soon_threadsafe(self._done, batches, len(data), error)
+            if error is None:
+                self._writer.preallocate_ahead()  # while the answers go out
 
     def _done(self, batches: list[_Batch], size: int, error: BaseException | None) -> None:
         self._outstanding -= len(batches)

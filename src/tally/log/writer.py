@@ -200,6 +200,20 @@ class SegmentWriter:
         self._publish()
         return self.position
 
+    def preallocate_ahead(self) -> None:
+        """Zero-fill the next chunk now if less than half of one is left: the
+        commit thread calls this after a batch's answers are on their way, so
+        that the zero-fill seldom holds up a batch (failures are left for the
+        next write, which retries and answers 503 if it must)."""
+        headroom = self._allocated - self._size
+        if (
+            self._broken is None
+            and self._size < self.segment_bytes
+            and (headroom < PREALLOCATE_BYTES // 2)
+        ):
+            with contextlib.suppress(OSError):
+                self._preallocate(self._size)
+
     def _preallocate(self, needed: int) -> None:
         """Zero-fill the segment up to ``needed`` bytes and a chunk beyond,
         synced: later syncs then change no file size. Where the chunk does not
