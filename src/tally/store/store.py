@@ -47,9 +47,9 @@ log = logging.getLogger("tally.store")
 DEFAULT_CAP = 1000
 PROPERTY_DROPPED = "property_dropped"
 INTERNAL_ERROR = "internal_error"
-_KNOWN_CACHE = 2_000_000
+_KNOWN_CACHE = 2_000_000  # identities remembered as stored (about 200 MB at most)
 #: An in-memory database beside the store for batches on their way in.
-STAGING = "tally_staging"  # identities remembered as stored (about 200 MB at most)
+STAGING = "tally_staging"
 
 
 @dataclass
