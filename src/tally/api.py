@@ -11,7 +11,6 @@ import csv
 import hashlib
 import hmac
 import io
-import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from tally.errors import InvalidInput, TallyError, Unauthorized
 from tally.log.reader import LogReader
 from tally.processor import Processor
 from tally.reports import Product, parse, people, run_report
-from tally.reports.query import People
+from tally.reports.query import People, json_object
 from tally.settings import Settings
 from tally.views.common import require_product
 from tally.views.events import events_view
@@ -206,15 +205,7 @@ def _csv_lines(core: Core, query: People) -> Iterator[bytes]:
 
 async def _json_body(request: Request) -> dict[str, Any]:
     raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise InvalidInput(f"the body is not JSON: {exc}", field="body") from exc
-    if not isinstance(body, dict):
-        raise InvalidInput("the body is a JSON object", field="body")
-    return body
+    return json_object(raw, "body", "the body") if raw.strip() else {}
 
 
 async def _tally_error(request: Request, exc: Exception) -> Response:

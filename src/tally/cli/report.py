@@ -8,7 +8,6 @@ server, or reads the store itself when no server runs.
 from __future__ import annotations
 
 import csv
-import json
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ from tally.cli.inspect import read_store
 from tally.cli.options import data_dir_option, echo_json, echo_table, errors_to_exit, product_option
 from tally.errors import InvalidInput
 from tally.reports import Product, run_report
+from tally.reports.query import json_object
 from tally.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -85,13 +85,7 @@ def _common(kwargs: dict[str, Any]) -> dict[str, Any]:
     body: dict[str, Any] = {}
     source = kwargs.pop("body")
     if source is not None:
-        try:
-            loaded = json.load(source)
-        except ValueError as exc:
-            raise InvalidInput(f"--body is not JSON: {exc}", field="--body") from exc
-        if not isinstance(loaded, dict):
-            raise InvalidInput("--body is a JSON object", field="--body")
-        body.update(loaded)
+        body.update(json_object(source.read(), "--body", "--body"))
     time_from, time_to = kwargs.pop("time_from"), kwargs.pop("time_to")
     if time_from:
         body["from"] = time_from

@@ -8,6 +8,7 @@ is a plain value that the SQL compiler (and the tests' oracle) can trust.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -176,6 +177,18 @@ KINDS = ("metrics", "funnel", "cohort", "revenue", "abtest", "path", "people")
 
 
 # -- reading a body -----------------------------------------------------------------------
+
+
+def json_object(text: str | bytes, field: str, what: str) -> dict[str, Any]:
+    """A report's body as sent (the API's request body, the CLI's ``--body``
+    file): a JSON object, or :class:`InvalidInput` naming ``field``."""
+    try:
+        loaded = json.loads(text)
+    except ValueError as exc:
+        raise InvalidInput(f"{what} is not JSON: {exc}", field=field) from exc
+    if not isinstance(loaded, dict):
+        raise InvalidInput(f"{what} is a JSON object", field=field)
+    return loaded
 
 
 class _Body:
