@@ -225,6 +225,15 @@ class Store:
             (con or self.con).execute(f"DROP TABLE IF EXISTS {prepared.staged}")
             prepared.staged = None
 
+    @contextlib.contextmanager
+    def _staging(self, prepared: Prepared) -> Iterator[None]:
+        """``prepared`` staged (if the processor has not already) for the block."""
+        self.stage(prepared)
+        try:
+            yield
+        finally:
+            self.unstage(prepared)
+
     def write(self, prepared: Prepared, *, cap: int = DEFAULT_CAP) -> ApplyStats:
         """Write a prepared batch and the positions it reaches, atomically.
 
@@ -236,11 +245,8 @@ class Store:
         try:
             if prepared.error is not None:
                 raise prepared.error
-            self.stage(prepared)
-            try:
+            with self._staging(prepared):
                 stats: ApplyStats = self._transaction(lambda: self._apply(prepared, cap, entries))
-            finally:
-                self.unstage(prepared)
             return stats
         except Exception as exc:  # any bug at all: one record must not stop the pipeline
             if len(entries) == 1:
@@ -288,11 +294,8 @@ class Store:
         prepared = prepare(entries, keys, blocked=blocked)
         if prepared.error is not None:
             raise prepared.error
-        self.stage(prepared)
-        try:
+        with self._staging(prepared):
             return self._transaction(work)  # type: ignore[no-any-return]
-        finally:
-            self.unstage(prepared)
 
     def _transaction(self, work: Any) -> Any:
         self.con.execute("BEGIN TRANSACTION")
