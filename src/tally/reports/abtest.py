@@ -17,7 +17,6 @@ from tally.reports.sql import (
     DIALECT,
     Dialect,
     Sql,
-    event_filters,
     events_of,
     person_restriction,
     sql,
@@ -90,9 +89,7 @@ def _counts(con: duckdb.DuckDBPyConnection, q: ABTest, d: Dialect) -> list[tuple
         + person_restriction(c, "person", d)
         # A conversion at or after exposure (the same second counts), before `to`.
         + "), converted AS (SELECT DISTINCT x.person FROM exposed x JOIN ("
-        + events_of(c.product, [q.conversion], c.start, c.end, d)
-        + " AND "
-        + event_filters("e", c.where, d)
+        + events_of(c.product, [q.conversion], c.start, c.end, d, filters=c.where)
         + ") e ON e.person = x.person AND e.time >= x.since) "
         + "SELECT x.variant, count(*), count(y.person) FROM exposed x "
         + "LEFT JOIN converted y ON y.person = x.person GROUP BY 1"

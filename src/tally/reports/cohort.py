@@ -16,7 +16,6 @@ from tally.reports.sql import (
     DIALECT,
     Dialect,
     Sql,
-    event_filters,
     events_of,
     interval_starts,
     iso_local,
@@ -34,9 +33,7 @@ def run(con: duckdb.DuckDBPyConnection, q: Cohort, d: Dialect = DIALECT) -> dict
     size = SIZES[q.interval]
     first = (
         Sql("a AS (SELECT person, min(time) AS t0 FROM (")
-        + events_of(c.product, [q.first_event], c.start, c.end, d)
-        + " AND "
-        + event_filters("e", c.where, d)
+        + events_of(c.product, [q.first_event], c.start, c.end, d, filters=c.where)
         + ") e WHERE "
         + person_restriction(c, "person", d)
         + " GROUP BY person), ca AS (SELECT a.*, b.bucket FROM a"
@@ -55,9 +52,7 @@ def run(con: duckdb.DuckDBPyConnection, q: Cohort, d: Dialect = DIALECT) -> dict
         + sql("? ELSE 0 END AS c FROM (SELECT a.person, a.bucket, (e.time - a.t0) // ? AS idx, ",
               defining, size)
         + "count(*) AS c FROM ("
-        + events_of(c.product, [q.return_event], c.start, None, d)
-        + " AND "
-        + event_filters("e", c.where, d)
+        + events_of(c.product, [q.return_event], c.start, None, d, filters=c.where)
         + ") e JOIN ca a ON e.person = a.person AND e.time >= a.t0 GROUP BY ALL)), "
         + "firsts AS (SELECT person, bucket, min(idx) AS idx FROM r WHERE c > 0 GROUP BY ALL)"
     )  # fmt: skip

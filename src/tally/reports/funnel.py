@@ -20,7 +20,6 @@ from tally.reports.sql import (
     Dialect,
     Sql,
     display_names,
-    event_filters,
     events_of,
     join,
     person_restriction,
@@ -122,9 +121,7 @@ def _occurrences(q: Funnel, d: Dialect) -> list[Sql]:
     key = d.order_key("e")
     return [
         Sql(f"s{i} AS (SELECT person, time, {key} AS k FROM (")
-        + events_of(c.product, [step.event], c.start, c.end, d)
-        + " AND "
-        + event_filters("e", step.where, d)
+        + events_of(c.product, [step.event], c.start, c.end, d, filters=step.where)
         + ") e WHERE "
         + person_restriction(c, "person", d)
         + ")"

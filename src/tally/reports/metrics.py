@@ -11,7 +11,6 @@ from tally.reports.sql import (
     DIALECT,
     Dialect,
     Sql,
-    event_filters,
     events_of,
     interval_starts,
     iso_local,
@@ -97,9 +96,7 @@ def _cells(
     order = ", recv_ns, stream, position" if segment and segment.attribution == "at_event" else ""
     query = (
         Sql(f"WITH x AS (SELECT person, time, n{order} FROM (")
-        + events_of(c.product, [q.event], c.start, c.end, d, extra=numeric)
-        + " AND "
-        + event_filters("e", c.where, d)
+        + events_of(c.product, [q.event], c.start, c.end, d, extra=numeric, filters=c.where)
         + ") WHERE "
         + person_restriction(c, "person", d)
         + ")"

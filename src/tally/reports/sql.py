@@ -303,10 +303,12 @@ def events_of(
     d: Dialect = DIALECT,
     *,
     extra: Sql | None = None,
+    filters: Sequence[Filter] | None = None,
 ) -> Sql:
     """Occurrences (alias ``e``) of ``events`` (None: every event) with their
-    person, in [start, end) when given; ``extra`` is selected as ``n``. The
-    text ends inside the WHERE clause, so callers can add ``AND …``."""
+    person, in [start, end) when given, passing ``filters`` when given;
+    ``extra`` is selected as ``n``. The text ends inside the WHERE clause, so
+    callers can add ``AND …``."""
     where = sql("e.product = ?", product)
     if events is not None:
         where += Sql(" AND e.event IN ") + values_list(list(events))
@@ -322,6 +324,7 @@ def events_of(
         + (extra if extra is not None else Sql("NULL"))
         + f" AS n FROM events e{d.person_join('e')} WHERE "
         + where
+        + (Sql(" AND ") + event_filters("e", filters, d) if filters is not None else Sql(""))
     )
 
 
