@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from journeys import T0, Row, alias, build, event, keys, sets
+from journeys import T0, Row, alias, build, event, keys, revoke, sets
 from tally.reports import Product, parse, run_report
 from tally.reports.people import csv_rows
 from tally.store.store import Store
@@ -300,3 +300,18 @@ def test_csv_rows_stream_every_page(store: Store) -> None:
     assert rows[5] == ["p04", "p04", "a,b", "1"]
     assert list(csv_rows(store.con, parse("people", {**RANGE, "conditions": [
         {"type": "event", "event": "other"}]}, ACME))) == [["person", "identities"]]  # fmt: skip
+
+
+def test_identities_known_only_from_aliases_are_people_with_names(store: Store) -> None:
+    """``ann`` ~ ``ann`` joins nobody, and a revoked alias no longer joins its two:
+    each identity stays a person of the product, listed under its own name."""
+    load(store, [alias("ann", "ann", T0), alias("x", "y", T0), did("bob", "Viewed", 1)])
+    load(store, [revoke("x", "y", T0 + 1)])
+    answer = search(store, conditions=[])
+    assert [(p["person"], p["identities"]) for p in answer["people"]] == [
+        ("ann", ["ann"]),
+        ("bob", ["bob"]),
+        ("x", ["x"]),
+        ("y", ["y"]),
+    ]
+    assert answer["total"] == 4

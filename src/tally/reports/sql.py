@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 from tally.reports.query import Common, Filter, Interval
 from tally.store.schema import IDENTITY_HASH
+from tally.views.common import KNOWN_IDENTITY_HASHES
 
 #: SPEC §11's numeric values (DuckDB's regexp is RE2: ``\d`` is ASCII 0-9).
 NUMERIC_PATTERN = r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?"
@@ -208,11 +209,13 @@ class Dialect:
         """The rows of ``rows`` (which has ``person``), each once for every
         identity of its person, with ``ih`` and ``identity``: the inverse of
         :meth:`person_join` (SPEC §5). An aliased person's identities are in
-        ``identities``; a person without aliases is its one known identity."""
+        ``identities``; any other person is its one known identity (known from
+        a record, or only from an alias that joined nobody: ``ann`` ~ ``ann``,
+        or one revoked since)."""
         return sql(
             f"SELECT r.*, n.ih, n.identity FROM {rows} r JOIN identities n ON n.product = ? "
             f"AND n.ph = r.person UNION ALL SELECT r.*, k.ih, k.identity FROM {rows} r "
-            "JOIN known_identities k ON k.product = ? AND k.ih = r.person "
+            f"JOIN ({KNOWN_IDENTITY_HASHES}) k ON k.product = ? AND k.ih = r.person "
             "WHERE r.person NOT IN (SELECT ph FROM identities WHERE product = ?)",
             product,
             product,
@@ -226,8 +229,8 @@ class Dialect:
             "coalesce(pn.person, kn.identity)",
             sql(
                 " LEFT JOIN (SELECT DISTINCT ph, person FROM identities WHERE product = ?) pn "
-                f"ON pn.ph = {rows}.person LEFT JOIN known_identities kn ON kn.product = ? "
-                f"AND kn.ih = {rows}.person",
+                f"ON pn.ph = {rows}.person LEFT JOIN ({KNOWN_IDENTITY_HASHES}) kn "
+                f"ON kn.product = ? AND kn.ih = {rows}.person",
                 product,
                 product,
             ),

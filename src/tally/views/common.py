@@ -20,6 +20,12 @@ KNOWN_IDENTITIES = (
     "UNION SELECT product, a FROM aliases WHERE status <> 'alias_cap' "
     "UNION SELECT product, b FROM aliases WHERE status <> 'alias_cap'"
 )
+#: The same with each identity's hash (schema.IDENTITY_HASH), as stored.
+KNOWN_IDENTITY_HASHES = (
+    "SELECT product, ih, identity FROM known_identities "
+    "UNION SELECT product, ah, a FROM aliases WHERE status <> 'alias_cap' "
+    "UNION SELECT product, bh, b FROM aliases WHERE status <> 'alias_cap'"
+)
 
 
 def identity_hashes(con: duckdb.DuckDBPyConnection, identities: list[str]) -> list[int]:
