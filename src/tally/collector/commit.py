@@ -2,13 +2,18 @@
 
 Frames submitted during one turn of the event loop are joined and queued for a
 dedicated commit thread. The thread writes whatever has queued up as soon as the
-previous sync returns, in one write and one ``fdatasync``, and hands the result
-back to the loop with one call. Each request is answered only when the sync that
-covers it has returned, so a 200 always means "on disk" (SPEC §1).
+previous write returns, in one synchronous write (``O_DSYNC``, see
+:mod:`tally.log.writer`), and hands the result back to the loop with one call.
+Each request is answered only when the write that covers it is durable, so a 200
+always means "on disk" (SPEC §1).
 
 A dedicated thread rather than ``run_in_executor``: measured here, handing each
-batch through an executor future cost ~25% of the collector's throughput
-(docs/benchmarks.md).
+batch through an executor future cost ~25% of the collector's throughput. The
+thread takes the GIL as seldom as it can, since the event loop holds it most of
+the time and every hand-back is a wait: batches come through a
+``queue.SimpleQueue`` (its ``get`` waits in C, without the GIL; a
+``threading.Condition`` took it several times a batch), and the write is one
+system call (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import queue
 import shutil
 import threading
 from collections.abc import Callable
@@ -43,9 +49,7 @@ class GroupCommit:
         self._pending_bytes = 0  # gathered + queued + in flight: bounded, so memory is too
         self._scheduled = False
         self._outstanding = 0  # batches handed to the thread and not yet answered
-        self._condition = threading.Condition()
-        self._queue: list[_Batch] = []
-        self._closing = False
+        self._queue: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()  # None: stop
         self._idle = asyncio.Event()
         self._idle.set()
         self.records = 0
@@ -77,20 +81,27 @@ class GroupCommit:
         batch = (b"".join(self._frames), self._acks)
         self._frames, self._acks = [], []
         self._outstanding += 1
-        with self._condition:
-            self._queue.append(batch)
-            self._condition.notify()
+        self._queue.put(batch)
 
     def _run(self) -> None:
         write = self._writer.write_durable
-        while True:
-            with self._condition:
-                while not self._queue and not self._closing:
-                    self._condition.wait()
-                if not self._queue:
-                    return
-                batches, self._queue = self._queue, []
-            data = batches[0][0] if len(batches) == 1 else b"".join(d for d, _ in batches)
+        take, take_waiting = self._queue.get, self._queue.get_nowait
+        closing = False
+        while not closing:
+            first = take()
+            if first is None:
+                return
+            batches = [first]
+            while True:  # whatever else queued up during the last write
+                try:
+                    more = take_waiting()
+                except queue.Empty:
+                    break
+                if more is None:
+                    closing = True  # after this last write
+                    break
+                batches.append(more)
+            data = first[0] if len(batches) == 1 else b"".join(d for d, _ in batches)
             error: BaseException | None = None
             try:
                 write(data)
@@ -132,8 +143,6 @@ class GroupCommit:
         await self._idle.wait()
 
     def close(self) -> None:
-        with self._condition:
-            self._closing = True
-            self._condition.notify()
+        self._queue.put(None)
         self._thread.join()
         self._writer.close()
