@@ -415,6 +415,11 @@ def run_wrk(
         key,
     ]
     out_path = workdir / f"wrk-{server.name}-{index}.out"
+    # Write back what earlier runs left in the page cache now, not during this
+    # run: nginx's access log is written but never synced, and the kernel wrote
+    # it out ~30 s later, in the middle of a Tally run (whose syncs waited for
+    # the disk: p99 60-90 ms in those runs).
+    os.sync()
     quiet_wait_s = wait_quiet(opts.quiet_wait, opts.quiet_threshold) if opts.quiet_wait else 0.0
     server.check_alive()
     me = psutil.Process()
