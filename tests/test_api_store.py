@@ -366,6 +366,7 @@ def test_status_shows_positions_lag_and_counts(api: Api) -> None:
     assert pipeline["lag_records"] == 0
     assert pipeline["lag_seconds"] == 0.0
     assert pipeline["processor"]["error"] is None
+    assert pipeline["processor"]["waiting_for_ingest"] is False  # an idle machine
     for stream in pipeline["streams"]:
         assert set(stream) == {
             "name",

@@ -468,3 +468,24 @@ def test_backlog_counts_the_records_from_a_position_and_dates_the_first(
     for index, entry in enumerate(entries):
         assert reader.backlog(STREAM, entry.position) == (7 - index, written[index].recv_ns)
     assert reader.backlog(STREAM, entries[-1].next_position) == (0, None)
+    assert all(  # and first_received agrees, reading one frame header each time
+        reader.first_received(STREAM, entry.position) == written[index].recv_ns
+        for index, entry in enumerate(entries)
+    )
+    assert reader.first_received(STREAM, entries[-1].next_position) is None
+
+
+def test_first_received_stops_at_the_durable_end_of_the_segment_being_written(
+    tmp_path: Path,
+) -> None:
+    writer = SegmentWriter(tmp_path / STREAM)
+    try:
+        writer.write_durable(encode_record(record(0)))
+        end = writer.position
+        # The frames are followed by preallocated zeros: nothing there yet.
+        assert (tmp_path / STREAM / segment_name(0)).stat().st_size > end
+        assert LogReader(tmp_path).first_received(STREAM, end) is None
+        writer.write_durable(encode_record(record(1)))
+        assert LogReader(tmp_path).first_received(STREAM, end) == record(1).recv_ns
+    finally:
+        writer.close()

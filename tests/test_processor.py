@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 from journeys import Keys, build, event
+from tally.log.reader import LogReader
 from tally.log.record import encode_record
 from tally.log.writer import SegmentWriter
 from tally.processor import Processor, gc_paused
@@ -29,6 +30,31 @@ def test_catch_up_stops_after_the_batch_in_hand(tmp_path: Path) -> None:
         assert store.con.execute("SELECT count(*) FROM events").fetchone() == (3,)
         assert processor.catch_up(limit=3) == 7  # and resumes where it stopped
         assert store.con.execute("SELECT count(*) FROM events").fetchone() == (10,)
+    finally:
+        store.close()
+
+
+def test_catch_up_pauses_when_asked_before_a_batch(tmp_path: Path) -> None:
+    config = Settings(data_dir=tmp_path)
+    writer = SegmentWriter(config.log_dir / "c0")
+    for entry in build([event("bob", f"Step {i}", 1_700_000_000 + i) for i in range(10)]):
+        writer.write_durable(encode_record(entry.record))
+    writer.close()
+    store = Store(config.store_path)
+    try:
+        processor = Processor(config, store, keys=Keys)
+        asked: list[dict[str, int]] = []
+
+        def pause_after_two(positions: dict[str, int]) -> bool:
+            asked.append(positions)
+            return len(asked) >= 2
+
+        assert processor.catch_up(pause=pause_after_two, limit=3) == 6
+        # Asked before reading each further batch, with where it would start.
+        entries = list(LogReader(config.log_dir).read("c0"))
+        assert asked == [{"c0": entries[2].next_position}, {"c0": entries[5].next_position}]
+        assert store.positions() == {"c0": entries[5].next_position}
+        assert processor.catch_up(limit=3) == 4
     finally:
         store.close()
 

@@ -57,6 +57,7 @@ class Core:
         progress = self.processor.progress
         return {
             "error": repr(self.processor.error) if self.processor.error else None,
+            "waiting_for_ingest": self.processor.waiting_for_ingest,
             "batches": progress.batches,
             "records": progress.records,
             "applied": progress.applied,

@@ -26,6 +26,7 @@ import duckdb
 
 from tally.beacon import UNKNOWN_KEY, KeyLookup, KeyStatus
 from tally.log.reader import Entry, LogReader
+from tally.pacing import POLL_SECONDS, CpuLoad
 from tally.settings import Settings
 from tally.store import ApplyStats, Store
 from tally.store.store import Prepared, prepare
@@ -112,6 +113,9 @@ class Processor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._nice = False  # inside `tally serve`: the processor's threads yield to ingest
+        self._load: CpuLoad | None = None  # inside `tally serve`: see _defer_to_ingest
+        #: Whether the processor is waiting for ingest to leave it a CPU (tally.pacing).
+        self.waiting_for_ingest = False
         self.error: BaseException | None = None
 
     def read_batch(
@@ -180,10 +184,13 @@ class Processor:
         on_batch: Callable[[int], None] | None = None,
         *,
         stop: threading.Event | None = None,
+        pause: Callable[[dict[str, int]], bool] | None = None,
         limit: int = BATCH_RECORDS,
     ) -> int:
-        """Apply until nothing is left (or ``stop`` is set); the number of records
-        applied.
+        """Apply until nothing is left, or ``stop`` is set, or ``pause`` says so;
+        the number of records applied. ``pause`` is asked before each further
+        batch is read, with the positions it would start from; either ends the
+        catch-up after the batch in hand.
 
         Two batches are in hand at once: while one is written, a second thread
         reads and prepares the next (DuckDB releases the GIL while it writes), so
@@ -211,7 +218,9 @@ class Processor:
                 ):
                     while True:
                         prepared, positions = current
-                        if stop is None or not stop.is_set():
+                        if (stop is None or not stop.is_set()) and (
+                            pause is None or not pause(positions)
+                        ):
                             ahead = preparer.submit(
                                 self._read_and_prepare, positions, limit, cursor
                             )
@@ -264,6 +273,7 @@ class Processor:
         # Answers stay well within the server's memory (spilling to disk beyond).
         self.store.con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
         self._nice = True
+        self._load = CpuLoad()
         self._thread = threading.Thread(target=self._run, name="tally-processor", daemon=True)
         self._thread.start()
 
@@ -274,13 +284,18 @@ class Processor:
 
     def _run(self) -> None:
         # Ingest comes first: a collector answering a tracking call must not
-        # wait for a batch being applied. Under a sustained burst the processor
-        # falls behind and catches up after (Linux: nice applies per thread).
+        # wait for a batch being applied. The processor runs at the lowest
+        # priority (Linux: nice applies per thread), and while the machine is
+        # busy it does not start a batch until it is `defer_seconds` behind
+        # (tally.pacing): a burst is applied after it.
         _lower_priority()
         idle = 0.0
         while not self._stop.is_set():
             try:
-                applied = self.catch_up(stop=self._stop)
+                if self._defer_to_ingest():
+                    self._stop.wait(POLL_SECONDS)
+                    continue
+                applied = self.catch_up(stop=self._stop, pause=self._defer_to_ingest)
             except Exception as exc:  # a bug: say so loudly, keep the server up, retry
                 self.error = exc
                 log.exception("the processor failed; retrying in 1 s")
@@ -292,6 +307,31 @@ class Processor:
             else:  # poll the log; back off a little while it is quiet
                 idle = min(idle + 0.005, 0.05)
                 self._stop.wait(idle)
+
+    def _defer_to_ingest(self, positions: dict[str, int] | None = None) -> bool:
+        """Whether to wait before the next batch: while other processes keep the
+        machine busy, until the oldest record not applied is
+        ``defer_seconds`` old (tally.pacing)."""
+        limit = self.settings.defer_seconds
+        waiting = False
+        if limit > 0 and self._load is not None and self._load.busy():
+            oldest = self.oldest_unapplied_ns(positions)
+            waiting = oldest is not None and time.time_ns() - oldest < limit * 1e9
+        self.waiting_for_ingest = waiting
+        return waiting
+
+    def oldest_unapplied_ns(self, positions: dict[str, int] | None = None) -> int | None:
+        """The receive time of the oldest record not applied yet (of the first
+        after ``positions`` in each stream), or ``None`` when none is left."""
+        if positions is None:
+            with self.lock:
+                positions = self.store.positions()
+        times = [
+            t
+            for stream in self.reader.streams()
+            if (t := self.reader.first_received(stream, positions.get(stream, 0))) is not None
+        ]
+        return min(times, default=None)
 
 
 def _lower_priority() -> None:

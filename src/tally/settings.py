@@ -37,6 +37,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("timeout", 30.0, "Seconds before an idle or slow connection is closed."),
     Setting("backlog_mib", 64, "MiB of records waiting for fsync per collector before 503."),
     Setting(
+        "defer_seconds",
+        30.0,
+        "While other work keeps the machine's CPUs busy, the processor waits until its "
+        "oldest unapplied record is this old (0: never wait).",
+    ),
+    Setting(
         "blocked_identities",
         ",".join(sorted(DEFAULT_BLOCKED)),
         "Comma-separated identities that are never a person (compared case-insensitively).",
@@ -57,6 +63,7 @@ class Settings:
     workers: int = 0  # 0: one per CPU
     timeout: float = 30.0
     backlog_mib: int = 64
+    defer_seconds: float = 30.0  # tally.pacing
     blocked_identities: frozenset[str] = DEFAULT_BLOCKED
     max_identities_per_person: int = 1000
     max_head_bytes: int = 16 * 1024  # SPEC §1: request line + headers

@@ -77,6 +77,7 @@ def main() -> None:
 @setting_option("workers", type=click.IntRange(1, 256))
 @setting_option("timeout", type=click.FloatRange(min=0.1))
 @setting_option("backlog_mib", type=click.IntRange(1, 65536))
+@setting_option("defer_seconds", type=click.FloatRange(min=0))
 @pipeline_options
 @errors_to_exit
 def serve(
@@ -86,6 +87,7 @@ def serve(
     workers: int | None,
     timeout: float,
     backlog_mib: int,
+    defer_seconds: float,
     blocked_identities: str,
     max_identities_per_person: int,
 ) -> None:
@@ -105,6 +107,7 @@ def serve(
         workers=workers or 0,
         timeout=timeout,
         backlog_mib=backlog_mib,
+        defer_seconds=defer_seconds,
         blocked_identities=blocked_set(blocked_identities),
         max_identities_per_person=max_identities_per_person,
     )

@@ -86,7 +86,11 @@ def status(data_dir: Path, as_json: bool) -> None:
         f"Log:    {log_part['records']:,} records, {log_part['bytes']:,} bytes, "
         f"{log_part['streams']} streams"
     )
-    click.echo(f"Lag:    {pipeline['lag_records']:,} records, {pipeline['lag_seconds']} s")
+    waiting = (pipeline.get("processor") or {}).get("waiting_for_ingest")
+    click.echo(
+        f"Lag:    {pipeline['lag_records']:,} records, {pipeline['lag_seconds']} s"
+        + ("  (the processor waits: the machine is busy; see --defer-seconds)" if waiting else "")
+    )
     click.echo(
         f"Store:  {store['events']:,} events, {store['people']:,} people, "
         f"{store['property_values']:,} property values, {store['aliases']:,} aliases"

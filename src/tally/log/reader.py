@@ -144,6 +144,26 @@ class LogReader:
                 count += 1
         return count, first_ns
 
+    def first_received(self, stream: str, position: int) -> int | None:
+        """The receive time (ns) of the first durable record at or after
+        ``position``, or ``None`` when there is none; reads one frame header."""
+        stream_dir = self.log_dir / stream
+        end = self.durable(stream)
+        bases = list_segments(stream_dir)
+        for index, base in enumerate(bases):
+            stop = min(bases[index + 1] if index + 1 < len(bases) else end, end)
+            if stop <= position:
+                continue
+            start = max(position - base, 0)
+            with open(stream_dir / segment_name(base), "rb") as f:
+                f.seek(start)
+                head = f.read(FRAME_HEADER.size + PAYLOAD_TIME.size)
+            if len(head) < len(_NO_FRAME) + PAYLOAD_TIME.size or head.startswith(_NO_FRAME):
+                return None
+            recv_ns: int = PAYLOAD_TIME.unpack_from(head, FRAME_HEADER.size)[2]
+            return recv_ns
+        return None
+
     def count(self, stream: str, position: int = 0) -> tuple[int, int]:
         """How many records lie at or after ``position``, and where they end."""
         n, end = 0, position
