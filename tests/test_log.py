@@ -28,6 +28,7 @@ from tally.log.record import (
 from tally.log.writer import (
     PREALLOCATE_BYTES,
     StreamLocked,
+    durable_position,
     list_segments,
     segment_name,
     valid_prefix,
@@ -489,3 +490,18 @@ def test_first_received_stops_at_the_durable_end_of_the_segment_being_written(
         assert LogReader(tmp_path).first_received(STREAM, end) == record(1).recv_ns
     finally:
         writer.close()
+
+
+def test_the_writer_counts_its_writes_and_their_records_in_durable(tmp_path: Path) -> None:
+    writer = SegmentWriter(tmp_path / STREAM)
+    try:
+        assert LogReader(tmp_path).write_counts() == (0, 0)
+        writer.write_durable(frames([record(0), record(1), record(2)]), 3)
+        writer.write_durable(encode_record(record(3)))
+        assert LogReader(tmp_path).write_counts() == (2, 4)
+        assert durable_position(tmp_path / STREAM) == writer.position
+    finally:
+        writer.close()
+    SegmentWriter(tmp_path / STREAM).close()  # a new writer counts from zero
+    assert LogReader(tmp_path).write_counts() == (0, 0)
+    assert durable_position(tmp_path / STREAM) == len(frames([record(n) for n in range(4)]))

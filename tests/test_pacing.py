@@ -1,19 +1,21 @@
-"""Ingest first (tally.pacing): the processor waits while the machine is busy,
-for at most ``defer_seconds`` of lag, and the CPU measure behind it."""
+"""Ingest first (tally.pacing): while ingest saturates the machine, the
+processor waits, for at most ``defer_seconds`` of lag."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from journeys import Keys, build, event
+from tally.log.reader import LogReader
 from tally.log.record import encode_record
 from tally.log.writer import SegmentWriter
-from tally.pacing import CpuLoad, machine_cpus
+from tally.pacing import QUEUED_RECORDS, Load, machine_cpus
 from tally.processor import Processor
 from tally.settings import Settings
 from tally.store import Store
@@ -22,10 +24,12 @@ from tally.store import Store
 SPIN = (
     "import os, time\nos.nice(19)\nend = time.monotonic() + 30\nwhile time.monotonic() < end: pass"
 )
+#: Records per write of the stand-in for a collector under load.
+DEEP = int(QUEUED_RECORDS) + 2
 
 
 @contextmanager
-def busy_machine() -> Iterator[None]:
+def busy_cpus() -> Iterator[None]:
     """Every CPU kept busy by another process (at nice 19, so that the
     processor's own thread, also at nice 19, still gets its turn)."""
     spinners = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(machine_cpus())]
@@ -37,6 +41,34 @@ def busy_machine() -> Iterator[None]:
             spinner.wait()
 
 
+@contextmanager
+def queueing_collector(log_dir: Path) -> Iterator[None]:
+    """Stream c1 written as a collector under load writes it: ``DEEP`` records
+    a write, every 10 ms (records of an unknown key: rejects, not events)."""
+    writer = SegmentWriter(log_dir / "c1")
+    stop = threading.Event()
+
+    def run() -> None:
+        second = 0
+        while not stop.is_set():
+            rows = [event(f"p{i}", "Load", 1_700_000_000 + second, key="0" * 40, stream="c1")
+                    for i in range(DEEP)]  # fmt: skip
+            data = b"".join(encode_record(e.record._replace(recv_ns=time.time_ns()))
+                            for e in build(rows))  # fmt: skip
+            writer.write_durable(data, DEEP)
+            second += 1
+            stop.wait(0.01)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        writer.close()
+
+
 def wait_until(check: Callable[[], bool], seconds: float) -> float:
     """Seconds until ``check()`` held (fails after ``seconds``)."""
     started = time.monotonic()
@@ -46,23 +78,33 @@ def wait_until(check: Callable[[], bool], seconds: float) -> float:
     return time.monotonic() - started
 
 
-def test_cpu_load_counts_other_processes_and_not_this_one() -> None:
-    load = CpuLoad()
+def test_saturated_takes_busy_cpus_and_queueing_collectors(tmp_path: Path) -> None:
+    load = Load(LogReader(tmp_path).write_counts)
     assert load.busy_above == max(load.cpus - 1, 0.5)
     end = time.monotonic() + 0.6
     while time.monotonic() < end:  # this process's own work is not "other"
         pass
-    assert load.others() < 0.5
-    with busy_machine():
+    assert not load.saturated()
+    assert load.others < 0.5
+    assert load.queued == 0.0  # no writes at all
+    with queueing_collector(tmp_path):
+        time.sleep(0.5)
+        assert not load.saturated()  # queueing, but the CPUs are free
+        assert load.queued == DEEP
+        with busy_cpus():
+            time.sleep(0.8)
+            load.look()  # a window that began before the spinners ran at full speed
+            time.sleep(0.8)
+            assert load.saturated()
+            assert load.others > load.cpus * 0.7
+            assert load.queued == DEEP
+    with busy_cpus():
         time.sleep(0.8)
-        load.others()  # a window that began before the spinners ran at full speed
+        load.look()
         time.sleep(0.8)
-        assert load.others() > load.cpus * 0.7
-        assert load.busy()
-    time.sleep(0.5)
-    load.others()
-    time.sleep(0.5)
-    assert not load.busy()
+        assert not load.saturated()  # busy CPUs, but no requests queueing
+        assert load.others > load.cpus * 0.7
+        assert load.queued == 0.0
 
 
 def _log_events(config: Settings, n: int, first: int) -> None:
@@ -76,34 +118,33 @@ def _log_events(config: Settings, n: int, first: int) -> None:
         writer.close()
 
 
-def test_the_processor_waits_while_the_machine_is_busy_at_most_defer_seconds(
+def _events(processor: Processor) -> int:
+    with processor.lock:
+        row = processor.store.con.execute("SELECT count(*) FROM events").fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_the_processor_waits_while_ingest_saturates_at_most_defer_seconds(
     tmp_path: Path,
 ) -> None:
     config = Settings(data_dir=tmp_path, defer_seconds=3.0)
     store = Store(config.store_path)
     processor = Processor(config, store, keys=Keys)
-
-    def events() -> int:
-        with processor.lock:
-            row = store.con.execute("SELECT count(*) FROM events").fetchone()
-        return int(row[0]) if row else 0
-
     try:
-        with busy_machine():
+        with busy_cpus(), queueing_collector(config.log_dir):
             time.sleep(0.5)
             _log_events(config, 5, 0)
             logged = time.monotonic()
             processor.start()
             wait_until(lambda: processor.waiting_for_ingest, 5)
             time.sleep(1.0)
-            assert events() == 0  # busy, and the oldest record is younger than 3 s
-            wait_until(lambda: events() == 5, 20)  # then it applies them, busy or not
+            assert _events(processor) == 0  # the oldest record is younger than 3 s
+            wait_until(lambda: _events(processor) == 5, 20)  # then applied, saturated or not
             assert time.monotonic() - logged >= 2.5
-            assert not processor.waiting_for_ingest
-        # A quiet machine: records are applied at once.
+        # Ingest has calmed down: records are applied at once.
         time.sleep(0.5)
         _log_events(config, 5, 5)
-        assert wait_until(lambda: events() == 10, 20) < 2.0
+        assert wait_until(lambda: _events(processor) == 10, 20) < 2.0
         assert not processor.waiting_for_ingest
     finally:
         processor.stop()
@@ -118,15 +159,14 @@ def test_defer_seconds_zero_never_waits(tmp_path: Path) -> None:
 
     def applied() -> bool:
         waited.append(processor.waiting_for_ingest)
-        with processor.lock:
-            return store.con.execute("SELECT count(*) FROM events").fetchone() == (5,)
+        return _events(processor) == 5
 
     try:
-        with busy_machine():
+        with busy_cpus(), queueing_collector(config.log_dir):
             time.sleep(0.5)
             _log_events(config, 5, 0)
             processor.start()
-            assert wait_until(applied, 20) < 2.5  # busy, but applied at once
+            assert wait_until(applied, 20) < 2.5  # saturated, but applied at once
     finally:
         processor.stop()
         store.close()

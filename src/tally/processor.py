@@ -26,7 +26,7 @@ import duckdb
 
 from tally.beacon import UNKNOWN_KEY, KeyLookup, KeyStatus
 from tally.log.reader import Entry, LogReader
-from tally.pacing import POLL_SECONDS, CpuLoad
+from tally.pacing import POLL_SECONDS, Load
 from tally.settings import Settings
 from tally.store import ApplyStats, Store
 from tally.store.store import Prepared, prepare
@@ -113,7 +113,7 @@ class Processor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._nice = False  # inside `tally serve`: the processor's threads yield to ingest
-        self._load: CpuLoad | None = None  # inside `tally serve`: see _defer_to_ingest
+        self._load: Load | None = None  # inside `tally serve`: see _defer_to_ingest
         #: Whether the processor is waiting for ingest to leave it a CPU (tally.pacing).
         self.waiting_for_ingest = False
         self.error: BaseException | None = None
@@ -273,7 +273,7 @@ class Processor:
         # Answers stay well within the server's memory (spilling to disk beyond).
         self.store.con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
         self._nice = True
-        self._load = CpuLoad()
+        self._load = Load(self.reader.write_counts)
         self._thread = threading.Thread(target=self._run, name="tally-processor", daemon=True)
         self._thread.start()
 
@@ -285,9 +285,9 @@ class Processor:
     def _run(self) -> None:
         # Ingest comes first: a collector answering a tracking call must not
         # wait for a batch being applied. The processor runs at the lowest
-        # priority (Linux: nice applies per thread), and while the machine is
-        # busy it does not start a batch until it is `defer_seconds` behind
-        # (tally.pacing): a burst is applied after it.
+        # priority (Linux: nice applies per thread), and while ingest saturates
+        # the machine it does not start a batch until it is `defer_seconds`
+        # behind (tally.pacing): a burst is applied after it.
         _lower_priority()
         idle = 0.0
         while not self._stop.is_set():
@@ -309,12 +309,12 @@ class Processor:
                 self._stop.wait(idle)
 
     def _defer_to_ingest(self, positions: dict[str, int] | None = None) -> bool:
-        """Whether to wait before the next batch: while other processes keep the
-        machine busy, until the oldest record not applied is
-        ``defer_seconds`` old (tally.pacing)."""
+        """Whether to wait before the next batch: while ingest is saturating the
+        machine, until the oldest record not applied is ``defer_seconds`` old
+        (tally.pacing)."""
         limit = self.settings.defer_seconds
         waiting = False
-        if limit > 0 and self._load is not None and self._load.busy():
+        if limit > 0 and self._load is not None and self._load.saturated():
             oldest = self.oldest_unapplied_ns(positions)
             waiting = oldest is not None and time.time_ns() - oldest < limit * 1e9
         self.waiting_for_ingest = waiting

@@ -39,8 +39,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "defer_seconds",
         30.0,
-        "While other work keeps the machine's CPUs busy, the processor waits until its "
-        "oldest unapplied record is this old (0: never wait).",
+        "While ingest saturates the machine, the processor waits until its oldest "
+        "unapplied record is this old (0: never wait).",
     ),
     Setting(
         "blocked_identities",

@@ -89,7 +89,11 @@ def status(data_dir: Path, as_json: bool) -> None:
     waiting = (pipeline.get("processor") or {}).get("waiting_for_ingest")
     click.echo(
         f"Lag:    {pipeline['lag_records']:,} records, {pipeline['lag_seconds']} s"
-        + ("  (the processor waits: the machine is busy; see --defer-seconds)" if waiting else "")
+        + (
+            "  (the processor waits while ingest saturates the machine: --defer-seconds)"
+            if waiting
+            else ""
+        )
     )
     click.echo(
         f"Store:  {store['events']:,} events, {store['people']:,} people, "

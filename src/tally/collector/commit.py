@@ -104,7 +104,7 @@ class GroupCommit:
             data = first[0] if len(batches) == 1 else b"".join(d for d, _ in batches)
             error: BaseException | None = None
             try:
-                write(data)
+                write(data, sum(len(acks) for _, acks in batches))
             except BaseException as exc:  # answered 503 on the loop
                 error = exc
             self._loop.call_soon_threadsafe(self._done, batches, len(data), error)

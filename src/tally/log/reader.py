@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 from tally.log.record import FRAME_HEADER, PAYLOAD_TIME, CorruptFrame, Record, read_frame
-from tally.log.writer import SEGMENT_SUFFIX, durable_position, list_segments, segment_name
+from tally.log.writer import (
+    SEGMENT_SUFFIX,
+    durable_counts,
+    durable_position,
+    list_segments,
+    segment_name,
+)
 
 _CHUNK = 4 * 1024 * 1024
 _NO_FRAME = bytes(FRAME_HEADER.size)
@@ -143,6 +149,15 @@ class LogReader:
                 offset += FRAME_HEADER.size + length
                 count += 1
         return count, first_ns
+
+    def write_counts(self) -> tuple[int, int]:
+        """Writes, and the records they held, that the streams' writers have made
+        durable since each started, summed over the streams."""
+        writes = records = 0
+        for stream in self.streams():
+            w, r = durable_counts(self.log_dir / stream)
+            writes, records = writes + w, records + r
+        return writes, records
 
     def first_received(self, stream: str, position: int) -> int | None:
         """The receive time (ns) of the first durable record at or after

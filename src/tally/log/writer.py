@@ -45,11 +45,15 @@ SEGMENT_SUFFIX = ".seg"
 #: only lag, and the writer rewrites it when it recovers the stream). Readers
 #: stop there, so they never apply a record whose write may yet fail and be cut
 #: back, nor one a power loss could take away. The writer updates it through a
-#: shared memory map: a store to memory, not a system call, per batch.
+#: shared memory map: a store to memory, not a system call, per batch. Two more
+#: counters follow, from the writer's start: its writes and the records they
+#: held (records per write tell how many requests wait for each sync, which the
+#: processor reads as load: tally.pacing).
 DURABLE_FILE = "DURABLE"
 #: Every write to a segment is durable when it returns (see above).
 _SEGMENT_FLAGS = os.O_WRONLY | os.O_DSYNC
 _POSITION = struct.Struct("<Q")
+_DURABLE = struct.Struct("<QQQ")  # position, writes, records
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 #: How far ahead of the frames a segment is zero-filled, at least.
 PREALLOCATE_BYTES = 4 * 1024 * 1024
@@ -92,6 +96,19 @@ def durable_position(stream_dir: Path) -> int | None:
     return position
 
 
+def durable_counts(stream_dir: Path) -> tuple[int, int]:
+    """How many writes the stream's writer has made durable since it started,
+    and how many records they held ((0, 0) when it has not said)."""
+    try:
+        data = (stream_dir / DURABLE_FILE).read_bytes()
+    except FileNotFoundError:
+        return 0, 0
+    if len(data) < _DURABLE.size:
+        return 0, 0
+    _, writes, records = _DURABLE.unpack_from(data)
+    return writes, records
+
+
 def valid_prefix(data: bytes) -> tuple[int, int]:
     """Length of the longest prefix of whole, valid frames, and their count."""
     offset = count = 0
@@ -125,9 +142,10 @@ class SegmentWriter:
             os.close(self._lock_fd)
             raise StreamLocked(f"{stream_dir} is in use by another process") from exc
         self._durable_fd = os.open(stream_dir / DURABLE_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        if os.fstat(self._durable_fd).st_size != _POSITION.size:
-            os.ftruncate(self._durable_fd, _POSITION.size)
-        self._durable = mmap.mmap(self._durable_fd, _POSITION.size)
+        if os.fstat(self._durable_fd).st_size != _DURABLE.size:
+            os.ftruncate(self._durable_fd, _DURABLE.size)
+        self._durable = mmap.mmap(self._durable_fd, _DURABLE.size)
+        self._writes = self._records = 0
         bases = list_segments(stream_dir)
         if not bases:
             self._base = 0
@@ -183,8 +201,9 @@ class SegmentWriter:
             _fsync_dir(self.stream_dir)
         return good
 
-    def write_durable(self, data: bytes) -> int:
-        """Append whole frames and make them durable; the new stream position.
+    def write_durable(self, data: bytes, records: int = 1) -> int:
+        """Append whole frames (``records`` of them) and make them durable; the
+        new stream position.
 
         On failure the segment is cut back to its last durable length, so a
         half-written batch never precedes later records, and the error is raised:
@@ -207,6 +226,8 @@ class SegmentWriter:
             raise
         self.failed = None
         self._size += len(data)
+        self._writes += 1
+        self._records += records
         self._publish()
         return self.position
 
@@ -244,7 +265,7 @@ class SegmentWriter:
 
     def _publish(self) -> None:
         """Tell readers how far the stream is durable (see ``DURABLE_FILE``)."""
-        _POSITION.pack_into(self._durable, 0, self.position)
+        _DURABLE.pack_into(self._durable, 0, self.position, self._writes, self._records)
 
     def _cut_back(self) -> None:
         try:
