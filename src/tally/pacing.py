@@ -22,8 +22,10 @@ hold over the last look's window:
 While ingest is saturating, the processor starts no batch until the oldest
 record it has not applied is ``defer_seconds`` old; from then on it applies as
 usual, at its low priority, whatever the load. A burst shorter than that gets
-the whole machine and is applied after it; a longer one shares the machine, so
-reports are never more than that far behind for want of a turn.
+the whole machine and is applied after it; a longer one shares the machine from
+then on (waiting adds at most ``defer_seconds`` to the lag; a load the
+processor cannot keep up with beside the collectors makes it grow further,
+waiting or not).
 """
 
 from __future__ import annotations
