@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
 import subprocess
 import sys
@@ -143,6 +145,28 @@ def test_a_second_server_on_the_same_data_dir_or_port_is_refused(server, tmp_pat
     assert same_port.returncode == 1
     assert "cannot listen on 127.0.0.1:" in same_port.stderr
     assert "Traceback" not in same_dir.stderr + same_port.stderr
+
+
+def test_a_log_stream_held_by_another_process_stops_serve_with_one_line(tmp_path):
+    """E.g. a collector left over from a server killed long ago holds its stream."""
+    stream = tmp_path / "data" / "log" / "c0"
+    stream.mkdir(parents=True)
+    holder = os.open(stream / "LOCK", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        result = subprocess.run(
+            [sys.executable, "-m", "tally", "serve", "--data-dir", str(tmp_path / "data"),
+             "--port", str(free_port())], capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        os.close(holder)
+    assert result.returncode == 1
+    assert "collector 0 cannot run: " in result.stderr
+    assert "is in use by another process" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: a collector process failed to start; see the log above"
+    )
+    assert "Traceback" not in result.stderr
 
 
 def test_python_dash_m_tally_works_like_tally():

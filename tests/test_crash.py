@@ -7,8 +7,10 @@ moment; after a restart, every request that received a 200 is in the log exactly
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import signal
 import socket
 import threading
 import time
@@ -21,6 +23,7 @@ from typing import BinaryIO
 from urllib.parse import parse_qs, urlencode
 
 import httpx
+import psutil
 
 from serverproc import RunningServer
 from tally.log import LogReader, Record
@@ -209,3 +212,54 @@ def test_every_acknowledged_request_survives_sigkill(server: RunningServer) -> N
 
     assert logged_seqs(log_dir).keys() >= acked
     assert time.monotonic() - began < 60
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie counts: an orphan's new parent may not reap it at once)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def _semaphores() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob("sem.*")}
+
+
+def test_collectors_stop_when_the_supervisor_is_killed_and_a_restart_works(
+    tmp_path: Path,
+) -> None:
+    """The OOM killer picks the biggest process, the supervisor: its collectors
+    must not live on holding the port and the log streams, and nothing of the
+    server is left in /dev/shm."""
+    data_dir = tmp_path / "data"
+    before = _semaphores()
+    server = RunningServer(data_dir).start()
+    assert server.process is not None
+    collectors = [  # (multiprocessing's resource tracker is a child too)
+        p
+        for p in psutil.Process(server.process.pid).children()
+        if "resource_tracker" not in " ".join(p.cmdline())
+    ]
+    try:
+        assert len(collectors) == server.workers
+        assert _semaphores() <= before  # ready signals are pipes, not semaphores
+        url = f"{server.base_url}/e?_k={server.api_key}&_p=ann&_n=Before+the+crash"
+        assert httpx.get(url).content == GIF
+        os.kill(server.process.pid, signal.SIGKILL)  # the supervisor alone
+        server.process.wait(10)
+        deadline = time.monotonic() + 10
+        while not all(_gone(c.pid) for c in collectors):
+            assert time.monotonic() < deadline, "orphaned collectors are still running"
+            time.sleep(0.05)
+    finally:  # whatever is left, should an assertion fail
+        for collector in collectors:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                collector.kill()
+        server.kill()
+    again = RunningServer(data_dir, port=server.port).start()
+    try:
+        assert any(b"Before+the+crash" in r.query for r in again.records())
+    finally:
+        again.stop()

@@ -21,8 +21,8 @@ import signal
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
 
 import duckdb
 import uvicorn
@@ -179,21 +179,21 @@ async def _supervise(
     context = multiprocessing.get_context("spawn")
     level = logging.getLogger().getEffectiveLevel()
 
-    ready = [context.Event() for _ in range(settings.worker_count)]
-
-    def start(index: int) -> BaseProcess:
-        ready[index].clear()
+    def start(index: int) -> tuple[BaseProcess, Connection]:
+        ready, tell = context.Pipe(duplex=False)
         process = context.Process(
             target=run_collector,
-            args=(index, settings, level, ready[index]),
+            args=(index, settings, level, tell, os.getpid()),
             name=f"tally-collector-{index}",
         )
         process.start()
-        return process
+        tell.close()  # the collector's end
+        return process, ready
 
-    workers = [start(i) for i in range(settings.worker_count)]
+    started = [start(i) for i in range(settings.worker_count)]
+    workers = [process for process, _ in started]
     try:
-        await _wait_ready(workers, ready)
+        await _wait_ready(started)
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
         if ":" in host:
             host = f"[{host}]"
@@ -204,7 +204,8 @@ async def _supervise(
             for index, process in enumerate(workers):
                 if not process.is_alive() and not stopping.is_set():
                     log.error("collector %d exited with %s; restarting it", index, process.exitcode)
-                    workers[index] = start(index)
+                    workers[index], ready = start(index)
+                    ready.close()  # nobody waits for a restarted collector
         log.info("stopping: collectors first, then the core")
     finally:
         await _stop(workers)
@@ -225,14 +226,27 @@ async def _stop(workers: list[BaseProcess]) -> None:
             process.kill()
 
 
-async def _wait_ready(workers: list[BaseProcess], ready: list[Any]) -> None:
+async def _wait_ready(started: list[tuple[BaseProcess, Connection]]) -> None:
     """Until every collector has recovered its stream and listens."""
     loop = asyncio.get_running_loop()
-    for process, event in zip(workers, ready, strict=True):
-        for _ in range(600):
-            if await loop.run_in_executor(None, event.wait, 0.1):
-                break
-            if not process.is_alive():
-                raise Unavailable("a collector process failed to start; see the log above")
-        else:
-            raise Unavailable("the collectors did not start in 60 s")
+    for process, ready in started:
+        try:
+            for _ in range(600):
+                said = await loop.run_in_executor(None, _said, ready, 0.1)
+                if said:
+                    break
+                if said is None or not process.is_alive():  # it closed the pipe: it died
+                    raise Unavailable("a collector process failed to start; see the log above")
+            else:
+                raise Unavailable("the collectors did not start in 60 s")
+        finally:
+            ready.close()
+
+
+def _said(ready: Connection, timeout: float) -> bool | None:
+    """Whether the collector said it listens; ``None`` if it closed its end
+    without saying so (it died)."""
+    try:
+        return ready.poll(timeout) and ready.recv_bytes() == b"listening"
+    except EOFError:
+        return None

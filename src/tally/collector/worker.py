@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
+import sys
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
 import uvloop
 
 from tally.collector.commit import GroupCommit
 from tally.collector.protocol import TrackingProtocol
-from tally.log.writer import SegmentWriter
+from tally.log.writer import SegmentWriter, StreamLocked
 from tally.serverlog import configure_logging
 from tally.settings import Settings
 
 log = logging.getLogger("tally.collector")
+
+#: How often a collector checks that its supervisor is still there.
+SUPERVISOR_CHECK_SECONDS = 0.5
 
 
 def stream_name(index: int) -> str:
@@ -79,7 +84,17 @@ class Worker:
         self.commit.close()
 
 
-async def _serve(index: int, settings: Settings, ready: Any) -> None:
+async def _watch_supervisor(supervisor: int, stopping: asyncio.Event) -> None:
+    """Stop if the supervisor is gone (the OOM killer's choice, say): an orphaned
+    collector would keep its stream locked and its port open, and the next
+    ``tally serve`` could not start its own."""
+    while os.getppid() == supervisor:
+        await asyncio.sleep(SUPERVISOR_CHECK_SECONDS)
+    log.error("the supervisor (pid %d) is gone: stopping", supervisor)
+    stopping.set()
+
+
+async def _serve(index: int, settings: Settings, ready: Connection, supervisor: int) -> None:
     loop = asyncio.get_running_loop()
     writer = SegmentWriter(settings.log_dir / stream_name(index))
     worker = Worker(loop, settings, writer, settings.core_socket)
@@ -89,21 +104,33 @@ async def _serve(index: int, settings: Settings, ready: Any) -> None:
     stopping = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     sweeper = loop.create_task(worker.sweep())
-    ready.set()
+    watcher = loop.create_task(_watch_supervisor(supervisor, stopping))
+    ready.send_bytes(b"listening")
+    ready.close()
     log.info("collector %d listening on %s:%d", index, settings.host, settings.port)
     await stopping.wait()
     server.close()
     sweeper.cancel()
+    watcher.cancel()
     await worker.stop()
     log.info("collector %d stopped; log stream %s at %d", index, stream_name(index),
              writer.position)  # fmt: skip
 
 
-def run_collector(index: int, settings: Settings, log_level: int, ready: Any) -> None:
-    """Entry point of a collector process; sets ``ready`` once it listens."""
+def run_collector(
+    index: int, settings: Settings, log_level: int, ready: Connection, supervisor: int
+) -> None:
+    """Entry point of a collector process; says so on ``ready`` once it listens
+    (a pipe, not a ``multiprocessing.Event``: an Event's semaphores live in
+    /dev/shm and stay there when the server is killed with SIGKILL), and stops
+    when the process ``supervisor`` is no longer its parent."""
     configure_logging(settings, log_level)
     # Ctrl-C reaches the whole process group: the supervisor decides when to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Past a file-size limit, a write must fail (and be answered 503), not kill us.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    uvloop.run(_serve(index, settings, ready))
+    try:
+        uvloop.run(_serve(index, settings, ready, supervisor))
+    except (StreamLocked, OSError) as exc:  # e.g. its stream held by another process
+        log.error("collector %d cannot run: %s", index, exc)
+        sys.exit(1)
