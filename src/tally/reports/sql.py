@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 from tally.reports.query import Common, Filter, Interval
 from tally.store.schema import IDENTITY_HASH
-from tally.views.common import KNOWN_IDENTITY_HASHES
+from tally.views.common import known_identities_hashed
 
 #: SPEC §11's numeric values (DuckDB's regexp is RE2: ``\d`` is ASCII 0-9).
 NUMERIC_PATTERN = r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?"
@@ -212,27 +212,26 @@ class Dialect:
         ``identities``; any other person is its one known identity (known from
         a record, or only from an alias that joined nobody: ``ann`` ~ ``ann``,
         or one revoked since)."""
+        known = known_identities_hashed(f"SELECT person FROM {rows}")
         return sql(
             f"SELECT r.*, n.ih, n.identity FROM {rows} r JOIN identities n ON n.product = ? "
             f"AND n.ph = r.person UNION ALL SELECT r.*, k.ih, k.identity FROM {rows} r "
-            f"JOIN ({KNOWN_IDENTITY_HASHES}) k ON k.product = ? AND k.ih = r.person "
+            f"JOIN (SELECT DISTINCT ih, identity FROM ({known})) k ON k.ih = r.person "
             "WHERE r.person NOT IN (SELECT ph FROM identities WHERE product = ?)",
-            product,
-            product,
-            product,
+            *[product] * 5,
         )
 
     def person_name(self, rows: str, product: str) -> tuple[str, Sql]:
         """The name of each person of ``rows`` (its smallest identity, SPEC §5):
         the select expression, and the joins it needs."""
+        known = known_identities_hashed(f"SELECT person FROM {rows}")
         return (
             "coalesce(pn.person, kn.identity)",
             sql(
                 " LEFT JOIN (SELECT DISTINCT ph, person FROM identities WHERE product = ?) pn "
-                f"ON pn.ph = {rows}.person LEFT JOIN ({KNOWN_IDENTITY_HASHES}) kn "
-                f"ON kn.product = ? AND kn.ih = {rows}.person",
-                product,
-                product,
+                f"ON pn.ph = {rows}.person LEFT JOIN (SELECT ih, min(identity) AS identity "
+                f"FROM ({known}) GROUP BY ih) kn ON kn.ih = {rows}.person",
+                *[product] * 4,
             ),
         )
 

@@ -20,12 +20,24 @@ KNOWN_IDENTITIES = (
     "UNION SELECT product, a FROM aliases WHERE status <> 'alias_cap' "
     "UNION SELECT product, b FROM aliases WHERE status <> 'alias_cap'"
 )
-#: The same with each identity's hash (schema.IDENTITY_HASH), as stored.
-KNOWN_IDENTITY_HASHES = (
-    "SELECT product, ih, identity FROM known_identities "
-    "UNION SELECT product, ah, a FROM aliases WHERE status <> 'alias_cap' "
-    "UNION SELECT product, bh, b FROM aliases WHERE status <> 'alias_cap'"
-)
+
+
+def known_identities_hashed(hashes: str) -> str:
+    """``ih, identity`` of the known identities (as ``KNOWN_IDENTITIES``) of
+    one product (a ``?`` in each of the three parts) whose hash
+    (schema.IDENTITY_HASH) is one of the subquery ``hashes``. An identity may
+    come more than once (from a record and from an alias): its rows are equal.
+
+    The hashes narrow each table before anything is combined: a UNION of the
+    three whole tables, to join a page of people with, cost the people search
+    a third of its time on ten million events (docs/benchmarks.md)."""
+    return (
+        f"SELECT ih, identity FROM known_identities WHERE product = ? AND ih IN ({hashes}) "
+        f"UNION ALL SELECT ah, a FROM aliases WHERE product = ? AND ah IN ({hashes}) "
+        "AND status <> 'alias_cap' "
+        f"UNION ALL SELECT bh, b FROM aliases WHERE product = ? AND bh IN ({hashes}) "
+        "AND status <> 'alias_cap'"
+    )
 
 
 def identity_hashes(con: duckdb.DuckDBPyConnection, identities: list[str]) -> list[int]:
