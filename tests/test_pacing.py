@@ -85,7 +85,7 @@ def test_saturated_takes_busy_cpus_and_queueing_collectors(tmp_path: Path) -> No
     while time.monotonic() < end:  # this process's own work is not "other"
         pass
     assert not load.saturated()
-    assert load.others < 0.5
+    assert load.others < 0.8  # about 1 if this process counted; room for background noise
     assert load.queued == 0.0  # no writes at all
     with queueing_collector(tmp_path):
         time.sleep(0.5)
