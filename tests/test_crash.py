@@ -263,3 +263,33 @@ def test_collectors_stop_when_the_supervisor_is_killed_and_a_restart_works(
         assert any(b"Before+the+crash" in r.query for r in again.records())
     finally:
         again.stop()
+
+
+def test_a_collector_that_dies_is_started_again_and_stays(tmp_path: Path) -> None:
+    server = RunningServer(tmp_path / "data").start()
+    assert server.process is not None
+    try:
+        supervisor = psutil.Process(server.process.pid)
+
+        def collectors() -> set[int]:
+            alive = [p for p in supervisor.children() if not _gone(p.pid)]
+            return {p.pid for p in alive if "resource_tracker" not in " ".join(p.cmdline())}
+
+        first = collectors()
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while len(collectors() - {victim}) < server.workers:
+            assert time.monotonic() < deadline, "the collector was not started again"
+            time.sleep(0.05)
+        replacement = collectors() - first
+        time.sleep(2)  # it keeps running (no restart loop)
+        assert replacement
+        assert replacement <= collectors()
+        for _ in range(20):  # and every collector answers
+            url = f"{server.base_url}/e?_k={server.api_key}&_p=bob&_n=After"
+            assert httpx.get(url).content == GIF
+    finally:
+        assert server.stop() == 0
+    assert "restarting it" in server.stderr
+    assert "cannot run" not in server.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -105,7 +106,8 @@ async def _serve(index: int, settings: Settings, ready: Connection, supervisor: 
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     sweeper = loop.create_task(worker.sweep())
     watcher = loop.create_task(_watch_supervisor(supervisor, stopping))
-    ready.send_bytes(b"listening")
+    with contextlib.suppress(BrokenPipeError):  # nobody waits for a restarted collector
+        ready.send_bytes(b"listening")
     ready.close()
     log.info("collector %d listening on %s:%d", index, settings.host, settings.port)
     await stopping.wait()
