@@ -124,21 +124,24 @@ class LogReader:
                 buffer = buffer[pos:]
                 buffer_start += pos
 
+    def _unread(self, stream: str, position: int) -> Iterator[tuple[Path, int, int]]:
+        """Where the durable records at or after ``position`` lie: per segment,
+        its path, the offset in it and the length to read."""
+        stream_dir = self.log_dir / stream
+        end = self.durable(stream)
+        bases = list_segments(stream_dir)
+        for index, base in enumerate(bases):
+            stop = min(bases[index + 1] if index + 1 < len(bases) else end, end)
+            if stop > position and base < end:
+                start = max(position - base, 0)
+                yield stream_dir / segment_name(base), start, stop - base - start
+
     def backlog(self, stream: str, position: int) -> tuple[int, int | None]:
         """How many durable records lie at or after ``position``, and the receive
         time of the first; reads only frame headers, so it is cheap."""
-        stream_dir = self.log_dir / stream
-        end = self.durable(stream)
         count, first_ns = 0, None
-        bases = list_segments(stream_dir)
-        for index, base in enumerate(bases):
-            stop = bases[index + 1] if index + 1 < len(bases) else end
-            if stop <= position or base >= end:
-                continue
-            start = max(position - base, 0)
-            with open(stream_dir / segment_name(base), "rb") as f:
-                f.seek(start)  # only the part not applied yet
-                data = f.read(min(stop, end) - base - start)
+        for path, start, size in self._unread(stream, position):
+            data = _read_at(path, start, size)  # only the part not applied yet
             offset = 0
             while offset + FRAME_HEADER.size + PAYLOAD_TIME.size <= len(data):
                 length = FRAME_HEADER.unpack_from(data, offset)[0]
@@ -150,6 +153,17 @@ class LogReader:
                 count += 1
         return count, first_ns
 
+    def first_received(self, stream: str, position: int) -> int | None:
+        """The receive time (ns) of the first durable record at or after
+        ``position``, or ``None`` when there is none; reads one frame header."""
+        for path, start, size in self._unread(stream, position):
+            head = _read_at(path, start, min(size, FRAME_HEADER.size + PAYLOAD_TIME.size))
+            if len(head) < FRAME_HEADER.size + PAYLOAD_TIME.size or head.startswith(_NO_FRAME):
+                return None
+            recv_ns: int = PAYLOAD_TIME.unpack_from(head, FRAME_HEADER.size)[2]
+            return recv_ns
+        return None
+
     def write_counts(self) -> tuple[int, int]:
         """Writes, and the records they held, that the streams' writers have made
         durable since each started, summed over the streams."""
@@ -159,26 +173,6 @@ class LogReader:
             writes, records = writes + w, records + r
         return writes, records
 
-    def first_received(self, stream: str, position: int) -> int | None:
-        """The receive time (ns) of the first durable record at or after
-        ``position``, or ``None`` when there is none; reads one frame header."""
-        stream_dir = self.log_dir / stream
-        end = self.durable(stream)
-        bases = list_segments(stream_dir)
-        for index, base in enumerate(bases):
-            stop = min(bases[index + 1] if index + 1 < len(bases) else end, end)
-            if stop <= position:
-                continue
-            start = max(position - base, 0)
-            with open(stream_dir / segment_name(base), "rb") as f:
-                f.seek(start)
-                head = f.read(FRAME_HEADER.size + PAYLOAD_TIME.size)
-            if len(head) < len(_NO_FRAME) + PAYLOAD_TIME.size or head.startswith(_NO_FRAME):
-                return None
-            recv_ns: int = PAYLOAD_TIME.unpack_from(head, FRAME_HEADER.size)[2]
-            return recv_ns
-        return None
-
     def count(self, stream: str, position: int = 0) -> tuple[int, int]:
         """How many records lie at or after ``position``, and where they end."""
         n, end = 0, position
@@ -186,3 +180,9 @@ class LogReader:
             n += 1
             end = entry.next_position
         return n, end
+
+
+def _read_at(path: Path, offset: int, size: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)

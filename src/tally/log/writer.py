@@ -57,7 +57,7 @@ _DURABLE = struct.Struct("<QQQ")  # position, writes, records
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 #: How far ahead of the frames a segment is zero-filled, at least.
 PREALLOCATE_BYTES = 4 * 1024 * 1024
-_ZEROS = bytes(PREALLOCATE_BYTES)
+_ZEROS = memoryview(bytes(PREALLOCATE_BYTES))  # sliced without copying
 
 
 def segment_name(base: int) -> str:
