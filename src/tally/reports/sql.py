@@ -216,7 +216,7 @@ class Dialect:
         return sql(
             f"SELECT r.*, n.ih, n.identity FROM {rows} r JOIN identities n ON n.product = ? "
             f"AND n.ph = r.person UNION ALL SELECT r.*, k.ih, k.identity FROM {rows} r "
-            f"JOIN (SELECT DISTINCT ih, identity FROM ({known})) k ON k.ih = r.person "
+            f"JOIN ({known}) k ON k.ih = r.person "
             "WHERE r.person NOT IN (SELECT ph FROM identities WHERE product = ?)",
             *[product] * 5,
         )
@@ -229,8 +229,7 @@ class Dialect:
             "coalesce(pn.person, kn.identity)",
             sql(
                 " LEFT JOIN (SELECT DISTINCT ph, person FROM identities WHERE product = ?) pn "
-                f"ON pn.ph = {rows}.person LEFT JOIN (SELECT ih, min(identity) AS identity "
-                f"FROM ({known}) GROUP BY ih) kn ON kn.ih = {rows}.person",
+                f"ON pn.ph = {rows}.person LEFT JOIN ({known}) kn ON kn.ih = {rows}.person",
                 *[product] * 4,
             ),
         )

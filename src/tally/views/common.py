@@ -23,20 +23,22 @@ KNOWN_IDENTITIES = (
 
 
 def known_identities_hashed(hashes: str) -> str:
-    """``ih, identity`` of the known identities (as ``KNOWN_IDENTITIES``) of
-    one product (a ``?`` in each of the three parts) whose hash
-    (schema.IDENTITY_HASH) is one of the subquery ``hashes``. An identity may
-    come more than once (from a record and from an alias): its rows are equal.
+    """``ih, identity``, once each, of the known identities (as
+    ``KNOWN_IDENTITIES``) of one product (a ``?`` in each of the three parts)
+    whose hash (schema.IDENTITY_HASH) is one of the subquery ``hashes``.
 
     The hashes narrow each table before anything is combined: a UNION of the
     three whole tables, to join a page of people with, cost the people search
-    a third of its time on ten million events (docs/benchmarks.md)."""
+    a third of its time on ten million events (docs/benchmarks.md). (An
+    identity known from a record and from an alias comes twice: its hash is
+    one, so is its text.)"""
     return (
+        "SELECT ih, min(identity) AS identity FROM ("
         f"SELECT ih, identity FROM known_identities WHERE product = ? AND ih IN ({hashes}) "
         f"UNION ALL SELECT ah, a FROM aliases WHERE product = ? AND ah IN ({hashes}) "
         "AND status <> 'alias_cap' "
         f"UNION ALL SELECT bh, b FROM aliases WHERE product = ? AND bh IN ({hashes}) "
-        "AND status <> 'alias_cap'"
+        "AND status <> 'alias_cap') GROUP BY ih"
     )
 
 
