@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 from click.testing import CliRunner, Result
 
-from serverproc import RunningServer
+from serverproc import RunningServer, wait_until
 from tally.cli import main
 from tally.wire import GIF
 
@@ -48,14 +48,6 @@ def tally_process(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str
 def ok(result: Result) -> str:
     assert result.exit_code == 0, result.output
     return result.stdout
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting until {what}"
-        time.sleep(0.05)
-    return result
 
 
 def sender(server: RunningServer) -> Callable[..., None]:

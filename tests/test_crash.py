@@ -16,7 +16,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO
@@ -25,7 +24,7 @@ from urllib.parse import parse_qs, urlencode
 import httpx
 import psutil
 
-from serverproc import RunningServer
+from serverproc import RunningServer, wait_until
 from tally.log import LogReader, Record
 from tally.wire import GIF
 
@@ -125,13 +124,6 @@ def seq_of(record: Record) -> str | None:
     params = parse_qs(record.query + b"&" + record.body)
     values = params.get(b"seq")
     return values[-1].decode() if values else None
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.05)
 
 
 def log_is_whole(log_dir: Path) -> bool:

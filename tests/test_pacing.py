@@ -7,11 +7,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from journeys import Keys, build, event
+from serverproc import wait_until
 from tally.log.reader import LogReader
 from tally.log.record import encode_record
 from tally.log.writer import SegmentWriter
@@ -67,15 +68,6 @@ def queueing_collector(log_dir: Path) -> Iterator[None]:
         stop.set()
         thread.join()
         writer.close()
-
-
-def wait_until(check: Callable[[], bool], seconds: float) -> float:
-    """Seconds until ``check()`` held (fails after ``seconds``)."""
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < seconds, "timed out"
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 def test_saturated_takes_busy_cpus_and_queueing_collectors(tmp_path: Path) -> None:
@@ -136,15 +128,18 @@ def test_the_processor_waits_while_ingest_saturates_at_most_defer_seconds(
             _log_events(config, 5, 0)
             logged = time.monotonic()
             processor.start()
-            wait_until(lambda: processor.waiting_for_ingest, 5)
+            wait_until(lambda: processor.waiting_for_ingest, 5, "the processor waits")
             time.sleep(1.0)
             assert _events(processor) == 0  # the oldest record is younger than 3 s
-            wait_until(lambda: _events(processor) == 5, 20)  # then applied, saturated or not
+            # Then applied, saturated or not.
+            wait_until(lambda: _events(processor) == 5, 20, "the first events are applied")
             assert time.monotonic() - logged >= 2.5
         # Ingest has calmed down: records are applied at once.
         time.sleep(0.5)
         _log_events(config, 5, 5)
-        assert wait_until(lambda: _events(processor) == 10, 20) < 2.0
+        calm = time.monotonic()
+        wait_until(lambda: _events(processor) == 10, 20, "the next events are applied")
+        assert time.monotonic() - calm < 2.0
         assert not processor.waiting_for_ingest
     finally:
         processor.stop()
@@ -166,7 +161,9 @@ def test_defer_seconds_zero_never_waits(tmp_path: Path) -> None:
             time.sleep(0.5)
             _log_events(config, 5, 0)
             processor.start()
-            assert wait_until(applied, 20) < 2.5  # saturated, but applied at once
+            started = time.monotonic()
+            wait_until(applied, 20, "the events are applied")
+            assert time.monotonic() - started < 2.5  # saturated, but applied at once
     finally:
         processor.stop()
         store.close()

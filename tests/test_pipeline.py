@@ -21,7 +21,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, urlencode
@@ -30,7 +29,7 @@ import duckdb
 import httpx
 from click.testing import CliRunner
 
-from serverproc import RunningServer
+from serverproc import RunningServer, wait_until
 from tally.cli import main
 from tally.log import LogReader
 from tally.wire import GIF
@@ -43,16 +42,6 @@ BAD_KEY = "b" * 40
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting until {what}"
-        time.sleep(0.05)
 
 
 def caught_up(server: RunningServer) -> dict[str, Any] | None:

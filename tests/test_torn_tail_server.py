@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs
 
 import httpx
 
-from serverproc import RunningServer
+from serverproc import RunningServer, wait_until
 from tally.log import LogReader, Record
 from tally.log.record import encode_record
 from tally.log.writer import list_segments, segment_name
@@ -19,13 +17,6 @@ from tally.wire import GIF
 N = 40
 #: What a crash can leave behind: half a frame, then bytes that are no frame at all.
 TORN = encode_record(Record("GET", "/e", b"_p=never-acknowledged", b"", 0))[:30] + b"\xff" * 50
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.05)
 
 
 def track(server: RunningServer, person: str) -> None:
