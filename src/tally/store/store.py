@@ -176,7 +176,7 @@ class Store:
         (``tally rebuild``): building an ART index once at the end costs far less
         than keeping it up to date batch by batch."""
         self.con.execute(DROP_INDEXES)
-        yield
+        yield  # (should it fail, the next open builds them: Store.__init__ runs INDEXES)
         self.con.execute(INDEXES)
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
