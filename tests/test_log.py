@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tally.log import LogReader, Record, SegmentWriter
-from tally.log.reader import LogCorrupt
+from tally.log.damage import Damage, Quarantine
 from tally.log.record import (
     FRAME_HEADER,
     METHODS,
@@ -160,7 +160,7 @@ def test_a_flipped_bit_never_reads_as_a_record(rec: Record, data: st.DataObject)
     except CorruptFrame:
         return
     assert result is None  # only a length made larger can look like an unfinished frame
-    assert bit // 8 < 4
+    assert 4 <= bit // 8 < 8  # the length follows the magic
 
 
 # -- segments and the reader ------------------------------------------------------------
@@ -195,7 +195,7 @@ def test_reading_from_any_record_position_returns_the_suffix(
 
 
 def test_segments_roll_at_the_size_limit_and_read_as_one_stream(tmp_path: Path) -> None:
-    stream_dir = tmp_path / STREAM
+    stream_dir = tmp_path / "log" / STREAM
     frame_size = len(encode_record(record(0)))
     segment_bytes = 3 * frame_size + 1  # four single-record batches per segment
     written = [record(n) for n in range(18)]
@@ -209,16 +209,16 @@ def test_segments_roll_at_the_size_limit_and_read_as_one_stream(tmp_path: Path) 
     assert position == sum(sizes)
     for path in paths:  # every segment holds whole frames only
         assert valid_prefix(path.read_bytes())[0] == path.stat().st_size
-    reader = LogReader(tmp_path)
-    assert read_all(tmp_path) == written
+    reader = LogReader(tmp_path / "log")
+    assert read_all(tmp_path / "log") == written
     assert reader.size(STREAM) == position
     # From a segment boundary, and from inside a later segment.
-    assert read_all(tmp_path, 4 * frame_size) == written[4:]
-    assert read_all(tmp_path, 9 * frame_size) == written[9:]
+    assert read_all(tmp_path / "log", 4 * frame_size) == written[4:]
+    assert read_all(tmp_path / "log", 9 * frame_size) == written[9:]
 
 
 def test_a_batch_is_never_split_across_segments(tmp_path: Path) -> None:
-    stream_dir = tmp_path / STREAM
+    stream_dir = tmp_path / "log" / STREAM
     writer = SegmentWriter(stream_dir, segment_bytes=100)
     batches = [[record(3 * b + i) for i in range(3)] for b in range(4)]
     for batch in batches:
@@ -231,25 +231,25 @@ def test_a_batch_is_never_split_across_segments(tmp_path: Path) -> None:
 
 
 def test_the_reader_stops_at_an_unfinished_last_frame(tmp_path: Path) -> None:
-    stream_dir = tmp_path / STREAM
+    stream_dir = tmp_path / "log" / STREAM
     written = [record(n) for n in range(5)]
     position = write(stream_dir, written)
     frame = encode_record(record(5))
     last = segments(stream_dir)[-1]
 
     append(last, frame[:20])  # a frame the writer is still writing
-    assert read_all(tmp_path) == written
-    assert LogReader(tmp_path).count(STREAM) == (5, position)
+    assert read_all(tmp_path / "log") == written
+    assert LogReader(tmp_path / "log").count(STREAM) == (5, position)
 
     append(last, frame[20:])
     # Whole now, but no writer has said it is durable: readers do not see it yet.
-    assert read_all(tmp_path) == written
+    assert read_all(tmp_path / "log") == written
     SegmentWriter(stream_dir).close()  # a writer that opens the stream vouches for it
-    assert read_all(tmp_path) == [*written, record(5)]
+    assert read_all(tmp_path / "log") == [*written, record(5)]
 
 
-def test_damage_inside_an_earlier_segment_is_an_error(tmp_path: Path) -> None:
-    stream_dir = tmp_path / STREAM
+def test_damage_inside_an_earlier_segment_is_skipped_and_reported(tmp_path: Path) -> None:
+    stream_dir = tmp_path / "log" / STREAM
     frame_size = len(encode_record(record(0)))
     written = [record(n) for n in range(9)]
     write(stream_dir, written, segment_bytes=3 * frame_size)
@@ -258,12 +258,15 @@ def test_damage_inside_an_earlier_segment_is_an_error(tmp_path: Path) -> None:
     data[frame_size + FRAME_HEADER.size + 10] ^= 0xFF  # inside the second record's payload
     first.write_bytes(bytes(data))
 
-    seen = []
-    with pytest.raises(LogCorrupt, match=rf"{first.name} at offset {frame_size}: checksum"):
-        seen.extend(e.record for e in LogReader(tmp_path).read(STREAM))
-    assert seen == written[:1]
+    told: list[tuple[Damage, bytes]] = []
+    reader = LogReader(tmp_path / "log", lambda d, b: told.append((d, b)))
+    seen = [e.record for e in reader.read(STREAM)]
+    assert seen == written[:1] + written[2:]  # every valid frame, before and after it
+    [(damage, damaged)] = told
+    assert damage == Damage(STREAM, first.name, frame_size, 2 * frame_size, "checksum mismatch")
+    assert damaged == bytes(data[frame_size : 2 * frame_size])
     # Reading from a later segment does not touch the damaged one.
-    assert read_all(tmp_path, 3 * frame_size) == written[3:]
+    assert read_all(tmp_path / "log", 3 * frame_size) == written[3:]
 
 
 # -- recovery of a torn tail ------------------------------------------------------------
@@ -282,7 +285,7 @@ TORN_TAILS = {
 def test_a_torn_tail_is_truncated_when_the_writer_opens(
     tmp_path: Path, tail: bytes, zeros: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
-    stream_dir = tmp_path / STREAM
+    stream_dir = tmp_path / "log" / STREAM
     frame_size = len(encode_record(record(0)))
     written = [record(n) for n in range(5)]
     position = write(stream_dir, written, segment_bytes=2 * frame_size)
@@ -290,15 +293,17 @@ def test_a_torn_tail_is_truncated_when_the_writer_opens(
     earlier_bytes = [p.read_bytes() for p in earlier]
     kept = last.stat().st_size
     append(last, tail + zeros)  # and the preallocated zeros a crash leaves after it
-    assert read_all(tmp_path) == written  # the reader stops at the tail, without error
+    assert read_all(tmp_path / "log") == written  # the reader stops at the tail, without error
 
     with caplog.at_level(logging.WARNING, logger="tally.log"):
         writer = SegmentWriter(stream_dir, segment_bytes=2 * frame_size)
     [warning] = caplog.records
     assert warning.levelno == logging.WARNING
     message = warning.getMessage()
-    assert f"log stream {STREAM}: torn or corrupt tail in {last.name}" in message
-    assert f"kept 1 records ({kept} bytes), truncated {len(tail)} bytes" in message
+    assert f"log stream {STREAM}: torn tail in {last.name}: truncated {len(tail)} bytes" in message
+    [report] = Quarantine(tmp_path, "test").reports()
+    assert (report["start"], report["end"]) == (position, position + len(tail) + len(zeros))
+    assert (tmp_path / "quarantine" / str(report["file"])).read_bytes() == tail + zeros
 
     assert last.stat().st_size == kept
     assert writer.position == position
@@ -307,46 +312,47 @@ def test_a_torn_tail_is_truncated_when_the_writer_opens(
     for r in more:
         writer.write_durable(encode_record(r))
     writer.close()
-    assert read_all(tmp_path) == written + more
-    assert LogReader(tmp_path).count(STREAM) == (7, LogReader(tmp_path).size(STREAM))
+    assert read_all(tmp_path / "log") == written + more
+    reader = LogReader(tmp_path / "log")
+    assert reader.count(STREAM) == (7, reader.size(STREAM))
 
 
 def test_preallocated_zeros_are_cut_quietly(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """What a crash leaves after the last synced batch: zeros only (writer.py)."""
-    stream_dir = tmp_path / STREAM
+    stream_dir = tmp_path / "log" / STREAM
     written = [record(n) for n in range(3)]
     position = write(stream_dir, written)
     [last] = segments(stream_dir)
     append(last, bytes(PREALLOCATE_BYTES))
-    assert read_all(tmp_path) == written
-    assert LogReader(tmp_path).backlog(STREAM, 0)[0] == 3
+    assert read_all(tmp_path / "log") == written
+    assert LogReader(tmp_path / "log").backlog(STREAM, 0)[0] == 3
     with caplog.at_level(logging.DEBUG, logger="tally.log"):
         writer = SegmentWriter(stream_dir)
     assert caplog.records == []
     assert last.stat().st_size == position
     writer.write_durable(encode_record(record(3)))
     writer.close()
-    assert read_all(tmp_path) == [*written, record(3)]
+    assert read_all(tmp_path / "log") == [*written, record(3)]
 
 
 def test_the_segment_being_written_is_preallocated_and_cut_back(tmp_path: Path) -> None:
-    stream_dir = tmp_path / STREAM
+    stream_dir = tmp_path / "log" / STREAM
     writer = SegmentWriter(stream_dir)
     frame = encode_record(record(0))
     position = writer.write_durable(frame)
     [segment] = segments(stream_dir)
     assert segment.stat().st_size >= PREALLOCATE_BYTES  # zeros ahead of the frames
     assert segment.read_bytes()[position:] == bytes(segment.stat().st_size - position)
-    assert read_all(tmp_path) == [record(0)]  # readers stop at the zeros
-    assert LogReader(tmp_path).count(STREAM) == (1, position)
+    assert read_all(tmp_path / "log") == [record(0)]  # readers stop at the zeros
+    assert LogReader(tmp_path / "log").count(STREAM) == (1, position)
     writer.close()
     assert segment.stat().st_size == position  # a closed segment ends at its last frame
 
 
 def test_preallocating_ahead_keeps_half_a_chunk_of_zeros(tmp_path: Path) -> None:
-    stream_dir = tmp_path / STREAM
+    stream_dir = tmp_path / "log" / STREAM
     writer = SegmentWriter(stream_dir)
     position = writer.write_durable(encode_record(record(0)))
     [segment] = segments(stream_dir)
@@ -360,11 +366,11 @@ def test_preallocating_ahead_keeps_half_a_chunk_of_zeros(tmp_path: Path) -> None
     assert segment.stat().st_size == position + PREALLOCATE_BYTES
     assert segment.read_bytes()[position:] == bytes(PREALLOCATE_BYTES)
     writer.close()
-    assert read_all(tmp_path) == [record(0), record(1, body=body)]
+    assert read_all(tmp_path / "log") == [record(0), record(1, body=body)]
 
 
 def test_a_clean_stream_reopens_silently(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    stream_dir = tmp_path / STREAM
+    stream_dir = tmp_path / "log" / STREAM
     position = write(stream_dir, [record(n) for n in range(3)])
     with caplog.at_level(logging.DEBUG, logger="tally.log"):
         writer = SegmentWriter(stream_dir)
@@ -377,7 +383,7 @@ def test_a_clean_stream_reopens_silently(tmp_path: Path, caplog: pytest.LogCaptu
 
 
 def test_a_second_writer_on_a_stream_is_refused(tmp_path: Path) -> None:
-    stream_dir = tmp_path / STREAM
+    stream_dir = tmp_path / "log" / STREAM
     writer = SegmentWriter(stream_dir)
     writer.write_durable(encode_record(record(0)))
     last = segments(stream_dir)[-1]
@@ -422,7 +428,7 @@ json.dump(result, sys.stdout)
 
 def test_a_failed_write_is_cut_back_and_the_stream_goes_on(tmp_path: Path) -> None:
     """A file size limit makes the second batch fail half-way through (EFBIG)."""
-    stream_dir = tmp_path / STREAM
+    stream_dir = tmp_path / "log" / STREAM
     first = [record(n) for n in range(3)]
     failing = [record(n) for n in range(3, 13)]
     after = [record(13)]
@@ -455,7 +461,7 @@ def test_a_failed_write_is_cut_back_and_the_stream_goes_on(tmp_path: Path) -> No
     assert result["file_after_failure"] == len(frames(first))  # the half batch is cut off
     assert result["failed_at_end"] is None  # the next good write clears it
     assert segments(stream_dir)[-1].read_bytes() == frames(first) + frames(after)
-    assert read_all(tmp_path) == first + after
+    assert read_all(tmp_path / "log") == first + after
 
 
 @pytest.mark.parametrize("segment_bytes", [1 << 20, 200])
@@ -463,8 +469,8 @@ def test_backlog_counts_the_records_from_a_position_and_dates_the_first(
     tmp_path: Path, segment_bytes: int
 ) -> None:
     written = [record(n) for n in range(7)]
-    write(tmp_path / STREAM, written, segment_bytes=segment_bytes)
-    reader = LogReader(tmp_path)
+    write(tmp_path / "log" / STREAM, written, segment_bytes=segment_bytes)
+    reader = LogReader(tmp_path / "log")
     entries = list(reader.read(STREAM))
     for index, entry in enumerate(entries):
         assert reader.backlog(STREAM, entry.position) == (7 - index, written[index].recv_ns)
@@ -479,29 +485,29 @@ def test_backlog_counts_the_records_from_a_position_and_dates_the_first(
 def test_first_received_stops_at_the_durable_end_of_the_segment_being_written(
     tmp_path: Path,
 ) -> None:
-    writer = SegmentWriter(tmp_path / STREAM)
+    writer = SegmentWriter(tmp_path / "log" / STREAM)
     try:
         writer.write_durable(encode_record(record(0)))
         end = writer.position
         # The frames are followed by preallocated zeros: nothing there yet.
-        assert (tmp_path / STREAM / segment_name(0)).stat().st_size > end
-        assert LogReader(tmp_path).first_received(STREAM, end) is None
+        assert (tmp_path / "log" / STREAM / segment_name(0)).stat().st_size > end
+        assert LogReader(tmp_path / "log").first_received(STREAM, end) is None
         writer.write_durable(encode_record(record(1)))
-        assert LogReader(tmp_path).first_received(STREAM, end) == record(1).recv_ns
+        assert LogReader(tmp_path / "log").first_received(STREAM, end) == record(1).recv_ns
     finally:
         writer.close()
 
 
 def test_the_writer_counts_its_writes_and_their_records_in_durable(tmp_path: Path) -> None:
-    writer = SegmentWriter(tmp_path / STREAM)
+    writer = SegmentWriter(tmp_path / "log" / STREAM)
     try:
-        assert LogReader(tmp_path).write_counts() == (0, 0)
+        assert LogReader(tmp_path / "log").write_counts() == (0, 0)
         writer.write_durable(frames([record(0), record(1), record(2)]), 3)
         writer.write_durable(encode_record(record(3)))
-        assert LogReader(tmp_path).write_counts() == (2, 4)
-        assert durable_position(tmp_path / STREAM) == writer.position
+        assert LogReader(tmp_path / "log").write_counts() == (2, 4)
+        assert durable_position(tmp_path / "log" / STREAM) == writer.position
     finally:
         writer.close()
-    SegmentWriter(tmp_path / STREAM).close()  # a new writer counts from zero
-    assert LogReader(tmp_path).write_counts() == (0, 0)
-    assert durable_position(tmp_path / STREAM) == len(frames([record(n) for n in range(4)]))
+    SegmentWriter(tmp_path / "log" / STREAM).close()  # a new writer counts from zero
+    assert LogReader(tmp_path / "log").write_counts() == (0, 0)
+    assert durable_position(tmp_path / "log" / STREAM) == len(frames([record(n) for n in range(4)]))

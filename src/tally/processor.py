@@ -25,11 +25,14 @@ from typing import Any
 import duckdb
 
 from tally.beacon import UNKNOWN_KEY, KeyLookup, KeyStatus
+from tally.health import Health
+from tally.log.damage import Damage, Quarantine
 from tally.log.reader import Entry, LogReader
+from tally.log.writer import write_applied
 from tally.pacing import POLL_SECONDS, Load
 from tally.settings import Settings
 from tally.store import ApplyStats, Store
-from tally.store.store import Prepared, prepare
+from tally.store.store import Prepared, StoreFailure, prepare
 from tally.views.rejects import replayable
 
 log = logging.getLogger("tally.processor")
@@ -44,6 +47,12 @@ GC_EVERY_SECONDS = 10.0
 SWITCH_INTERVAL = 0.0005
 #: DuckDB's memory in `tally serve` (the issue's bound for the server is 2 GiB).
 MEMORY_LIMIT = "1GB"
+#: After the store fails, the processor retries after this long, doubling up to
+#: ``RETRY_MAX_SECONDS``: it resumes within that long of the cause going away.
+RETRY_FIRST_SECONDS = 0.25
+RETRY_MAX_SECONDS = 2.0
+#: How often the processor tells the collectors how it is (``run/processor.json``).
+HEALTH_EVERY_SECONDS = 1.0
 
 
 class CatalogKeys:
@@ -79,6 +88,19 @@ class CatalogKeys:
         return lookup
 
 
+@dataclass(frozen=True)
+class Failure:
+    """Why the processor is not applying records, and since when."""
+
+    message: str
+    since_ns: int
+    attempts: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.since_ns / 1e9))
+        return {"message": self.message, "since": since, "attempts": self.attempts}
+
+
 @dataclass
 class Progress:
     """What the processor has done since it started (for status and tests)."""
@@ -106,7 +128,8 @@ class Processor:
         """``keys`` gives the API keys before every batch; by default, the catalog's."""
         self.settings = settings
         self.store = store
-        self.reader = LogReader(settings.log_dir)
+        self.quarantine = Quarantine(settings.data_dir, "processor")
+        self.reader = LogReader(settings.log_dir, self.quarantine.keep)
         self.keys = keys or CatalogKeys(settings.catalog_path).refresh
         self.progress = Progress()
         self.lock = threading.Lock()  # held while a batch is applied (replay takes it too)
@@ -116,29 +139,54 @@ class Processor:
         self._load: Load | None = None  # inside `tally serve`: see _defer_to_ingest
         #: Whether the processor is waiting for ingest to leave it a CPU (tally.pacing).
         self.waiting_for_ingest = False
-        self.error: BaseException | None = None
+        #: Set while the processor cannot apply (the store fails, or a bug).
+        self.error: Failure | None = None
+        self._applied_hint: dict[str, int] = {}
+        self._health = Health(settings)
 
     def read_batch(
         self, limit: int = BATCH_RECORDS, positions: dict[str, int] | None = None
     ) -> list[Entry]:
         """The next records of every stream after ``positions`` (by default the
         applied ones)."""
+        return self._read(limit, positions)[0]
+
+    def _read(
+        self, limit: int, positions: dict[str, int] | None = None
+    ) -> tuple[list[Entry], dict[str, int]]:
+        """The next records, and per stream the position past damage that ends
+        its part (the reader skipped it; it is quarantined and must not be read
+        again)."""
         if positions is None:
             positions = self.store.positions()
         streams = self.reader.streams()
         if not streams:
-            return []
+            return [], {}
         share = max(limit // len(streams), 1)
         batch: list[Entry] = []
+        reach: dict[str, int] = {}
         for stream in streams:
-            for n, entry in enumerate(self.reader.read(stream, positions.get(stream, 0))):
+            damaged_to = 0
+
+            def told(damage: Damage, data: bytes) -> None:
+                nonlocal damaged_to
+                self.quarantine.keep(damage, data)
+                damaged_to = max(damaged_to, damage.end)
+
+            last = positions.get(stream, 0)
+            for n, entry in enumerate(self.reader.read(stream, last, told)):
                 batch.append(entry)
+                last = entry.next_position
                 if n + 1 >= share:
                     break
-        return batch
+            if damaged_to > last:
+                reach[stream] = damaged_to
+        return batch, reach
 
-    def _prepare(self, batch: list[Entry]) -> Prepared:
-        return prepare(batch, self.keys(), blocked=self.settings.blocked_identities)
+    def _prepare(self, batch: list[Entry], reach: dict[str, int] | None = None) -> Prepared:
+        prepared = prepare(batch, self.keys(), blocked=self.settings.blocked_identities)
+        prepared.reach = reach or {}
+        return prepared
 
     def _write(self, prepared: Prepared) -> int:
         """Write a prepared batch (the caller holds the lock); how many records it held."""
@@ -150,10 +198,10 @@ class Processor:
     def step(self, limit: int = BATCH_RECORDS) -> int:
         """Apply one batch; how many records it held."""
         with self.lock, gc_paused():
-            batch = self.read_batch(limit)
-            if not batch:
+            batch, reach = self._read(limit)
+            if not batch and not reach:
                 return 0
-            return self._write(self._prepare(batch))
+            return self._write(self._prepare(batch, reach))
 
     def replay(self, product: str | None, reason: str | None = None) -> dict[str, Any]:
         """Re-apply the rejects of ``product`` (and those with unknown keys)."""
@@ -200,8 +248,8 @@ class Processor:
         total = 0
         with self.lock:
             positions = self.store.positions()
-        first = self.read_batch(limit, positions)
-        if not first:
+        first, reach = self._read(limit, positions)
+        if not first and not reach:
             return 0
         # The preparing side stages batches through a cursor of its own (a
         # connection is used by one thread at a time; replay uses the store's).
@@ -209,7 +257,7 @@ class Processor:
         ahead: Future[tuple[Prepared, dict[str, int]]] | None = None
         try:
             with gc_paused() as paused:
-                current = self._prepare_batch(first, positions, cursor)
+                current = self._prepare_batch(first, reach, positions, cursor)
                 with (
                     ThreadPoolExecutor(
                         1, thread_name_prefix="tally-prepare", initializer=self._prepare_thread
@@ -231,7 +279,7 @@ class Processor:
                         if ahead is None:
                             break
                         current, ahead = ahead.result(), None
-                        if not current[0].entries:
+                        if not current[0].entries and not current[0].reach:
                             break
                         paused.collect_now_and_then()
         finally:
@@ -246,15 +294,21 @@ class Processor:
     ) -> tuple[Prepared, dict[str, int]]:
         """The batch after ``positions``, prepared and staged, and the positions
         after it."""
-        return self._prepare_batch(self.read_batch(limit, positions), positions, con)
+        return self._prepare_batch(*self._read(limit, positions), positions, con)
 
     def _prepare_batch(
-        self, batch: list[Entry], positions: dict[str, int], con: duckdb.DuckDBPyConnection
+        self,
+        batch: list[Entry],
+        reach: dict[str, int],
+        positions: dict[str, int],
+        con: duckdb.DuckDBPyConnection,
     ) -> tuple[Prepared, dict[str, int]]:
         after = dict(positions)
         for entry in batch:
             after[entry.stream] = max(after.get(entry.stream, 0), entry.next_position)
-        prepared = self._prepare(batch)
+        for stream, position in reach.items():
+            after[stream] = max(after.get(stream, 0), position)
+        prepared = self._prepare(batch, reach)
         self.store.stage(prepared, con)
         return prepared, after
 
@@ -271,9 +325,12 @@ class Processor:
         self.store.threads = 1
         self.store.con.execute("SET threads = 1")
         # Answers stay well within the server's memory (spilling to disk beyond).
+        self.store.memory_limit = MEMORY_LIMIT
         self.store.con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
         self._nice = True
         self._load = Load(self.reader.write_counts)
+        # Before any collector opens its stream: none may write below these.
+        self.publish_applied()
         self._thread = threading.Thread(target=self._run, name="tally-processor", daemon=True)
         self._thread.start()
 
@@ -290,23 +347,60 @@ class Processor:
         # behind (tally.pacing): a burst is applied after it.
         _lower_priority()
         idle = 0.0
+        retry = RETRY_FIRST_SECONDS
         while not self._stop.is_set():
+            self._health.tell(self)
             try:
                 if self._defer_to_ingest():
                     self._stop.wait(POLL_SECONDS)
                     continue
-                applied = self.catch_up(stop=self._stop, pause=self._defer_to_ingest)
-            except Exception as exc:  # a bug: say so loudly, keep the server up, retry
-                self.error = exc
-                log.exception("the processor failed; retrying in 1 s")
-                self._stop.wait(1.0)
+                applied = self.catch_up(
+                    lambda _: self._health.tell(self), stop=self._stop, pause=self._defer_to_ingest
+                )
+                if applied:
+                    self.publish_applied()
+            except Exception as exc:
+                # The store failed (a full disk, an I/O error: StoreFailure) or
+                # a bug: nothing of the batch was applied and no position moved.
+                # Say so in status and /healthz, and retry until it works.
+                self._failed(exc)
+                self._stop.wait(retry)
+                retry = min(retry * 2, RETRY_MAX_SECONDS)
                 continue
-            self.error = None
+            if self.error is not None:
+                log.warning("the processor applies records again (it had failed since %s)",
+                            self.error.to_json()["since"])  # fmt: skip
+                self.error = None
+            retry = RETRY_FIRST_SECONDS
             if applied:
                 idle = 0.0
             else:  # poll the log; back off a little while it is quiet
                 idle = min(idle + 0.005, 0.05)
                 self._stop.wait(idle)
+        self._health.tell(self, force=True)
+
+    def _failed(self, exc: Exception) -> None:
+        message = str(exc) if isinstance(exc, StoreFailure) else f"{type(exc).__name__}: {exc}"
+        if self.error is None:
+            if isinstance(exc, StoreFailure):
+                log.error("the store cannot take records (%s); nothing is lost: the processor "
+                          "retries until it can", message)  # fmt: skip
+            else:  # a bug: say so loudly, with its traceback
+                log.exception("the processor failed; retrying")
+            self.error = Failure(message, time.time_ns())
+        else:
+            self.error = Failure(message, self.error.since_ns, self.error.attempts + 1)
+        self.store.recover()
+
+    def publish_applied(self) -> None:
+        """Tell the collectors where the store is (``log/APPLIED``): a writer
+        never writes below it, even where the log's own files were damaged."""
+        with self.lock:
+            positions = self.store.positions()
+        if positions != self._applied_hint:
+            with contextlib.suppress(OSError):  # a hint: the next batch retries
+                write_applied(self.settings.log_dir, positions)
+                self._applied_hint = positions
 
     def _defer_to_ingest(self, positions: dict[str, int] | None = None) -> bool:
         """Whether to wait before the next batch: while ingest is saturating the

@@ -35,6 +35,9 @@ log = logging.getLogger("tally.collector")
 Acknowledge = Callable[[bool], None]
 
 _Batch = tuple[bytes, list[Acknowledge]]
+#: After a write failed for a full disk, this much free space makes the log
+#: writable again (a batch, and the zeros ahead of it: tally.log.writer).
+ROOM_AFTER_ENOSPC = 8 * 1024 * 1024
 
 
 class GroupCommit:
@@ -128,15 +131,26 @@ class GroupCommit:
         if not (self._outstanding or self._frames or self._scheduled):
             self._idle.set()
 
-    def healthy(self) -> bool:
-        """Whether a write can be expected to succeed (for ``/healthz``)."""
-        free = shutil.disk_usage(self._writer.stream_dir).free
-        if free <= self._max_pending:
-            return False
-        # A full disk that has room again will take the next write; any other
-        # write error (EIO, a removed directory) keeps the process unhealthy
+    def can_write(self) -> bool:
+        """Whether a write can be expected to succeed (for ``/healthz``): until
+        a write fails, and after a failure once its cause is gone."""
+        error = self.last_error
+        if error is None:
+            return True
+        # A full disk that has room again takes the next write; any other
+        # write error (EIO, a removed directory) keeps the process unavailable
         # until a write succeeds.
-        return self.last_error is None or self.last_error.errno == errno.ENOSPC
+        return error.errno == errno.ENOSPC and self._free() > ROOM_AFTER_ENOSPC
+
+    def disk_low(self) -> bool:
+        """Whether the disk has no more room than the backlog may take."""
+        return self._free() <= self._max_pending
+
+    def _free(self) -> int:
+        try:
+            return shutil.disk_usage(self._writer.stream_dir).free
+        except OSError:
+            return 0
 
     async def drain(self) -> None:
         """Wait until everything submitted is durable (or failed)."""

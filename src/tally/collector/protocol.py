@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from tally import wire
+from tally import health, wire
 from tally.collector import lenient
 from tally.log.record import encode_frame, method_code
 
@@ -39,6 +39,7 @@ _GIF_CLOSE = wire.gif_response(keep_alive=False)
 _HEAD_KEEP = wire.gif_response(keep_alive=True, head=True)
 _HEAD_CLOSE = wire.gif_response(keep_alive=False, head=True)
 _RETRY = b"Retry-After: 1\r\n"
+_JSON = b"application/json"
 _UNAVAILABLE = b"503 Service Unavailable"
 _BUSY = b"tally cannot make this record durable right now; retry\n"
 
@@ -307,9 +308,20 @@ class TrackingProtocol(asyncio.Protocol):
                 transport.resume_reading()
 
     def _health(self, keep_alive: bool, head: bool) -> bytes:
-        if self._commit.healthy():
-            return _text(b"200 OK", b"ok\n", keep_alive, head=head)
-        return _text(_UNAVAILABLE, b"cannot write the log\n", keep_alive, _RETRY, head=head)
+        """``ok`` and ``degraded`` answer 200, ``unavailable`` 503 (tally.health)."""
+        commit = self._commit
+        state = health.verdict(
+            self._worker.settings,
+            can_write=commit.can_write(),
+            write_error=str(commit.last_error),
+            disk_low=commit.disk_low(),
+        )
+        body = (json.dumps(state) + "\n").encode()
+        if state["status"] == health.UNAVAILABLE:
+            return wire.text_response(_UNAVAILABLE, body, keep_alive=keep_alive, extra=_RETRY,
+                                      content_type=_JSON, head=head)  # fmt: skip
+        return wire.text_response(b"200 OK", body, keep_alive=keep_alive, content_type=_JSON,
+                                  head=head)  # fmt: skip
 
     def _fail(self, response: bytes) -> None:
         """Answer an unreadable request after those already owed, then close."""

@@ -3,8 +3,11 @@
 A stream is a directory of segment files named by the stream offset of their
 first byte (``00000000000000000000.seg``), so a record's position is one
 integer. Only one process appends to a stream at a time (an ``flock`` on
-``LOCK``). On open, the last segment is scanned and a torn or corrupt tail, which
-only a crash can leave, is truncated and reported (DESIGN §2).
+``LOCK``). On open, the last segment is scanned: a torn tail, which only a crash
+can leave past the last sync, is cut (and kept in the quarantine); damage below a
+position that was durable or applied is left in place for readers to skip and
+report, and the writer never writes below such a position (DESIGN §2,
+:mod:`tally.log.damage`).
 
 ``write_durable`` is called from one thread at a time (the collector's commit
 thread): it appends a batch of frames and returns only once they are on disk,
@@ -29,13 +32,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import logging
 import mmap
 import os
 import struct
 from pathlib import Path
 
-from tally.log.record import CorruptFrame, read_frame
+from tally.errors import Unavailable
+from tally.log.damage import Damage, Quarantine, is_legacy, walk
+from tally.log.record import LOG_FORMAT, CorruptFrame, read_frame
 
 log = logging.getLogger("tally.log")
 
@@ -58,6 +64,54 @@ DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 #: How far ahead of the frames a segment is zero-filled, at least.
 PREALLOCATE_BYTES = 4 * 1024 * 1024
 _ZEROS = memoryview(bytes(PREALLOCATE_BYTES))  # sliced without copying
+
+
+#: In the log directory: the log format its frames use (record.LOG_FORMAT).
+FORMAT_FILE = "FORMAT"
+#: In the log directory: the positions the store has applied, per stream, as
+#: JSON, rewritten by the processor (not synced: a hint). A writer never writes
+#: below them, even when the stream's own files were damaged or removed.
+APPLIED_FILE = "APPLIED"
+
+
+def check_format(log_dir: Path) -> None:
+    """Refuse a log written by a newer Tally; mark a new one with its format."""
+    path = log_dir / FORMAT_FILE
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{FORMAT_FILE}.{os.getpid()}.partial")
+        partial.write_text(f"{LOG_FORMAT}\n")
+        os.replace(partial, path)
+        return
+    except OSError as exc:
+        raise Unavailable(f"cannot read {path}: {exc.strerror}", code="log_unreadable") from exc
+    if not text.isdigit():
+        raise Unavailable(f"{path} should hold the log's format number, not {text[:20]!r}: "
+                          f"write {LOG_FORMAT} into it if this log is Tally's",
+                          code="log_unreadable")  # fmt: skip
+    if int(text) > LOG_FORMAT:
+        raise Unavailable(f"the log in {log_dir} is of format {text}, from a newer Tally; this one "
+                          f"reads formats up to {LOG_FORMAT}: run the newer Tally",
+                          code="log_too_new")  # fmt: skip
+
+
+def read_applied(log_dir: Path) -> dict[str, int]:
+    """The positions the processor last said the store has applied."""
+    try:
+        found = json.loads((log_dir / APPLIED_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(found, dict):
+        return {}
+    return {str(k): v for k, v in found.items() if isinstance(v, int)}
+
+
+def write_applied(log_dir: Path, positions: dict[str, int]) -> None:
+    partial = log_dir / (APPLIED_FILE + ".partial")
+    partial.write_text(json.dumps(positions, sort_keys=True))
+    os.replace(partial, log_dir / APPLIED_FILE)
 
 
 def segment_name(base: int) -> str:
@@ -135,26 +189,38 @@ class SegmentWriter:
         self.stream_dir = stream_dir
         self.segment_bytes = segment_bytes
         stream_dir.mkdir(parents=True, exist_ok=True)
+        check_format(stream_dir.parent)
         self._lock_fd = os.open(stream_dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             os.close(self._lock_fd)
             raise StreamLocked(f"{stream_dir} is in use by another process") from exc
+        known_durable = durable_position(stream_dir)  # before this writer rewrites it
         self._durable_fd = os.open(stream_dir / DURABLE_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         if os.fstat(self._durable_fd).st_size != _DURABLE.size:
             os.ftruncate(self._durable_fd, _DURABLE.size)
         self._durable = mmap.mmap(self._durable_fd, _DURABLE.size)
         self._writes = self._records = 0
+        # Where this stream was durable or applied: nothing at or below it may
+        # be cut, and nothing is ever written below it.
+        floor = max(known_durable or 0, read_applied(stream_dir.parent).get(stream_dir.name, 0))
         bases = list_segments(stream_dir)
         if not bases:
-            self._base = 0
-            self._fd = self._create_segment(0)
+            if floor:
+                log.error(
+                    "log stream %s: no segment file left, though the stream was durable up to "
+                    "%d: its records go on from there",
+                    stream_dir.name,
+                    floor,
+                )
+            self._base = floor
+            self._fd = self._create_segment(floor)
             self._size = 0
         else:
             self._base = bases[-1]
             self._fd = os.open(stream_dir / segment_name(self._base), _SEGMENT_FLAGS)
-            self._size = self._recover_tail()
+            self._size = self._recover_tail(floor)
         self._allocated = self._size  # the file's length: frames, then zeros
         self.failed: OSError | None = None
         self._broken: OSError | None = None
@@ -171,35 +237,61 @@ class SegmentWriter:
         _fsync_dir(self.stream_dir)
         return fd
 
-    def _recover_tail(self) -> int:
+    def _recover_tail(self, floor: int) -> int:
+        """Scan the newest segment; the length to append at.
+
+        Bytes past ``floor`` after the last valid frame are a torn tail: never
+        synced, never acknowledged, cut (and kept in the quarantine unless they
+        are the preallocated zeros). Anything else that is not a frame is damage
+        and stays where it is, for readers to skip and report. If the segment
+        is shorter than ``floor`` (a disk lost its end), it is left as it is and
+        the stream goes on in a new segment at ``floor``.
+        """
         path = self.stream_dir / segment_name(self._base)
         data = path.read_bytes()
-        good, count = valid_prefix(data)
-        # After the frames, a crash leaves the preallocated zeros, and maybe a
-        # batch whose write began but was never synced (so never answered 200).
-        tail = data[good:].rstrip(b"\0")
-        if tail:
-            # A crash can only tear the last, unsynced batch; but damage that
-            # a disk did elsewhere in this segment would look the same, so the
-            # cut bytes are kept beside it for an operator, never just dropped.
-            aside = path.with_name(f"{path.name}.cut-at-{good}")
-            aside.write_bytes(tail)
+        quarantine = Quarantine(self.stream_dir.parent.parent, "collector")
+        spans = list(walk(data, legacy=is_legacy(data)))
+        frames_end = max((s.end for s in spans if s.reason is None), default=0)
+        keep = max(frames_end, floor - self._base)
+        lost = f"the segment ends {keep - len(data)} bytes before the position it was durable to"
+        for span in spans:
+            if span.reason is None or span.start >= keep:
+                continue
+            end, reason = min(span.end, keep), span.reason
+            if span.end == len(data) < keep:
+                end, reason = keep, f"{reason}; {lost}"
+            damage = Damage(
+                self.stream_dir.name, path.name, self._base + span.start, self._base + end, reason
+            )
+            quarantine.keep(damage, data[span.start : span.end])
+        if keep > len(data):
+            if frames_end == len(data):  # no damaged span reached the end: only bytes missing
+                quarantine.keep(Damage(self.stream_dir.name, path.name, self._base + len(data),
+                                       self._base + keep, lost), b"")  # fmt: skip
+            os.close(self._fd)
+            self._base += keep
+            self._fd = self._create_segment(self._base)
+            return 0
+        tail = data[keep:]
+        if tail.strip(b"\0"):
+            # A crash can only tear the batch being written; the bytes are kept
+            # anyway, since a disk's damage at the very end looks the same.
+            quarantine.keep(Damage(self.stream_dir.name, path.name, self._base + keep,
+                                   self._base + len(data), "torn tail: written after the last "
+                                   "sync, never acknowledged; cut"), tail, quiet=True)  # fmt: skip
             log.warning(
-                "log stream %s: torn or corrupt tail in %s: kept %d records (%d bytes), "
-                "truncated %d bytes at offset %d (saved to %s)",
+                "log stream %s: torn tail in %s: truncated %d bytes at offset %d (written after "
+                "the last sync, so never acknowledged; kept in the quarantine)",
                 self.stream_dir.name,
                 path.name,
-                count,
-                good,
-                len(tail),
-                good,
-                aside.name,
+                len(tail.rstrip(b"\0")),
+                keep,
             )
-        if good < len(data):  # a torn tail, or the zeros a crash left ahead of the frames
-            os.truncate(path, good)
+        if keep < len(data):  # a torn tail, or the zeros a crash left ahead of the frames
+            os.truncate(path, keep)
             os.fsync(self._fd)
             _fsync_dir(self.stream_dir)
-        return good
+        return keep
 
     def write_durable(self, data: bytes, records: int = 1) -> int:
         """Append whole frames (``records`` of them) and make them durable; the

@@ -64,6 +64,9 @@ class Prepared:
     stage: Stage
     revocations: list[tuple[str, Edge]]
     error: Exception | None = None  # a bug met while preparing: applied record by record
+    #: Positions past damage that ends the batch's part of a stream (the reader
+    #: skipped it): saved with the batch, so it is not read again.
+    reach: dict[str, int] = field(default_factory=dict)
     staged: str | None = None  # its table in the staging database (Store.stage)
 
 
@@ -102,6 +105,27 @@ class ApplyStats:
     rejected: Counter[str] = field(default_factory=Counter)
 
 
+#: Errors of the store's machinery, not of a record: a full disk, an I/O error,
+#: memory, a commit that could not be written, a database DuckDB invalidated.
+#: A batch that meets one is not applied and its positions do not move; the
+#: processor retries it (DESIGN §2: a failing store never makes a reject).
+INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    MemoryError,
+    duckdb.IOException,
+    duckdb.OutOfMemoryException,
+    duckdb.InternalException,
+    duckdb.FatalException,
+    duckdb.TransactionException,
+    duckdb.ConnectionException,
+    duckdb.PermissionException,
+)
+
+
+class StoreFailure(Exception):
+    """The store could not write a batch; nothing of it was applied."""
+
+
 class Store:
     def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
         self.path = path
@@ -109,6 +133,7 @@ class Store:
         self._known: set[tuple[str | None, str | None]] = set()
         self._staged = itertools.count()
         self.threads = os.cpu_count() or 1  # DuckDB's threads outside reports
+        self.memory_limit = ""  # DuckDB's default unless set (Processor.start)
         self._threads_lock = threading.Lock()
         self._reports = 0
         if not read_only:
@@ -142,6 +167,27 @@ class Store:
 
     def close(self) -> None:
         self.con.close()
+
+    def recover(self) -> None:
+        """After a failed write: reconnect if DuckDB has invalidated the
+        database (it does after some I/O errors; a new connection reads it
+        back from its file and WAL). Errors are left for the next write."""
+        try:
+            self.con.execute("SELECT 1").fetchall()
+            return
+        except duckdb.Error:
+            log.warning("the store's connection is unusable after a failure: reconnecting")
+        with contextlib.suppress(duckdb.Error):
+            self.con.close()
+        try:
+            self.con = duckdb.connect(str(self.path))
+            self.con.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {STAGING}")
+            self.con.execute(f"SET threads = {self.threads}")
+            if self.memory_limit:
+                self.con.execute(f"SET memory_limit = '{self.memory_limit}'")
+        except duckdb.Error as exc:
+            log.warning("cannot reconnect to the store yet: %s", exc)
+        self._known.clear()
 
     @contextlib.contextmanager
     def all_threads(self) -> Iterator[None]:
@@ -237,17 +283,30 @@ class Store:
     def write(self, prepared: Prepared, *, cap: int = DEFAULT_CAP) -> ApplyStats:
         """Write a prepared batch and the positions it reaches, atomically.
 
-        A batch that fails as a whole (a bug, not bad input) is applied record by
-        record, and the records that still fail are kept as ``internal_error``
-        rejects: the pipeline never stops on one record (issue: "bad input").
+        A failure of the store itself (``INFRASTRUCTURE_ERRORS``) raises
+        :class:`StoreFailure` with nothing applied. A batch that fails otherwise
+        (a bug, not bad input) is applied record by record, and a record that
+        still fails alone, while the store takes its reject, is kept as an
+        ``internal_error`` reject (replayable): the pipeline never stops on one
+        record.
         """
+        try:
+            return self._write_or_split(prepared, cap)
+        except INFRASTRUCTURE_ERRORS as exc:
+            raise StoreFailure(f"{type(exc).__name__}: {exc}") from exc
+
+    def _write_or_split(self, prepared: Prepared, cap: int) -> ApplyStats:
         entries = prepared.entries
         try:
             if prepared.error is not None:
                 raise prepared.error
             with self._staging(prepared):
-                stats: ApplyStats = self._transaction(lambda: self._apply(prepared, cap, entries))
+                stats: ApplyStats = self._transaction(
+                    lambda: self._apply(prepared, cap, entries, prepared.reach)
+                )
             return stats
+        except INFRASTRUCTURE_ERRORS:
+            raise
         except Exception as exc:  # any bug at all: one record must not stop the pipeline
             if len(entries) == 1:
                 log.exception(
@@ -259,11 +318,14 @@ class Store:
             log.exception("batch of %d records failed; applying one by one", len(entries))
             total = ApplyStats()
             for entry in entries:
-                stats = self.apply([entry], prepared.keys, blocked=prepared.blocked, cap=cap)
+                one = prepare([entry], prepared.keys, blocked=prepared.blocked)
+                stats = self._write_or_split(one, cap)
                 total.records += stats.records
                 total.applied += stats.applied
                 total.duplicates += stats.duplicates
                 total.rejected.update(stats.rejected)
+            if prepared.reach:  # past damage at the batch's end (Prepared.reach)
+                self._transaction(lambda: self._save_positions((), prepared.reach))
             return total
 
     def replay(
@@ -301,11 +363,14 @@ class Store:
         self.con.execute("BEGIN TRANSACTION")
         try:
             result = work()
+            self.con.execute("COMMIT")
         except BaseException:
-            self.con.execute("ROLLBACK")
+            # A commit that failed has ended the transaction already: the
+            # rollback must not hide why it failed.
+            with contextlib.suppress(duckdb.Error):
+                self.con.execute("ROLLBACK")
             self._known.clear()  # it may name identities of the rolled-back batch
             raise
-        self.con.execute("COMMIT")
         return result
 
     def _keep_failed(self, entry: Entry, exc: Exception) -> ApplyStats:
@@ -327,7 +392,13 @@ class Store:
         stats.rejected[INTERNAL_ERROR] += 1
         return stats
 
-    def _apply(self, prepared: Prepared, cap: int, position_entries: Iterable[Entry]) -> ApplyStats:
+    def _apply(
+        self,
+        prepared: Prepared,
+        cap: int,
+        position_entries: Iterable[Entry],
+        reach: dict[str, int] | None = None,
+    ) -> ApplyStats:
         stats = ApplyStats(records=len(prepared.entries))
         stage, revocations = prepared.stage, prepared.revocations
         touched: dict[str, set[str]] = {}
@@ -340,7 +411,7 @@ class Store:
             capped = rederive(self.con, product, seeds, cap)
             if capped:
                 stats.rejected[identity_graph.CAPPED] += capped
-        self._save_positions(position_entries)
+        self._save_positions(position_entries, reach)
         return stats
 
     # -- de-duplication (SPEC §4) and writing ---------------------------------------------------
@@ -523,8 +594,12 @@ class Store:
                 [counter, by],
             )
 
-    def _save_positions(self, entries: Iterable[Entry]) -> None:
-        reached: dict[str, int] = {}
+    def _save_positions(
+        self, entries: Iterable[Entry], reach: dict[str, int] | None = None
+    ) -> None:
+        """The positions after ``entries`` (or ``reach``, where damage at the end
+        of a batch was skipped), and how many records each stream gained."""
+        reached: dict[str, int] = dict(reach or {})
         records: Counter[str] = Counter()
         for entry in entries:
             records[entry.stream] += 1
