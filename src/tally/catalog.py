@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from tally.errors import Conflict, InvalidInput, NotFound
+from tally.errors import Conflict, InvalidInput, NotFound, Unavailable
 
 DEFAULT_PRODUCT = "default"
 DEFAULT_REVENUE_PROPERTY = "Billing Amount"
@@ -97,12 +97,19 @@ class Catalog:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, timeout=10, isolation_level=None,
-                                   check_same_thread=False)  # fmt: skip
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db = sqlite3.connect(path, timeout=10, isolation_level=None,
+                                       check_same_thread=False)  # fmt: skip
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:  # e.g. "file is not a database"
+            raise Unavailable(
+                f"cannot open the catalog {path}: {exc}; if it is damaged, restore it from a "
+                "backup (`tally restore`, docs/operations.md)",
+                code="catalog_unavailable",
+            ) from exc
 
     def close(self) -> None:
         self._db.close()

@@ -31,7 +31,7 @@ from tally.api import Core, build_app
 from tally.catalog import Catalog, Product
 from tally.collector.worker import run_collector, stream_name
 from tally.errors import Unavailable
-from tally.log.writer import SegmentWriter, StreamLocked
+from tally.log.writer import SegmentWriter, StreamLocked, check_format
 from tally.processor import Processor
 from tally.serverlog import configure_logging
 from tally.settings import Settings
@@ -106,6 +106,7 @@ def serve(settings: Settings, announce: Callable[[Started], None]) -> None:
     configure_logging(settings)
     with data_dir_lock(settings):
         check_port(settings.host, settings.port)
+        check_format(settings.log_dir)
         recover_idle_streams(settings)
         catalog = Catalog(settings.catalog_path)
         first_start = catalog.initialise()
@@ -137,6 +138,13 @@ def open_store(settings: Settings, *, read_only: bool = False) -> Store:
     except duckdb.IOException as exc:
         raise Unavailable(
             f"cannot open the store {settings.store_path}: {exc}", code="store_unavailable"
+        ) from exc
+    except duckdb.Error as exc:  # damaged: the log holds everything the store knew
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise Unavailable(
+            f"cannot open the store {settings.store_path}: {first}; if it is damaged, move it "
+            "aside and run `tally rebuild` (the log holds every record)",
+            code="store_unavailable",
         ) from exc
 
 

@@ -37,6 +37,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("timeout", 30.0, "Seconds before an idle or slow connection is closed."),
     Setting("backlog_mib", 64, "MiB of records waiting for fsync per collector before 503."),
     Setting(
+        "segment_mib",
+        64,
+        "MiB after which a collector seals its log segment and starts a new one.",
+    ),
+    Setting(
         "defer_seconds",
         30.0,
         "While ingest saturates the machine, the processor waits until its oldest "
@@ -63,6 +68,7 @@ class Settings:
     workers: int = 0  # 0: one per CPU
     timeout: float = 30.0
     backlog_mib: int = 64
+    segment_mib: int = 64  # tally.log.writer
     defer_seconds: float = 30.0  # tally.pacing
     blocked_identities: frozenset[str] = DEFAULT_BLOCKED
     max_identities_per_person: int = 1000

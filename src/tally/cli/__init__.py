@@ -38,6 +38,7 @@ class _LazyGroup(click.Group):
         "events": "tally.cli.inspect:events",
         "rejects": "tally.cli.inspect:rejects",
         "rebuild": "tally.cli.maintenance:rebuild",
+        "check": "tally.cli.maintenance:check",
         "report": "tally.cli.report:report",
         "alias": "tally.cli.maintenance:alias",
     }
@@ -77,6 +78,7 @@ def main() -> None:
 @setting_option("workers", type=click.IntRange(1, 256))
 @setting_option("timeout", type=click.FloatRange(min=0.1))
 @setting_option("backlog_mib", type=click.IntRange(1, 65536))
+@setting_option("segment_mib", type=click.IntRange(1, 1024))
 @setting_option("defer_seconds", type=click.FloatRange(min=0))
 @pipeline_options
 @errors_to_exit
@@ -87,6 +89,7 @@ def serve(
     workers: int | None,
     timeout: float,
     backlog_mib: int,
+    segment_mib: int,
     defer_seconds: float,
     blocked_identities: str,
     max_identities_per_person: int,
@@ -107,6 +110,7 @@ def serve(
         workers=workers or 0,
         timeout=timeout,
         backlog_mib=backlog_mib,
+        segment_mib=segment_mib,
         defer_seconds=defer_seconds,
         blocked_identities=blocked_set(blocked_identities),
         max_identities_per_person=max_identities_per_person,

@@ -122,7 +122,17 @@ def status(data_dir: Path, as_json: bool) -> None:
     )
     processor = pipeline.get("processor")
     if processor and processor.get("error"):
-        click.echo(f"Processor error: {processor['error']}")
+        error = processor["error"]
+        click.echo(f"Processor failing since {error['since']} ({error['attempts']} attempts; "
+                   f"it retries, nothing is lost): {error['message']}")  # fmt: skip
+    damage = log_part.get("damage") or []
+    if damage:
+        click.echo(f"Damage in the log: {len(damage)} ranges skipped, kept in "
+                   f"{settings.data_dir / 'quarantine'} (see `tally check`):")  # fmt: skip
+        echo_table(
+            ["stream", "segment", "from", "to", "reason"],
+            [(d["stream"], d["segment"], d["start"], d["end"], d["reason"]) for d in damage],
+        )
 
 
 @click.command()

@@ -1,11 +1,12 @@
-"""Changing the store from the log: rebuild, and revoking an alias."""
+"""Keeping the store true to the log: check, rebuild, and revoking an alias."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -14,12 +15,20 @@ from tally.catalog import Catalog
 from tally.cli.options import (
     blocked_set,
     data_dir_option,
+    echo_json,
+    echo_table,
     errors_to_exit,
+    json_option,
     pipeline_options,
 )
+from tally.errors import InvalidInput, Unavailable
+from tally.log.damage import Quarantine
 from tally.log.reader import LogReader
 from tally.operations import revoke_alias
 from tally.settings import Settings
+
+if TYPE_CHECKING:
+    from tally.check import Applied, Report
 
 #: Larger than the live processor's batches: fewer commits, and each table's
 #: rows are written as whole row groups (two batches are in memory at once).
@@ -38,9 +47,7 @@ def rebuild(data_dir: Path, blocked_identities: str, max_identities_per_person: 
     --blocked-identities or --max-identities-per-person, or to check that the
     live store is what the log says.
     """
-    from tally.processor import Processor
     from tally.server import data_dir_lock
-    from tally.store import Store
 
     settings = Settings(
         data_dir=data_dir,
@@ -48,38 +55,171 @@ def rebuild(data_dir: Path, blocked_identities: str, max_identities_per_person: 
         max_identities_per_person=max_identities_per_person,
     )
     with data_dir_lock(settings):
-        target = settings.store_path
-        building = target.with_name(target.name + ".rebuild")
-        for stale in (building, building.with_name(building.name + ".wal")):
-            with contextlib.suppress(FileNotFoundError):
-                stale.unlink()
-        reader = LogReader(settings.log_dir)
-        total = sum(reader.durable(s) for s in reader.streams())
-        store = Store(building)
-        try:
-            processor = Processor(settings, store)
-            bar: Any
-            with store.bulk():
-                with click.progressbar(
-                    length=total, label="Rebuilding", show_pos=True, item_show_func=lambda _: None
-                ) as bar:
-                    done = 0
+        records = rebuild_store(settings)
+    click.echo(f"Rebuilt {settings.store_path} from {records:,} log records.")
 
-                    def advance(_: int) -> None:
-                        nonlocal done
-                        reached = sum(store.positions().values())
-                        bar.update(reached - done)
-                        done = reached
 
-                    records = processor.catch_up(advance, limit=REBUILD_BATCH_RECORDS)
-                click.echo("Indexing identities for the person page…")
-            store.con.execute("CHECKPOINT")
-        finally:
-            store.close()
-        os.replace(building, target)
+def rebuild_store(settings: Settings) -> int:
+    """Build the store from the log beside the old one, then put it in place
+    (the caller holds the data directory's lock); the records read."""
+    from tally.processor import Processor
+    from tally.store import Store
+
+    target = settings.store_path
+    building = target.with_name(target.name + ".rebuild")
+    for stale in (building, building.with_name(building.name + ".wal")):
         with contextlib.suppress(FileNotFoundError):
-            target.with_name(target.name + ".wal").unlink()
-    click.echo(f"Rebuilt {target} from {records:,} log records.")
+            stale.unlink()
+    reader = LogReader(settings.log_dir)
+    total = sum(reader.durable(s) for s in reader.streams())
+    store = Store(building)
+    try:
+        processor = Processor(settings, store)
+        bar: Any
+        with store.bulk():
+            with click.progressbar(
+                length=total, label="Rebuilding", show_pos=True, item_show_func=lambda _: None
+            ) as bar:
+                done = 0
+
+                def advance(_: int) -> None:
+                    nonlocal done
+                    reached = sum(store.positions().values())
+                    bar.update(reached - done)
+                    done = reached
+
+                records = processor.catch_up(advance, limit=REBUILD_BATCH_RECORDS)
+            click.echo("Indexing identities for the person page…")
+        store.con.execute("CHECKPOINT")
+    finally:
+        store.close()
+    os.replace(building, target)
+    with contextlib.suppress(FileNotFoundError):
+        target.with_name(target.name + ".wal").unlink()
+    return records
+
+
+@click.command()
+@click.option("--repair", is_flag=True,
+              help="Keep damage in the quarantine, and re-derive the store from the log where "
+              "they disagree (the server must be stopped for that).")  # fmt: skip
+@json_option
+@data_dir_option
+@errors_to_exit
+def check(repair: bool, as_json: bool, data_dir: Path) -> None:
+    """Verify the log and the store against it; exit 0 if all is well, 3 if not.
+
+    Reads every segment (each frame's checksum and lengths; segments follow
+    each other without gaps), then the store: each stream's applied position
+    is on a frame boundary within the durable log, and the store counts as
+    many records below it as the log holds. Read-only, and safe beside a
+    running server. Damage already in DATA_DIR/quarantine is listed but does
+    not fail the check; see docs/operations.md for what to do about the rest.
+    """
+    from tally.check import check_log, read_damage, total_bytes
+
+    settings = Settings(data_dir=data_dir)
+    if not settings.log_dir.is_dir():
+        raise InvalidInput(f"{data_dir} holds no Tally log (no {settings.log_dir})",
+                           field="data_dir")  # fmt: skip
+    applied = _applied(settings)
+    bar: Any
+    try:
+        with click.progressbar(length=total_bytes(data_dir), label="Checking the log",
+                               file=sys.stderr, show_pos=True) as bar:  # fmt: skip
+            report = check_log(data_dir, applied, bar.update)
+    except OSError as exc:
+        raise Unavailable(f"cannot read {exc.filename}: {exc.strerror}; make it readable "
+                          "and check again", code="log_unreadable") from exc  # fmt: skip
+    if repair:
+        quarantine = Quarantine(data_dir, "tally check --repair")
+        for stream in report.streams:
+            for damage in stream.damage:
+                quarantine.keep(damage, read_damage(data_dir, damage), quiet=True)
+    if as_json:
+        echo_json(report.to_json())
+    else:
+        _echo_report(report, data_dir)
+    if repair:
+        report = _repair(settings, report)
+    sys.exit(0 if (report.clean if not repair else not _unrepaired(report)) else 3)
+
+
+def _applied(settings: Settings) -> dict[str, Applied]:
+    """The store's positions: from the running server, or from the store itself."""
+    from tally.check import Applied
+
+    if local.server_running(settings):
+        status = local.request(settings, "GET", "/api/v1/status")
+        return {
+            s["name"]: Applied(s["applied_position"], s["applied_records"])
+            for s in status["pipeline"]["streams"]
+        }
+    if not settings.store_path.exists():
+        return {}
+    from tally.server import open_store
+
+    store = open_store(settings, read_only=True)
+    try:
+        rows = store.con.execute("SELECT stream, position, records FROM positions").fetchall()
+    finally:
+        store.close()
+    return {stream: Applied(position, records) for stream, position, records in rows}
+
+
+def _echo_report(report: Report, data_dir: Path) -> None:
+    echo_table(
+        ["stream", "segments", "records", "bytes", "durable end", "damage", "store"],
+        [
+            (s.name, s.segments, f"{s.records:,}", f"{s.bytes:,}", f"{s.durable:,}",
+             len(s.damage) + len(s.known_damage),
+             "disagrees" if s.disagreements else "agrees")
+            for s in report.streams
+        ],
+    )  # fmt: skip
+    for s in report.streams:
+        for damage in s.damage:
+            click.echo(f"damage: {s.name} {damage.segment or '(no file)'} bytes {damage.start:,}"
+                       f"-{damage.end:,}: {damage.reason}")  # fmt: skip
+        for damage in s.known_damage:
+            click.echo(f"known damage (in {data_dir / 'quarantine'}): {s.name} bytes "
+                       f"{damage.start:,}-{damage.end:,}: {damage.reason}")  # fmt: skip
+        for words in s.disagreements:
+            click.echo(f"store: {s.name}: {words}")
+    if report.clean:
+        click.echo("The log is whole and the store agrees with it.")
+
+
+def _unrepaired(report: Report) -> list[str]:
+    return [f"{s.name}: {w}" for s in report.streams for w in s.disagreements]
+
+
+def _repair(settings: Settings, report: Report) -> Report:
+    """Re-derive the store where it disagrees with the log, if that loses nothing."""
+    from tally.check import check_log
+
+    disagreeing = [s for s in report.streams if s.disagreements]
+    damaged = sum(len(s.damage) for s in report.streams)
+    if damaged:
+        click.echo(f"Kept {damaged} damaged ranges in {settings.data_dir / 'quarantine'}; "
+                   "readers skip them, every valid frame around them is applied.")  # fmt: skip
+    if not disagreeing:
+        return report
+    lossy = [s.name for s in disagreeing if not s.derivable]
+    if lossy:
+        click.echo(f"Not re-deriving the store: the log of {', '.join(lossy)} lost records "
+                   "that the store holds, so a store made from the log would lose them too. "
+                   "Restore the log from a backup (docs/operations.md).")  # fmt: skip
+        return report
+    if local.server_running(settings):
+        raise Unavailable("stop tally serve to re-derive the store from the log "
+                          "(damage, if any, is kept in the quarantine)")  # fmt: skip
+    from tally.server import data_dir_lock
+
+    with data_dir_lock(settings):
+        records = rebuild_store(settings)
+    click.echo(f"Re-derived the store from {records:,} log records.")
+    return check_log(settings.data_dir, _applied(settings))
 
 
 @click.group()

@@ -97,7 +97,9 @@ async def _watch_supervisor(supervisor: int, stopping: asyncio.Event) -> None:
 
 async def _serve(index: int, settings: Settings, ready: Connection, supervisor: int) -> None:
     loop = asyncio.get_running_loop()
-    writer = SegmentWriter(settings.log_dir / stream_name(index))
+    writer = SegmentWriter(
+        settings.log_dir / stream_name(index), segment_bytes=settings.segment_mib << 20
+    )
     worker = Worker(loop, settings, writer, settings.core_socket)
     server = await loop.create_server(
         worker.protocol, sock=listening_socket(settings.host, settings.port)

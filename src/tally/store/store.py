@@ -122,8 +122,10 @@ INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-class StoreFailure(Exception):
+class StoreFailure(Unavailable):
     """The store could not write a batch; nothing of it was applied."""
+
+    default_code = "store_failing"
 
 
 class Store:
@@ -143,6 +145,13 @@ class Store:
                 "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
                 [str(SCHEMA_VERSION)],
             )
+            if (found := self.schema_version()) > SCHEMA_VERSION:
+                self.con.close()
+                raise Unavailable(
+                    f"the store {path} is of schema {found}, from a newer "
+                    f"Tally; this one reads up to {SCHEMA_VERSION}: run the newer Tally",
+                    code="store_too_new",
+                )
             if self.schema_version() == 1:
                 self._migrate_1_to_2()
             self.con.execute(INDEXES)

@@ -8,6 +8,7 @@ from typing import Any
 import duckdb
 
 from tally import __version__
+from tally.log.damage import Quarantine
 from tally.log.reader import LogReader
 from tally.views.common import KNOWN_IDENTITIES
 
@@ -35,6 +36,7 @@ def pipeline_view(
                 "name": stream,
                 "log_position": reader.durable(stream),
                 "applied_position": position,
+                "applied_records": records,
                 "records": records + lag_records,
                 "lag_records": lag_records,
                 "lag_seconds": round(max(now_ns - oldest_ns, 0) / 1e9, 3) if oldest_ns else 0.0,
@@ -76,6 +78,9 @@ def store_view(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     }
 
 
+_DAMAGE_FIELDS = ("stream", "segment", "start", "end", "reason", "found_at", "file")
+
+
 def status_view(
     con: duckdb.DuckDBPyConnection,
     reader: LogReader,
@@ -92,6 +97,11 @@ def status_view(
             "per_stream": [
                 {"name": s["name"], "records": s["records"], "bytes": s["log_position"]}
                 for s in streams
+            ],
+            # Damaged ranges met so far, kept in DATA_DIR/quarantine (tally.log.damage).
+            "damage": [
+                {key: report.get(key) for key in _DAMAGE_FIELDS}
+                for report in Quarantine(reader.log_dir.parent, "").reports()
             ],
         },
         "pipeline": {**pipeline, "processor": processor},
