@@ -372,12 +372,15 @@ def test_status_shows_positions_lag_and_counts(api: Api) -> None:
             "name",
             "log_position",
             "applied_position",
+            "applied_records",
             "lag_records",
             "lag_seconds",
             "records",
         }
         assert stream["applied_position"] == stream["log_position"]
+        assert stream["applied_records"] == stream["records"]
         assert stream["lag_records"] == 0
+    assert status["log"]["damage"] == []
     assert sum(s["log_position"] for s in pipeline["streams"]) == status["log"]["bytes"]
     assert sum(s["records"] for s in pipeline["streams"]) == status["log"]["records"]
     assert status["store"] == {
