@@ -4,6 +4,9 @@ and ``--repair`` (issue: "damage is contained, never propagated")."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -164,3 +167,40 @@ def test_an_unreadable_segment_is_one_line(data_dir: Path) -> None:
     assert result.stderr.splitlines()[-1].startswith("error: cannot read ")
     assert bad.name in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_repair_killed_while_it_quarantines_leaves_whole_files_and_runs_again(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL during quarantine: each kept range is whole or absent, and a
+    second run keeps the rest."""
+    data_dir = tmp_path / "data"
+    writer = SegmentWriter(data_dir / "log" / "c0")
+    ranges = 400
+    body = b"b" * 20_000  # large frames: each kept range is a write and two syncs
+    for n in range(2 * ranges):
+        writer.write_durable(encode_record(record(n)._replace(method="POST", body=body)))
+    writer.close()
+    [seg] = (data_dir / "log" / "c0").glob("*.seg")
+    data = bytearray(seg.read_bytes())
+    size = len(data) // (2 * ranges)
+    for n in range(0, 2 * ranges, 2):  # every other frame damaged: 400 ranges
+        data[n * size + 100] ^= 0x01
+    seg.write_bytes(bytes(data))
+
+    command = [sys.executable, "-m", "tally", "check", "--repair", "--data-dir", str(data_dir)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    quarantine = data_dir / "quarantine"
+    wait_until(lambda: len(list(quarantine.glob("*.json"))) >= 5, 30, "quarantining began")
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    kept = sorted(quarantine.glob("*.json"))
+    assert 5 <= len(kept) < ranges, "the kill did not land while it quarantined"
+    for report_path in kept:  # a report only beside its whole bytes
+        report = json.loads(report_path.read_text())
+        assert (quarantine / report["file"]).stat().st_size == report["bytes_kept"] == size
+
+    again = check(data_dir, "--repair")
+    assert again.exit_code == 0, again.output
+    assert len(list(quarantine.glob("*.json"))) == ranges
+    assert len(list(quarantine.glob("*.bin"))) == ranges
