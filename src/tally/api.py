@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import duckdb
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -23,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tally.backup.snapshot import new_snapshot_path, snapshot_store
 from tally.catalog import Catalog
 from tally.errors import InvalidInput, TallyError, Unauthorized
 from tally.log.reader import LogReader
@@ -56,7 +58,7 @@ class Core:
     def processor_state(self) -> dict[str, Any]:
         progress = self.processor.progress
         return {
-            "error": repr(self.processor.error) if self.processor.error else None,
+            "error": self.processor.error.to_json() if self.processor.error else None,
             "waiting_for_ingest": self.processor.waiting_for_ingest,
             "batches": progress.batches,
             "records": progress.records,
@@ -67,7 +69,9 @@ class Core:
         }
 
 
-def _authorise(request: Request) -> Core:
+def _authorise(request: Request, *, local_only: bool = False) -> Core:
+    """The core, for a valid operator token (``local_only``: only the token
+    that the server left for the CLI on its own machine)."""
     core: Core = request.app.state.core
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -77,6 +81,9 @@ def _authorise(request: Request) -> Core:
     digest = hashlib.sha256(token.encode()).hexdigest()
     if core.local_token_hash and hmac.compare_digest(digest, core.local_token_hash):
         return core
+    if local_only:
+        raise Unauthorized("only the tally CLI on the server's machine may do this",
+                           code="local_only")  # fmt: skip
     if not core.catalog.verify_token(token):
         raise Unauthorized("that operator token is not valid", code="invalid_token")
     return core
@@ -204,6 +211,20 @@ def _csv_lines(core: Core, query: People) -> Iterator[bytes]:
             cursor.close()
 
 
+async def backup_snapshot(request: Request) -> Response:
+    """A consistent copy of the store for `tally backup`, in ``run/snapshots/``
+    (tally.backup), made while the processor goes on; the caller takes it away.
+    Only the local CLI may ask: each call writes a whole copy of the store to
+    the server's disk."""
+    core = _authorise(request, local_only=True)
+
+    def snapshot(cursor: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+        made = snapshot_store(cursor, new_snapshot_path(core.settings))
+        return {"path": str(made.path), "positions": made.positions, "records": made.records}
+
+    return await _in_thread(core, snapshot)
+
+
 async def _json_body(request: Request) -> dict[str, Any]:
     raw = await request.body()
     return json_object(raw, "body", "the body") if raw.strip() else {}
@@ -245,6 +266,7 @@ def build_app(core: Core) -> Starlette:
             Route(products + "/rejects", rejects),
             Route(products + "/rejects/replay", replay, methods=["POST"]),
             Route(products + "/reports/{kind}", report, methods=["POST"]),
+            Route("/api/v1/backup/snapshot", backup_snapshot, methods=["POST"]),
         ],
         exception_handlers={
             TallyError: _tally_error,

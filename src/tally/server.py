@@ -28,6 +28,7 @@ import duckdb
 import uvicorn
 
 from tally.api import Core, build_app
+from tally.backup.snapshot import remove_stale_snapshots
 from tally.catalog import Catalog, Product
 from tally.collector.worker import run_collector, stream_name
 from tally.errors import Unavailable
@@ -111,6 +112,7 @@ def serve(settings: Settings, announce: Callable[[Started], None]) -> None:
         catalog = Catalog(settings.catalog_path)
         first_start = catalog.initialise()
         settings.run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_snapshots(settings)
         with contextlib.suppress(FileNotFoundError):
             settings.core_socket.unlink()
         store = open_store(settings)

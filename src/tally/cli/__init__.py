@@ -41,6 +41,8 @@ class _LazyGroup(click.Group):
         "check": "tally.cli.maintenance:check",
         "report": "tally.cli.report:report",
         "alias": "tally.cli.maintenance:alias",
+        "backup": "tally.cli.backup:backup",
+        "restore": "tally.cli.backup:restore",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
