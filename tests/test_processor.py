@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 
 from journeys import Keys, build, event
+from serverproc import wait_until
 from tally.log.reader import LogReader
 from tally.log.record import encode_record
 from tally.log.writer import SegmentWriter
 from tally.processor import Processor, gc_paused
 from tally.settings import Settings
 from tally.store import Store
+from tally.store.store import StoreFailure
 
 
 @pytest.fixture
@@ -75,3 +77,54 @@ def test_the_garbage_collector_is_paused_and_restored() -> None:
         assert not gc.isenabled()  # left as it was found
     finally:
         gc.enable()
+
+
+# -- a failing store (issue: "the store never turns an infrastructure failure into a reject")
+
+
+def rejects(processor: Processor) -> int:
+    row = processor.store.con.execute("SELECT count(*) FROM rejects").fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_a_store_out_of_memory_applies_nothing_and_moves_no_position(
+    ten_logged: Processor,
+) -> None:
+    """DuckDB's real out-of-memory error, made by a memory limit far too small."""
+    ten_logged.store.con.execute("SET memory_limit = '1MB'")
+    with pytest.raises(StoreFailure, match="Out of Memory"):
+        ten_logged.step()
+    assert (events(ten_logged), rejects(ten_logged)) == (0, 0)
+    assert ten_logged.store.positions() == {}
+    ten_logged.store.con.execute("RESET memory_limit")
+    assert ten_logged.step() == 10
+    assert (events(ten_logged), rejects(ten_logged)) == (10, 0)
+
+
+def test_the_running_processor_reports_a_failing_store_and_resumes(tmp_path: Path) -> None:
+    config = Settings(data_dir=tmp_path)
+    store = Store(config.store_path)
+    processor = Processor(config, store, keys=Keys)
+    processor.start()
+    try:
+        with store.cursor() as cursor:
+            cursor.execute("SET memory_limit = '1MB'")
+        writer = SegmentWriter(config.log_dir / "c0")
+        for entry in build([event("ann", f"Step {i}", 1_700_000_000 + i) for i in range(10)]):
+            writer.write_durable(encode_record(entry.record))
+        writer.close()
+        wait_until(lambda: processor.error is not None, 10, "the processor reports the failure")
+        failure = processor.error
+        assert failure is not None
+        assert "Out of Memory" in failure.message
+        wait_until(lambda: processor.error and processor.error.attempts > 1, 10, "it retries")
+        assert processor.error is not None
+        assert processor.error.since_ns == failure.since_ns  # since the first failure
+        with store.cursor() as cursor:
+            cursor.execute("SET memory_limit = '1GB'")
+        wait_until(lambda: processor.error is None, 5, "it resumes within 5 s")
+        wait_until(lambda: events(processor) == 10, 5, "every record is applied")
+    finally:
+        processor.stop()
+        assert rejects(processor) == 0
+        store.close()

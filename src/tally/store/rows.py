@@ -6,6 +6,7 @@ write of the store goes through one of these.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -49,8 +50,13 @@ def registered(con: duckdb.DuckDBPyConnection, name: str, rows: Rows) -> Iterato
     con.register(name, rows.table())
     try:
         yield name
-    finally:
-        con.unregister(name)
+    except BaseException:
+        # In a transaction the failure aborted, unregistering fails too: the
+        # error to raise is the failure's (the store's processor retries).
+        with contextlib.suppress(duckdb.Error):
+            con.unregister(name)
+        raise
+    con.unregister(name)
 
 
 def insert(

@@ -11,6 +11,7 @@ written, and the identity graph is re-derived where aliases changed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import json
 import logging
@@ -120,6 +121,21 @@ INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
     duckdb.ConnectionException,
     duckdb.PermissionException,
 )
+
+
+#: The words of the operating system's errors that only the machinery causes:
+#: DuckDB reports some of them inside errors of other kinds.
+_INFRASTRUCTURE_WORDS = tuple(
+    os.strerror(code)
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ENOMEM, errno.EACCES)
+)
+
+
+def is_infrastructure(exc: BaseException) -> bool:
+    """Whether ``exc`` is the store failing, not a record (INFRASTRUCTURE_ERRORS)."""
+    if isinstance(exc, INFRASTRUCTURE_ERRORS):
+        return True
+    return isinstance(exc, duckdb.Error) and any(w in str(exc) for w in _INFRASTRUCTURE_WORDS)
 
 
 class StoreFailure(Unavailable):
@@ -286,8 +302,13 @@ class Store:
         self.stage(prepared)
         try:
             yield
-        finally:
-            self.unstage(prepared)
+        except BaseException:
+            # A failed batch may leave the connection unusable (Store.recover):
+            # what made it fail is the error to raise, not the clean-up's.
+            with contextlib.suppress(duckdb.Error):
+                self.unstage(prepared)
+            raise
+        self.unstage(prepared)
 
     def write(self, prepared: Prepared, *, cap: int = DEFAULT_CAP) -> ApplyStats:
         """Write a prepared batch and the positions it reaches, atomically.
@@ -301,8 +322,10 @@ class Store:
         """
         try:
             return self._write_or_split(prepared, cap)
-        except INFRASTRUCTURE_ERRORS as exc:
-            raise StoreFailure(f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            if is_infrastructure(exc):
+                raise StoreFailure(f"{type(exc).__name__}: {exc}") from exc
+            raise
 
     def _write_or_split(self, prepared: Prepared, cap: int) -> ApplyStats:
         entries = prepared.entries
@@ -314,9 +337,9 @@ class Store:
                     lambda: self._apply(prepared, cap, entries, prepared.reach)
                 )
             return stats
-        except INFRASTRUCTURE_ERRORS:
-            raise
         except Exception as exc:  # any bug at all: one record must not stop the pipeline
+            if is_infrastructure(exc):
+                raise
             if len(entries) == 1:
                 log.exception(
                     "record %s@%d cannot be applied", entries[0].stream, entries[0].position
@@ -460,10 +483,10 @@ class Store:
                 )
         else:
             con.execute(f"CREATE TEMP VIEW _kept AS SELECT * FROM {staged}")
-        try:
-            self._spread(stage, stats, touched)
-        finally:
-            con.execute(f"DROP {'TABLE' if later else 'VIEW'} _kept")
+        self._spread(stage, stats, touched)
+        # Not in a `finally`: on failure the transaction's rollback drops it,
+        # and a DROP in an aborted transaction would hide why it failed.
+        con.execute(f"DROP {'TABLE' if later else 'VIEW'} _kept")
         return touched
 
     def _remember_identities(self, stage: Stage) -> None:
