@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 
+import duckdb
 import httpx
 import pytest
 from click.testing import CliRunner
@@ -175,3 +176,50 @@ def test_python_dash_m_tally_works_like_tally():
     )
     for command in ("serve", "products", "keys", "tokens"):
         assert command in result.stdout
+
+
+def _serve_once(data_dir):
+    return subprocess.run(
+        [sys.executable, "-m", "tally", "serve", "--data-dir", str(data_dir),
+         "--port", str(free_port())], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def _newer_log(data_dir):
+    (data_dir / "log").mkdir(parents=True)
+    (data_dir / "log" / "FORMAT").write_text("3\n")
+
+
+def _newer_store(data_dir):
+    con = duckdb.connect(str(data_dir / "store.duckdb"))
+    con.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT)")
+    con.execute("INSERT INTO meta VALUES ('schema_version', '99')")
+    con.close()
+
+
+def _garbage(name):
+    def damage(data_dir):
+        (data_dir / name).write_bytes(b"\x13" * 8192)
+
+    return damage
+
+
+BAD_DATA_DIRS = {
+    "log from a newer Tally": (_newer_log, "is of format 3, from a newer Tally"),
+    "store from a newer Tally": (_newer_store, "is of schema 99, from a newer Tally"),
+    "damaged store": (_garbage("store.duckdb"), "move it aside and run `tally rebuild`"),
+    "damaged catalog": (_garbage("catalog.sqlite"), "restore it from a backup"),
+}
+
+
+@pytest.mark.parametrize(("make", "said"), BAD_DATA_DIRS.values(), ids=BAD_DATA_DIRS.keys())
+def test_a_data_directory_tally_cannot_use_is_one_line_naming_the_file(tmp_path, make, said):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    make(data_dir)
+    result = _serve_once(data_dir)
+    assert result.returncode == 1
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("error: ")]
+    assert said in line
+    assert str(data_dir) in line
+    assert "Traceback" not in result.stderr

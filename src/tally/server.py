@@ -137,12 +137,13 @@ def serve(settings: Settings, announce: Callable[[Started], None]) -> None:
 def open_store(settings: Settings, *, read_only: bool = False) -> Store:
     try:
         return Store(settings.store_path, read_only=read_only)
-    except duckdb.IOException as exc:
-        raise Unavailable(
-            f"cannot open the store {settings.store_path}: {exc}", code="store_unavailable"
-        ) from exc
-    except duckdb.Error as exc:  # damaged: the log holds everything the store knew
+    except duckdb.Error as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, duckdb.IOException) and "lock" in first:  # held by another process
+            raise Unavailable(
+                f"cannot open the store {settings.store_path}: {exc}", code="store_unavailable"
+            ) from exc
+        # Damaged: the log holds everything the store knew.
         raise Unavailable(
             f"cannot open the store {settings.store_path}: {first}; if it is damaged, move it "
             "aside and run `tally rebuild` (the log holds every record)",
