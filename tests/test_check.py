@@ -204,3 +204,16 @@ def test_a_repair_killed_while_it_quarantines_leaves_whole_files_and_runs_again(
     assert again.exit_code == 0, again.output
     assert len(list(quarantine.glob("*.json"))) == ranges
     assert len(list(quarantine.glob("*.bin"))) == ranges
+
+
+def test_a_rebuild_refuses_to_drop_records_that_only_the_store_holds(data_dir: Path) -> None:
+    middle = segment(data_dir, 1)
+    with open(middle, "r+b") as f:
+        f.truncate(middle.stat().st_size // 2)  # records the store applied, gone from the log
+    rebuild = CliRunner().invoke(main, ["rebuild", "--data-dir", str(data_dir)])
+    assert rebuild.exit_code == 1
+    assert "lost records that the store holds" in rebuild.stderr
+    assert stored(data_dir, "SELECT count(*) FROM events") == [(N,)]
+    forced = CliRunner().invoke(main, ["rebuild", "--accept-loss", "--data-dir", str(data_dir)])
+    assert forced.exit_code == 0, forced.output
+    assert stored(data_dir, "SELECT count(*) FROM events")[0][0] < N

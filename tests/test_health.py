@@ -50,6 +50,13 @@ DEGRADED = {
 }
 
 
+def test_degraded_after_a_failed_write_that_may_work_again(settings: Settings) -> None:
+    """Traffic tells whether it works again: a load balancer keeps sending it."""
+    processor(settings)
+    found = verdict(settings, can_write=True, write_error="[Errno 5] EIO", disk_low=False)
+    assert found == {"status": "degraded", "reasons": ["the last log write failed: [Errno 5] EIO"]}
+
+
 @pytest.mark.parametrize(("state", "disk_low", "reason"), DEGRADED.values(), ids=DEGRADED.keys())
 def test_degraded_while_tracking_works_but_an_operator_is_needed(
     settings: Settings, state: dict[str, Any], disk_low: bool, reason: str

@@ -3,10 +3,12 @@
 Three answers, from what each process knows:
 
 - ``unavailable`` (503): this collector cannot make a record durable (its last
-  log write failed and the cause is still there): tracking calls get 503.
-- ``degraded`` (200): tracking works, but something needs an operator: little
-  disk left (at or below ``--backlog-mib``), or the processor failing, behind
-  (its oldest unapplied record older than ``behind_seconds``), or silent.
+  log write failed and the cause is still there: the disk still full, or for
+  10 s after another error): tracking calls get 503.
+- ``degraded`` (200): tracking works, but something needs an operator: the
+  last log write failed (and may work again), little disk left (at or below
+  ``--backlog-mib``), or the processor failing, behind (its oldest unapplied
+  record older than ``behind_seconds``), or silent.
 - ``ok`` (200).
 
 The collectors answer ``/healthz`` themselves, so that it works while the core
@@ -84,6 +86,8 @@ def verdict(
     if not can_write:
         return {"status": UNAVAILABLE, "reasons": [f"cannot write the log: {write_error}"]}
     reasons = []
+    if write_error is not None:  # it may work again: traffic will tell
+        reasons.append(f"the last log write failed: {write_error}")
     if disk_low:
         reasons.append(f"disk almost full: {settings.backlog_mib} MiB or less free for the log")
     processor = read_processor(settings.run_dir)

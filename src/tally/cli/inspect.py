@@ -24,7 +24,6 @@ from tally.cli.options import (
 from tally.errors import Unavailable
 from tally.log.reader import LogReader
 from tally.settings import Settings
-from tally.store import Store
 from tally.views.events import events_view
 from tally.views.person import person_view
 from tally.views.rejects import rejects_view
@@ -53,10 +52,9 @@ def read_store(
     """``view`` on a cursor of the store, opened read-only (no server runs)."""
     if not settings.store_path.exists():
         raise Unavailable(f"no store in {settings.data_dir} yet: start `tally serve` first")
-    try:
-        store = Store(settings.store_path, read_only=True)
-    except duckdb.Error as exc:
-        raise Unavailable(f"cannot open the store: {exc}") from exc
+    from tally.server import open_store
+
+    store = open_store(settings, read_only=True)
     try:
         return view(store.cursor())
     finally:

@@ -36,17 +36,24 @@ REBUILD_BATCH_RECORDS = 100_000
 
 
 @click.command()
+@click.option("--accept-loss", is_flag=True,
+              help="Rebuild even where the log lost records that the store holds.")  # fmt: skip
 @data_dir_option
 @pipeline_options
 @errors_to_exit
-def rebuild(data_dir: Path, blocked_identities: str, max_identities_per_person: int) -> None:
+def rebuild(
+    accept_loss: bool, data_dir: Path, blocked_identities: str, max_identities_per_person: int
+) -> None:
     """Recompute the whole store from the log (the server must be stopped).
 
     The new store is built beside the old one and replaces it only when it is
     complete, so an interrupted rebuild changes nothing. Use it after changing
     --blocked-identities or --max-identities-per-person, or to check that the
-    live store is what the log says.
+    live store is what the log says. If the log was damaged below what the
+    store has applied (`tally check`), the store holds records the log lost and
+    a rebuild would drop them: it refuses, unless --accept-loss.
     """
+    from tally.check import check_log
     from tally.server import data_dir_lock
 
     settings = Settings(
@@ -55,6 +62,17 @@ def rebuild(data_dir: Path, blocked_identities: str, max_identities_per_person: 
         max_identities_per_person=max_identities_per_person,
     )
     with data_dir_lock(settings):
+        if not accept_loss and settings.store_path.exists():
+            click.echo("Checking that the log holds everything the store has applied…")
+            report = check_log(settings.data_dir, _applied(settings))
+            lossy = [s.name for s in report.streams if not s.derivable]
+            if lossy:
+                raise Unavailable(
+                    f"the log of {', '.join(lossy)} lost records that the store holds (see "
+                    "`tally check`): a rebuild would drop them; restore the log from a backup, "
+                    "or pass --accept-loss",
+                    code="log_lost_records",
+                )
         records = rebuild_store(settings)
     click.echo(f"Rebuilt {settings.store_path} from {records:,} log records.")
 

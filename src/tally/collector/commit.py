@@ -24,6 +24,7 @@ import logging
 import queue
 import shutil
 import threading
+import time
 from collections.abc import Callable
 
 from tally.log.writer import SegmentWriter
@@ -38,6 +39,10 @@ _Batch = tuple[bytes, list[Acknowledge]]
 #: After a write failed for a full disk, this much free space makes the log
 #: writable again (a batch, and the zeros ahead of it: tally.log.writer).
 ROOM_AFTER_ENOSPC = 8 * 1024 * 1024
+#: After a write failed otherwise (EIO, say), the collector says it cannot write
+#: for this long, then lets traffic test it again (a load balancer that took it
+#: out would otherwise never send the write that shows it works again).
+UNAVAILABLE_AFTER_FAILURE_SECONDS = 10.0
 
 
 class GroupCommit:
@@ -57,6 +62,7 @@ class GroupCommit:
         self._idle.set()
         self.records = 0
         self.last_error: OSError | None = None
+        self._failed_at = 0.0
         self._thread = threading.Thread(target=self._run, name="tally-commit", daemon=True)
         self._thread.start()
 
@@ -124,6 +130,7 @@ class GroupCommit:
         else:
             log.error("log write of %d records failed, answering 503: %s", count, error)
             self.last_error = error if isinstance(error, OSError) else OSError(str(error))
+            self._failed_at = time.monotonic()
         ok = error is None
         for _, acks in batches:
             for ack in acks:
@@ -137,10 +144,14 @@ class GroupCommit:
         error = self.last_error
         if error is None:
             return True
-        # A full disk that has room again takes the next write; any other
-        # write error (EIO, a removed directory) keeps the process unavailable
-        # until a write succeeds.
-        return error.errno == errno.ENOSPC and self._free() > ROOM_AFTER_ENOSPC
+        # A full disk that has room again takes the next write. A stream that
+        # could not even cut a failed write back refuses writes until the
+        # collector restarts; any other error is tried again after a while.
+        if self._writer.broken:
+            return False
+        if error.errno == errno.ENOSPC:
+            return self._free() > ROOM_AFTER_ENOSPC
+        return time.monotonic() - self._failed_at > UNAVAILABLE_AFTER_FAILURE_SECONDS
 
     def disk_low(self) -> bool:
         """Whether the disk has no more room than the backlog may take."""

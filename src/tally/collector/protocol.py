@@ -313,7 +313,7 @@ class TrackingProtocol(asyncio.Protocol):
         state = health.verdict(
             self._worker.settings,
             can_write=commit.can_write(),
-            write_error=str(commit.last_error),
+            write_error=str(commit.last_error) if commit.last_error else None,
             disk_low=commit.disk_low(),
         )
         body = (json.dumps(state) + "\n").encode()

@@ -117,14 +117,15 @@ class Quarantine:
             return True
         log.warning(
             "log stream %s: damage in %s at stream offsets %d-%d (%d bytes): %s; valid frames "
-            "before and after it are kept, the damaged bytes are in %s",
+            "before and after it are kept, the damaged bytes are in %s (report: %s)",
             damage.stream,
             damage.segment or "(no segment file)",
             damage.start,
             damage.end,
             damage.end - damage.start,
             damage.reason,
-            report_path,
+            self.dir / report["file"],
+            report_path.name,
         )
         return True
 

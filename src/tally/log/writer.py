@@ -227,6 +227,11 @@ class SegmentWriter:
         self._publish()
 
     @property
+    def broken(self) -> bool:
+        """Whether the stream refuses writes until its collector restarts."""
+        return self._broken is not None
+
+    @property
     def position(self) -> int:
         """Stream offset just past the last durable record."""
         return self._base + self._size

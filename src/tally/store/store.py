@@ -171,10 +171,15 @@ class Store:
             if self.schema_version() == 1:
                 self._migrate_1_to_2()
             self.con.execute(INDEXES)
-        elif self.schema_version() != SCHEMA_VERSION:
+        elif (found := self.schema_version()) != SCHEMA_VERSION:
+            self.con.close()
+            what = (
+                "from a newer Tally; run the newer Tally"
+                if found > SCHEMA_VERSION
+                else "start `tally serve` once to upgrade it"
+            )
             raise Unavailable(
-                f"the store at {path} is of schema {self.schema_version()}, this Tally reads "
-                f"{SCHEMA_VERSION}: start `tally serve` once to upgrade it"
+                f"the store {path} is of schema {found}, this Tally reads {SCHEMA_VERSION}: {what}"
             )
 
     def schema_version(self) -> int:
