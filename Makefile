@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: serve test lint compat bench clean
+.PHONY: serve test lint compat faults bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
@@ -27,7 +27,13 @@ lint: $(STAMP)
 compat:
 	bash tests/compat/install.sh
 
-test: $(STAMP) compat lint
+# The fault tests (tests/test_faults_disk.py) mount small file systems and
+# inject failures with strace and chattr.
+faults:
+	@command -v strace >/dev/null && command -v chattr >/dev/null && command -v mkfs.ext4 >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace e2fsprogs)
+
+test: $(STAMP) compat faults lint
 	$(BIN)/pytest
 
 bench: $(STAMP)

@@ -99,11 +99,8 @@ async def _in_thread(
     core: Core, view: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any
 ) -> Response:
     def run() -> dict[str, Any]:
-        cursor = core.processor.store.cursor()
-        try:
+        with core.processor.store.reading() as cursor:
             return view(cursor, *args, **kwargs)
-        finally:
-            cursor.close()
 
     return JSONResponse(await run_in_threadpool(run))
 
@@ -183,12 +180,8 @@ async def report(request: Request) -> Response:
         )
 
     def run() -> dict[str, Any]:
-        with core.processor.store.all_threads():
-            cursor = core.processor.store.cursor()
-            try:
-                return run_report(cursor, product, kind, body)
-            finally:
-                cursor.close()
+        with core.processor.store.all_threads(), core.processor.store.reading() as cursor:
+            return run_report(cursor, product, kind, body)
 
     return JSONResponse(await run_in_threadpool(run))
 
@@ -197,18 +190,14 @@ def _csv_lines(core: Core, query: People) -> Iterator[bytes]:
     """The people search as CSV, row by row (Starlette runs this in a thread)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    with core.processor.store.all_threads():
-        cursor = core.processor.store.cursor()
-        try:
-            for n, row in enumerate(people.csv_rows(cursor, query), 1):
-                writer.writerow(row)
-                if n % 1000 == 0:
-                    yield out.getvalue().encode()
-                    out.seek(0)
-                    out.truncate()
-            yield out.getvalue().encode()
-        finally:
-            cursor.close()
+    with core.processor.store.all_threads(), core.processor.store.reading() as cursor:
+        for n, row in enumerate(people.csv_rows(cursor, query), 1):
+            writer.writerow(row)
+            if n % 1000 == 0:
+                yield out.getvalue().encode()
+                out.seek(0)
+                out.truncate()
+        yield out.getvalue().encode()
 
 
 async def backup_snapshot(request: Request) -> Response:

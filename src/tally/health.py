@@ -44,12 +44,19 @@ def behind_seconds(settings: Settings) -> float:
     return max(60.0, 2 * settings.defer_seconds)
 
 
+#: ``run/processor.json`` is this long, padded with spaces, and rewritten in
+#: place: a disk with no byte free must not silence the processor (a new file
+#: could not be written there, the blocks of this one are already allocated).
+_FILE_BYTES = 4096
+
+
 class Health:
     """The processor's side: writes ``run/processor.json``."""
 
     def __init__(self, settings: Settings) -> None:
         self.path = settings.run_dir / PROCESSOR_FILE
         self._told = 0.0
+        self._fd: int | None = None
 
     def tell(self, processor: Processor, *, force: bool = False) -> None:
         now = time.monotonic()
@@ -65,18 +72,29 @@ class Health:
             "lag_seconds": round(max(time.time_ns() - oldest, 0) / 1e9, 3) if oldest else 0.0,
             "waiting_for_ingest": processor.waiting_for_ingest,
         }
+        data = json.dumps(state).encode()[:_FILE_BYTES].ljust(_FILE_BYTES)
         with contextlib.suppress(OSError):
-            partial = self.path.with_name(self.path.name + ".partial")
-            partial.write_text(json.dumps(state))
-            os.replace(partial, self.path)
+            if self._fd is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            os.pwrite(self._fd, data, 0)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def read_processor(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        found = json.loads((run_dir / PROCESSOR_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return found if isinstance(found, dict) else None
+    for _ in range(3):  # a read may meet a rewrite half done: read again
+        try:
+            found = json.loads((run_dir / PROCESSOR_FILE).read_bytes())
+        except OSError:
+            return None
+        except ValueError:
+            continue
+        return found if isinstance(found, dict) else None
+    return None
 
 
 def verdict(

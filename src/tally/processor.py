@@ -378,6 +378,7 @@ class Processor:
                 idle = min(idle + 0.005, 0.05)
                 self._stop.wait(idle)
         self._health.tell(self, force=True)
+        self._health.close()
 
     def _failed(self, exc: Exception) -> None:
         message = str(exc) if isinstance(exc, StoreFailure) else f"{type(exc).__name__}: {exc}"

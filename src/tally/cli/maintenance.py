@@ -111,9 +111,13 @@ def rebuild_store(settings: Settings) -> int:
         store.con.execute("CHECKPOINT")
     finally:
         store.close()
-    os.replace(building, target)
+    # The old store's WAL goes first: beside the new store it would not match
+    # (DuckDB refuses to open the pair). Killed in between, the old store is as
+    # of its last checkpoint, its positions with it: the processor re-applies
+    # the rest from the log.
     with contextlib.suppress(FileNotFoundError):
         target.with_name(target.name + ".wal").unlink()
+    os.replace(building, target)
     return records
 
 

@@ -127,7 +127,15 @@ INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
 #: DuckDB reports some of them inside errors of other kinds.
 _INFRASTRUCTURE_WORDS = tuple(
     os.strerror(code)
-    for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ENOMEM, errno.EACCES)
+    for code in (
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.EIO,
+        errno.ENOMEM,
+        errno.EACCES,
+        errno.EPERM,
+    )
 )
 
 
@@ -152,6 +160,7 @@ class Store:
         self._staged = itertools.count()
         self.threads = os.cpu_count() or 1  # DuckDB's threads outside reports
         self.memory_limit = ""  # DuckDB's default unless set (Processor.start)
+        self._connecting = threading.Lock()  # cursor() waits while recover() reconnects
         self._threads_lock = threading.Lock()
         self._reports = 0
         if not read_only:
@@ -207,16 +216,17 @@ class Store:
             return
         except duckdb.Error:
             log.warning("the store's connection is unusable after a failure: reconnecting")
-        with contextlib.suppress(duckdb.Error):
-            self.con.close()
-        try:
-            self.con = duckdb.connect(str(self.path))
-            self.con.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {STAGING}")
-            self.con.execute(f"SET threads = {self.threads}")
-            if self.memory_limit:
-                self.con.execute(f"SET memory_limit = '{self.memory_limit}'")
-        except duckdb.Error as exc:
-            log.warning("cannot reconnect to the store yet: %s", exc)
+        with self._connecting:
+            with contextlib.suppress(duckdb.Error):
+                self.con.close()
+            try:
+                self.con = duckdb.connect(str(self.path))
+                self.con.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {STAGING}")
+                self.con.execute(f"SET threads = {self.threads}")
+                if self.memory_limit:
+                    self.con.execute(f"SET memory_limit = '{self.memory_limit}'")
+            except duckdb.Error as exc:
+                log.warning("cannot reconnect to the store yet: %s", exc)
         self._known.clear()
 
     @contextlib.contextmanager
@@ -257,7 +267,27 @@ class Store:
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A connection for another thread (DuckDB: one cursor per thread)."""
-        return self.con.cursor()
+        with self._connecting:  # never from a connection recover() is replacing
+            return self.con.cursor()
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor for a reader (the API's threads). A failing store (see
+        ``INFRASTRUCTURE_ERRORS``; a query begun before :meth:`recover`
+        reconnected) is a :class:`StoreFailure`, answered 503, not a bug."""
+        try:
+            cursor = self.cursor()
+        except duckdb.Error as exc:
+            raise StoreFailure(f"the store is failing, try again shortly: {exc}") from exc
+        try:
+            yield cursor
+        except Exception as exc:
+            if is_infrastructure(exc):
+                raise StoreFailure(f"the store is failing, try again shortly: {exc}") from exc
+            raise
+        finally:
+            with contextlib.suppress(duckdb.Error):
+                cursor.close()
 
     def positions(self) -> dict[str, int]:
         return dict(self.con.execute("SELECT stream, position FROM positions").fetchall())
