@@ -27,6 +27,7 @@ FRAME_HEADER = struct.Struct("<4sII")  # magic, payload length, CRC-32 of the pa
 FRAME_HEADER_V1 = struct.Struct("<II")
 _U32 = struct.Struct("<I")
 _MAGIC_U32 = _U32.unpack(MAGIC)[0]
+_HEADER_WORDS = struct.Struct("<III")  # a format-2 header as numbers
 _PAYLOAD_HEADER = struct.Struct("<BBqHHHHHII")
 #: The start of a payload: version, method, receive time (ns).
 PAYLOAD_TIME = struct.Struct("<BBq")
@@ -180,11 +181,20 @@ def read_frame(buf: bytes | memoryview, offset: int) -> tuple[Record, int] | Non
     ``None`` when the buffer ends inside the frame (a tail still being written,
     or torn by a crash); :class:`CorruptFrame` when the bytes are not a frame.
     """
-    header = frame_header(buf, offset)
-    if header is None:
-        return None
-    size, length, crc = header
-    end_of_header = offset + size
+    # The processor's read path: one unpack for a format-2 header, inline.
+    if offset + _HEADER_WORDS.size <= len(buf):
+        first, length, crc = _HEADER_WORDS.unpack_from(buf, offset)
+        if first == _MAGIC_U32:
+            end_of_header = offset + FRAME_HEADER.size
+        else:  # format 1: length, CRC
+            length, crc, end_of_header = first, length, offset + FRAME_HEADER_V1.size
+        if length > MAX_PAYLOAD or length < _PAYLOAD_HEADER.size:
+            raise CorruptFrame(f"implausible frame length {length}")
+    else:
+        header = frame_header(buf, offset)
+        if header is None:
+            return None
+        end_of_header, length, crc = offset + header[0], header[1], header[2]
     end = end_of_header + length
     if end > len(buf):
         return None
