@@ -299,15 +299,7 @@ def test_a_full_store_disk_pauses_the_processor_and_loses_nothing(lab: Lab, tmp_
     wait_until(
         lambda: caught_up(server), RESUME_SECONDS, "the processor resumes once there is room"
     )
-    wait_until(lambda: health(server) == (200, {"status": "ok", "reasons": []}), 5, "health is ok")
-    more, no = track(server, "after", 200)
-    acknowledged += more
-    refused += no
-    wait_until(lambda: caught_up(server), 10, "the events after the fault are applied")
-    stop_cleanly(server, full_disk=True)
-
-    assert not refused, "the log is on another disk: no call may be refused"
-    assert_exactly_once(disk.path, acknowledged)
+    finish(server, disk.path, acknowledged, refused, full_disk=True)
 
 
 def test_a_store_disk_without_a_free_byte_makes_health_degraded(lab: Lab, tmp_path: Path) -> None:
@@ -333,6 +325,25 @@ def test_a_store_disk_without_a_free_byte_makes_health_degraded(lab: Lab, tmp_pa
     stop_cleanly(server, full_disk=True)
     assert not refused
     assert_exactly_once(disk.path, acknowledged)
+
+
+def finish(
+    server: RunningServer,
+    data_dir: Path,
+    acknowledged: list[str],
+    refused: list[str],
+    *,
+    full_disk: bool = False,
+) -> None:
+    """After the fault: health is ok again, new calls are applied, and after a
+    clean stop every acknowledged event is in the store exactly once (the log
+    is on another disk: no call may have been refused)."""
+    wait_until(lambda: health(server) == (200, {"status": "ok", "reasons": []}), 5, "health is ok")
+    more, no = track(server, "after", 200)
+    wait_until(lambda: caught_up(server), 10, "the events after the fault are applied")
+    stop_cleanly(server, full_disk=full_disk)
+    assert not refused + no, "the log is on another disk: no call may be refused"
+    assert_exactly_once(data_dir, acknowledged + more)
 
 
 # -- the log's disk fills up ---------------------------------------------------------------
@@ -427,15 +438,7 @@ def test_immutable_store_files_pause_the_processor_until_writable_again(
     finally:
         chattr("-i", frozen)
     wait_until(lambda: caught_up(server), RESUME_SECONDS, "the processor resumes")
-    wait_until(lambda: health(server) == (200, {"status": "ok", "reasons": []}), 5, "health is ok")
-    more, no = track(server, "after", 200)
-    acknowledged += more
-    refused += no
-    wait_until(lambda: caught_up(server), 10, "the events after the fault are applied")
-    stop_cleanly(server)
-
-    assert not refused
-    assert_exactly_once(disk.path, acknowledged)
+    finish(server, disk.path, acknowledged, refused)
 
 
 #: Every system call that changes a file, for strace.
@@ -506,15 +509,7 @@ def test_a_read_only_store_pauses_the_processor_until_writable_again(
 
     detach(tracer)  # the file system is writable again
     wait_until(lambda: caught_up(server), RESUME_SECONDS, "the processor resumes")
-    wait_until(lambda: health(server) == (200, {"status": "ok", "reasons": []}), 5, "health is ok")
-    more, no = track(server, "after", 200)
-    acknowledged += more
-    refused += no
-    wait_until(lambda: caught_up(server), 10, "the events after the fault are applied")
-    stop_cleanly(server)
-
-    assert not refused
-    assert_exactly_once(server.data_dir, acknowledged)
+    finish(server, server.data_dir, acknowledged, refused)
 
 
 class StatusWatch:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tally.backup.manifest import File
 from tally.errors import Conflict, TallyError, Unavailable
-from tally.log.writer import DURABLE_FILE
+from tally.log.writer import DURABLE_FILE, fsync_dir
 
 #: Told how many more bytes have been copied (a progress bar).
 Advance = Callable[[int], None]
@@ -149,14 +149,6 @@ def write_file(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager

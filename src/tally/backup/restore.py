@@ -14,13 +14,12 @@ from tally.backup.partial import (
     Advance,
     check_empty_target,
     copy_file,
-    fsync_dir,
     ignore,
     write_durable,
     write_file,
 )
 from tally.errors import Conflict, InvalidInput
-from tally.log.writer import FORMAT_FILE
+from tally.log.writer import FORMAT_FILE, fsync_dir
 
 
 def check_new_data_dir(data_dir: Path) -> None:

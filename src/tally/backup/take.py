@@ -17,14 +17,13 @@ from tally.backup.partial import (
     Advance,
     copy_file,
     digest_file,
-    fsync_dir,
     ignore,
     write_durable,
 )
 from tally.backup.snapshot import Snapshot
 from tally.errors import Unavailable
 from tally.log.reader import LogReader
-from tally.log.writer import FORMAT_FILE, list_segments, segment_name
+from tally.log.writer import FORMAT_FILE, fsync_dir, list_segments, segment_name
 
 
 @dataclass(frozen=True)

@@ -129,7 +129,7 @@ def list_segments(stream_dir: Path) -> list[int]:
     return sorted(bases)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -239,7 +239,7 @@ class SegmentWriter:
     def _create_segment(self, base: int) -> int:
         path = self.stream_dir / segment_name(base)
         fd = os.open(path, _SEGMENT_FLAGS | os.O_CREAT | os.O_EXCL, 0o644)
-        _fsync_dir(self.stream_dir)
+        fsync_dir(self.stream_dir)
         return fd
 
     def _recover_tail(self, floor: int) -> int:
@@ -295,7 +295,7 @@ class SegmentWriter:
         if keep < len(data):  # a torn tail, or the zeros a crash left ahead of the frames
             os.truncate(path, keep)
             os.fsync(self._fd)
-            _fsync_dir(self.stream_dir)
+            fsync_dir(self.stream_dir)
         return keep
 
     def write_durable(self, data: bytes, records: int = 1) -> int:
