@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tally.permissions import FILE_MODE
 from tally.settings import Settings
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ class Health:
         with contextlib.suppress(OSError):
             if self._fd is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
             os.pwrite(self._fd, data, 0)
 
     def close(self) -> None:

@@ -33,6 +33,7 @@ from tally.catalog import Catalog, Product
 from tally.collector.worker import run_collector, stream_name
 from tally.errors import Unavailable
 from tally.log.writer import SegmentWriter, StreamLocked, check_format
+from tally.permissions import FILE_MODE, restrict, warn_if_shared
 from tally.processor import Processor
 from tally.serverlog import configure_logging
 from tally.settings import Settings
@@ -44,7 +45,7 @@ log = logging.getLogger("tally.server")
 @contextlib.contextmanager
 def data_dir_lock(settings: Settings) -> Iterator[None]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(settings.data_dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(settings.data_dir / "LOCK", os.O_RDWR | os.O_CREAT, FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:
@@ -104,7 +105,11 @@ class Started:
 
 
 def serve(settings: Settings, announce: Callable[[Started], None]) -> None:
+    restrict()  # the collectors, started later, inherit it
+    existed = settings.data_dir.exists()
     configure_logging(settings)
+    if existed:
+        warn_if_shared(settings.data_dir)
     with data_dir_lock(settings):
         check_port(settings.host, settings.port)
         check_format(settings.log_dir)
@@ -186,6 +191,8 @@ async def _supervise(
         if core_task.done():
             core_task.result()
         await asyncio.sleep(0.01)
+    # uvicorn makes its Unix socket 0666; only the owner may talk to the core.
+    os.chmod(settings.core_socket, FILE_MODE)
 
     context = multiprocessing.get_context("spawn")
     level = logging.getLogger().getEffectiveLevel()

@@ -20,6 +20,7 @@ from tally.cli.options import (
     setting_option,
     show_time,
 )
+from tally.permissions import restrict
 from tally.settings import Settings
 
 
@@ -68,6 +69,7 @@ def main() -> None:
     Start with `tally serve`, then point your KISSmetrics clients' tracking host
     at it. Every command takes --data-dir (or TALLY_DATA_DIR).
     """
+    restrict()  # what any command creates in the data directory is the owner's only
 
 
 # -- serve ------------------------------------------------------------------------------

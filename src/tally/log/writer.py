@@ -42,6 +42,7 @@ from pathlib import Path
 from tally.errors import Unavailable
 from tally.log.damage import Damage, Quarantine, is_legacy, walk
 from tally.log.record import LOG_FORMAT, CorruptFrame, read_frame
+from tally.permissions import FILE_MODE
 
 log = logging.getLogger("tally.log")
 
@@ -190,14 +191,14 @@ class SegmentWriter:
         self.segment_bytes = segment_bytes
         stream_dir.mkdir(parents=True, exist_ok=True)
         check_format(stream_dir.parent)
-        self._lock_fd = os.open(stream_dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        self._lock_fd = os.open(stream_dir / "LOCK", os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             os.close(self._lock_fd)
             raise StreamLocked(f"{stream_dir} is in use by another process") from exc
         known_durable = durable_position(stream_dir)  # before this writer rewrites it
-        self._durable_fd = os.open(stream_dir / DURABLE_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        self._durable_fd = os.open(stream_dir / DURABLE_FILE, os.O_RDWR | os.O_CREAT, FILE_MODE)
         if os.fstat(self._durable_fd).st_size != _DURABLE.size:
             os.ftruncate(self._durable_fd, _DURABLE.size)
         self._durable = mmap.mmap(self._durable_fd, _DURABLE.size)
@@ -238,7 +239,7 @@ class SegmentWriter:
 
     def _create_segment(self, base: int) -> int:
         path = self.stream_dir / segment_name(base)
-        fd = os.open(path, _SEGMENT_FLAGS | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(path, _SEGMENT_FLAGS | os.O_CREAT | os.O_EXCL, FILE_MODE)
         fsync_dir(self.stream_dir)
         return fd
 
