@@ -223,3 +223,26 @@ def test_a_data_directory_tally_cannot_use_is_one_line_naming_the_file(tmp_path,
     assert said in line
     assert str(data_dir) in line
     assert "Traceback" not in result.stderr
+
+
+def test_a_read_only_data_directory_is_one_line(tmp_path):
+    """A read-only file system (a tmpfs remounted read-only: root ignores modes)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a file system")
+    mount_point = tmp_path / "ro"
+    mount_point.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)],
+                      capture_output=True).returncode != 0:  # fmt: skip
+        pytest.skip("mounting is not permitted here")
+    try:
+        (mount_point / "data").mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(mount_point)], check=True)
+        for data_dir in (mount_point / "data", mount_point / "new"):
+            result = _serve_once(data_dir)
+            assert result.returncode == 1
+            assert result.stderr.strip().splitlines() == [
+                f"error: cannot write in the data directory {data_dir}: Read-only file system; "
+                "Tally needs it writable (its owner, mode 0700)"
+            ]
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)

@@ -59,6 +59,21 @@ def data_dir_lock(settings: Settings) -> Iterator[None]:
         os.close(fd)
 
 
+def check_writable(settings: Settings) -> None:
+    """Fail early, in one line, where the data directory cannot be written."""
+    probe = settings.data_dir / ".tally-write-probe"
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise Unavailable(
+            f"cannot write in the data directory {settings.data_dir}: {exc.strerror}; Tally "
+            "needs it writable (its owner, mode 0700)",
+            code="data_dir_unwritable",
+        ) from exc
+
+
 def check_port(host: str, port: int) -> None:
     """Fail early and clearly when the port is taken: the collectors bind with
     SO_REUSEPORT, which would otherwise share it with whoever holds it."""
@@ -107,6 +122,7 @@ class Started:
 def serve(settings: Settings, announce: Callable[[Started], None]) -> None:
     restrict()  # the collectors, started later, inherit it
     existed = settings.data_dir.exists()
+    check_writable(settings)
     configure_logging(settings)
     if existed:
         warn_if_shared(settings.data_dir)

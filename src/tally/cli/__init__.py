@@ -20,6 +20,7 @@ from tally.cli.options import (
     setting_option,
     show_time,
 )
+from tally.errors import Unavailable
 from tally.permissions import restrict
 from tally.settings import Settings
 
@@ -133,7 +134,11 @@ def serve(
         click.echo("See the log:")
         click.echo(f"  curl -H 'Authorization: Bearer {token}' {started.url}/api/v1/status\n")
 
-    run(settings, announce)
+    try:
+        run(settings, announce)
+    except OSError as exc:  # a file Tally needs and cannot use: one line, not a traceback
+        where = f" {exc.filename}" if exc.filename else ""
+        raise Unavailable(f"tally serve stopped:{where}: {exc.strerror or exc}") from exc
 
 
 # -- products, keys, tokens ----------------------------------------------------------------
