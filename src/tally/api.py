@@ -84,8 +84,7 @@ def _authorise(request: Request, *, local_only: bool = False) -> Core:
     if local_only:
         raise Unauthorized("only the tally CLI on the server's machine may do this",
                            code="local_only")  # fmt: skip
-    if not core.catalog.verify_token(token):
-        raise Unauthorized("that operator token is not valid", code="invalid_token")
+    core.catalog.authorise_token(token)  # 401 invalid_token / revoked_token; notes the use
     return core
 
 
@@ -214,6 +213,21 @@ async def backup_snapshot(request: Request) -> Response:
     return await _in_thread(core, snapshot)
 
 
+async def tokens(request: Request) -> Response:
+    core = _authorise(request)
+    return JSONResponse({"tokens": [t.to_json() for t in core.catalog.tokens()]})
+
+
+async def revoke_token(request: Request) -> Response:
+    core = _authorise(request)
+    body = await _json_body(request)
+    every = body.get("all", False)
+    if not isinstance(every, bool):
+        raise InvalidInput("all is true or false", field="all")
+    revoked = core.catalog.revoke_token(request.path_params["name"], every=every)
+    return JSONResponse({"revoked": [t.to_json() for t in revoked]})
+
+
 async def _json_body(request: Request) -> dict[str, Any]:
     raw = await request.body()
     return json_object(raw, "body", "the body") if raw.strip() else {}
@@ -256,6 +270,8 @@ def build_app(core: Core) -> Starlette:
             Route(products + "/rejects/replay", replay, methods=["POST"]),
             Route(products + "/reports/{kind}", report, methods=["POST"]),
             Route("/api/v1/backup/snapshot", backup_snapshot, methods=["POST"]),
+            Route("/api/v1/tokens", tokens),
+            Route("/api/v1/tokens/{name:path}/revoke", revoke_token, methods=["POST"]),
         ],
         exception_handlers={
             TallyError: _tally_error,

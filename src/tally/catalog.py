@@ -4,11 +4,15 @@ The catalog is a small SQLite database in the data directory, in WAL mode, so
 that the CLI can change it while ``tally serve`` runs and every process sees the
 change at once. Operator tokens are shown once and stored only as SHA-256
 hashes: they are 256 random bits, so a slow password hash would add nothing.
+A token is looked up on every API request, so revoking one takes effect at the
+next request; its last use is written at most once a minute
+(``TOKEN_USE_RESOLUTION_NS``), so that the API does not write SQLite per request.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import secrets
 import sqlite3
@@ -16,15 +20,23 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from tally.errors import Conflict, InvalidInput, NotFound, Unavailable
+from tally.errors import Conflict, InvalidInput, NotFound, Unauthorized, Unavailable
+
+log = logging.getLogger("tally.catalog")
 
 DEFAULT_PRODUCT = "default"
 DEFAULT_REVENUE_PROPERTY = "Billing Amount"
-_PRODUCT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: Product and (new) token names: safe in a URL path, a shell and a table.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_NAME_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
 _TOKEN_PREFIX = "tally_"
+#: A token's ``last_used`` is rewritten only when it is older than this.
+TOKEN_USE_RESOLUTION_NS = 60 * 10**9
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS products (
@@ -43,9 +55,18 @@ CREATE TABLE IF NOT EXISTS tokens (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL,
     hash TEXT NOT NULL UNIQUE,
-    created_ns INTEGER NOT NULL
+    created_ns INTEGER NOT NULL,
+    last_used_ns INTEGER,
+    revoked_ns INTEGER
 );
 """
+
+#: Columns added since the first catalogs, each with the statement that adds it
+#: to an older catalog (DDL takes no parameters, hence whole statements).
+_ADDED_COLUMNS = {
+    ("tokens", "last_used_ns"): "ALTER TABLE tokens ADD COLUMN last_used_ns INTEGER",
+    ("tokens", "revoked_ns"): "ALTER TABLE tokens ADD COLUMN revoked_ns INTEGER",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +84,32 @@ class Product:
     revenue_property: str
     created_ns: int
     keys: tuple[ApiKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """An operator token as it may be shown: never its secret nor its hash."""
+
+    id: int
+    name: str
+    created_ns: int
+    last_used_ns: int | None
+    revoked_ns: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "created": _iso(self.created_ns),
+            "last_used": _iso(self.last_used_ns),
+            "revoked": self.revoked_ns is not None,
+            "revoked_at": _iso(self.revoked_ns),
+        }
+
+
+def _iso(ns: int | None) -> str | None:
+    if ns is None:
+        return None
+    return datetime.fromtimestamp(ns // 10**9, UTC).isoformat().replace("+00:00", "Z")
 
 
 def new_api_key() -> str:
@@ -97,6 +144,8 @@ class Catalog:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        #: Token id -> when this process last tried to note its use.
+        self._use_noted: dict[int, int] = {}
         try:
             self._db = sqlite3.connect(path, timeout=10, isolation_level=None,
                                        check_same_thread=False)  # fmt: skip
@@ -104,6 +153,7 @@ class Catalog:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
+            self._add_missing_columns()
         except sqlite3.DatabaseError as exc:  # e.g. "file is not a database"
             raise Unavailable(
                 f"cannot open the catalog {path}: {exc}; if it is damaged, restore it from a "
@@ -113,6 +163,25 @@ class Catalog:
 
     def close(self) -> None:
         self._db.close()
+
+    def _missing_columns(self) -> list[str]:
+        return [
+            alter
+            for (table, column), alter in _ADDED_COLUMNS.items()
+            if not self._db.execute(
+                "SELECT 1 FROM pragma_table_info(?) WHERE name = ?", (table, column)
+            ).fetchone()
+        ]
+
+    def _add_missing_columns(self) -> None:
+        """Bring a catalog made by an older Tally up to date. Checked first
+        without a write lock, so that opening a current catalog writes nothing;
+        checked again under the lock, as another process may be doing the same."""
+        if not self._missing_columns():
+            return
+        with self._transaction() as db:
+            for alter in self._missing_columns():
+                db.execute(alter)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -129,12 +198,8 @@ class Catalog:
     def create_product(
         self, name: str, *, key: str | None = None, timezone: str = "UTC"
     ) -> Product:
-        if not _PRODUCT_NAME.fullmatch(name):
-            raise InvalidInput(
-                "a product name is 1 to 64 letters, digits, '.', '_' or '-', "
-                "starting with a letter or digit",
-                field="name",
-            )
+        if not _NAME.fullmatch(name):
+            raise InvalidInput(f"a product name is {_NAME_RULE}", field="name")
         check_timezone(timezone)
         key = _check_key(key) if key is not None else new_api_key()
         now = time.time_ns()
@@ -206,18 +271,115 @@ class Catalog:
     # -- operator tokens ------------------------------------------------------------------
 
     def create_token(self, name: str = "operator") -> str:
-        """A new operator token; only its hash is kept, so it is shown once."""
+        """A new operator token; only its hash is kept, so it is shown once.
+
+        No two active tokens share a name, so that a name says which to revoke
+        (a revoked token's name may be used again, to rotate a token)."""
+        if not _NAME.fullmatch(name):
+            raise InvalidInput(f"a token name is {_NAME_RULE}", field="name")
         token = _TOKEN_PREFIX + secrets.token_urlsafe(32)
         with self._transaction() as db:
+            if db.execute(
+                "SELECT 1 FROM tokens WHERE name = ? AND revoked_ns IS NULL", (name,)
+            ).fetchone():
+                raise Conflict(
+                    f"an active token named {name!r} exists already: choose another name, "
+                    f"or revoke that one first (tally tokens revoke {name})",
+                    field="name",
+                )
             db.execute(
                 "INSERT INTO tokens (name, hash, created_ns) VALUES (?, ?, ?)",
                 (name, _hash_token(token), time.time_ns()),
             )
         return token
 
-    def verify_token(self, token: str) -> bool:
+    def tokens(self) -> list[Token]:
+        rows = self._db.execute(
+            "SELECT id, name, created_ns, last_used_ns, revoked_ns FROM tokens "
+            "ORDER BY created_ns, id"
+        ).fetchall()
+        return [Token(*row) for row in rows]
+
+    def revoke_token(
+        self, name: str, *, every: bool = False, now_ns: int | None = None
+    ) -> list[Token]:
+        """Revoke the active token named ``name`` (``every``: all active tokens of
+        that name, which catalogs made before names were unique may hold).
+
+        Revoking again is no error: with no active token of that name, the
+        revoked ones are returned as they are. Revoking the last active token
+        is allowed: ``tally tokens create`` on the server's machine makes another.
+        """
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        with self._transaction() as db:
+            named = [
+                Token(*row)
+                for row in db.execute(
+                    "SELECT id, name, created_ns, last_used_ns, revoked_ns FROM tokens "
+                    "WHERE name = ? ORDER BY created_ns, id",
+                    (name,),
+                )
+            ]
+            if not named:
+                raise NotFound(f"no operator token named {name!r}", field="name")
+            active = [t for t in named if t.revoked_ns is None]
+            if not active:
+                return named
+            if len(active) > 1 and not every:
+                created = ", ".join(_iso(t.created_ns) or "" for t in active)
+                raise Conflict(
+                    f"{len(active)} active tokens are named {name!r} (created {created}): "
+                    'revoke them all with --all (API: body {"all": true})',
+                    code="ambiguous_name",
+                    field="name",
+                )
+            db.executemany(
+                "UPDATE tokens SET revoked_ns = ? WHERE id = ?", [(now_ns, t.id) for t in active]
+            )
+        return [Token(t.id, t.name, t.created_ns, t.last_used_ns, now_ns) for t in active]
+
+    def authorise_token(self, token: str, *, now_ns: int | None = None) -> Token:
+        """The active token with this secret, its use noted; ``Unauthorized``
+        (``invalid_token`` or ``revoked_token``) otherwise.
+
+        Read on every API request (a read in WAL mode waits for no writer);
+        written only when the last use noted is a minute old or more."""
         row = self._db.execute(
-            "SELECT 1 FROM tokens WHERE hash = ?", (_hash_token(token),)
+            "SELECT id, name, created_ns, last_used_ns, revoked_ns FROM tokens WHERE hash = ?",
+            (_hash_token(token),),
+        ).fetchone()
+        if row is None:
+            raise Unauthorized("that operator token is not valid", code="invalid_token")
+        found = Token(*row)
+        if found.revoked_ns is not None:
+            raise Unauthorized(
+                f"that operator token ({found.name!r}) was revoked at {_iso(found.revoked_ns)}",
+                code="revoked_token",
+            )
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        # The process's own last try counts too, so that a write that fails is
+        # not tried again on every request.
+        last = max(found.last_used_ns or 0, self._use_noted.get(found.id, 0))
+        if now_ns - last >= TOKEN_USE_RESOLUTION_NS:
+            self._use_noted[found.id] = now_ns
+            self._note_use(found.id, now_ns)
+        return found
+
+    def _note_use(self, token_id: int, now_ns: int) -> None:
+        # The last use is a hint for the operator: a catalog that cannot be
+        # written right now (locked, disk full) must not turn a valid token away.
+        try:
+            self._db.execute(
+                "UPDATE tokens SET last_used_ns = max(coalesce(last_used_ns, 0), ?) WHERE id = ?",
+                (now_ns, token_id),
+            )
+        except sqlite3.Error as exc:
+            log.warning("could not note the use of operator token %d: %s", token_id, exc)
+
+    def verify_token(self, token: str) -> bool:
+        """Whether ``token`` is an active operator token (its use is not noted)."""
+        row = self._db.execute(
+            "SELECT 1 FROM tokens WHERE hash = ? AND revoked_ns IS NULL", (_hash_token(token),)
         ).fetchone()
         return row is not None
 

@@ -215,13 +215,68 @@ def keys_revoke(key: str, data_dir: Path) -> None:
 
 @main.group()
 def tokens() -> None:
-    """Operator tokens for the API (Authorization: Bearer TOKEN)."""
+    """Operator tokens for the API (Authorization: Bearer TOKEN).
+
+    Each active token has a name of its own, by which it is listed and revoked.
+    Changes take effect at once, also while the server runs.
+    """
 
 
 @tokens.command("create")
-@click.option("--name", default="operator", show_default=True, help="A label for the token.")
+@click.option("--name", default="operator", show_default=True,
+              help="The token's name: 1 to 64 letters, digits, '.', '_' or '-', not the name "
+                   "of another active token.")  # fmt: skip
 @data_dir_option
 @errors_to_exit
 def tokens_create(name: str, data_dir: Path) -> None:
-    """Create an operator token and print it once (only its hash is stored)."""
+    """Create an operator token and print it once (only its hash is stored).
+
+    To replace a token, create one with another name and revoke the old one,
+    or revoke the old one first and reuse its name.
+    """
     click.echo(_catalog(data_dir).create_token(name))
+
+
+@tokens.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@data_dir_option
+@errors_to_exit
+def tokens_list(as_json: bool, data_dir: Path) -> None:
+    """List operator tokens: name, created, last used, and whether revoked.
+
+    "Last used" is the last request the API let in with the token, noted at
+    most once a minute. Secrets are never shown: only their hashes are kept.
+    """
+    items = _catalog(data_dir).tokens()
+    if as_json:
+        click.echo(json.dumps([t.to_json() for t in items], indent=2))
+        return
+    if not items:
+        click.echo("No operator tokens yet: `tally tokens create` makes one.")
+        return
+    width = max(len("TOKEN"), *(len(t.name) for t in items))
+    click.echo(f"{'TOKEN':<{width}}  {'CREATED':<20}  {'LAST USED':<20}  STATUS")
+    for t in items:
+        used = show_time(t.last_used_ns) if t.last_used_ns else "never"
+        state = f"revoked {show_time(t.revoked_ns)}" if t.revoked_ns else "active"
+        click.echo(f"{t.name:<{width}}  {show_time(t.created_ns):<20}  {used:<20}  {state}")
+
+
+@tokens.command("revoke")
+@click.argument("name")
+@click.option("--all", "every", is_flag=True,
+              help="Revoke every active token named NAME (catalogs from before names were "
+                   "unique may hold several).")  # fmt: skip
+@data_dir_option
+@errors_to_exit
+def tokens_revoke(name: str, every: bool, data_dir: Path) -> None:
+    """Revoke the active token named NAME, at once.
+
+    The API refuses it from the next request on (401 revoked_token), also while
+    the server runs. Revoking the last active token is allowed: `tally tokens
+    create` on this machine makes a new one, and the CLI beside a running
+    server needs none. Revoking a revoked token again changes nothing.
+    """
+    for t in _catalog(data_dir).revoke_token(name, every=every):
+        click.echo(f"Revoked token '{t.name}' (created {show_time(t.created_ns)}) "
+                   f"at {show_time(t.revoked_ns)}")  # fmt: skip
