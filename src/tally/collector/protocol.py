@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections import deque
 from email.utils import formatdate
@@ -24,6 +25,7 @@ import httptools
 
 from tally import health, wire
 from tally.collector import lenient
+from tally.errors import InvalidInput
 from tally.log.record import encode_frame, method_code
 
 if TYPE_CHECKING:
@@ -208,7 +210,11 @@ class TrackingProtocol(asyncio.Protocol):
         headers: list[tuple[bytes, bytes]],
         body: bytes,
         keep_alive: bool,
+        *,
+        strict: bool = True,
     ) -> None:
+        """Answer one request; ``strict`` is False for one that only the
+        lenient reader could frame."""
         if url[:1] != b"/":
             url = _origin_form(url)
         mark = url.find(b"?")
@@ -232,8 +238,12 @@ class TrackingProtocol(asyncio.Protocol):
             self._answer(self._health(keep_alive, method == b"HEAD"), keep_alive)
         elif path == wire.MOBILE_VERIFY_PATH.encode():
             self._answer(_mobile_verification(headers, keep_alive, method == b"HEAD"), keep_alive)
-        else:
+        elif strict:
             self._start_proxy(method, url, headers, body)
+        else:
+            # The core's parser (uvicorn's, over the same llhttp) would refuse it
+            # too, but in plain text: refuse it here, in the API's error shape.
+            self._fail(_refused(headers))
 
     def _record(
         self,
@@ -368,7 +378,7 @@ class TrackingProtocol(asyncio.Protocol):
         self._in_message = False
         self.started_at = 0.0
         self._handle(request.method, request.target, request.headers, request.body,
-                     request.keep_alive)  # fmt: skip
+                     request.keep_alive, strict=False)  # fmt: skip
         if self._close_after is None and self._proxy is None:
             # Back to the strict parser for whatever follows on this connection.
             self._parser = httptools.HttpRequestParser(self)
@@ -444,6 +454,28 @@ def _mobile_verification(headers: list[tuple[bytes, bytes]], keep_alive: bool, h
         content_type=b"application/json",
         head=head,
     ).replace(b"Expires: 0\r\n", b"Expires: " + expires + b"\r\n")
+
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a header's name (RFC 9110 §5.1)
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # not in a header's value (§5.5)
+
+
+def _refused(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The 400 for a request to the core that the strict parser refused, in
+    the one JSON error shape (docs/http-api.md): it names the header that
+    holds a control byte, when one does, but never echoes the value (a token)."""
+    error = InvalidInput("malformed HTTP request: its request line or a header is not valid HTTP")
+    for name, value in headers:
+        if _TOKEN.fullmatch(name) and _CONTROL.search(value):
+            header = name.decode("ascii")
+            error = InvalidInput(
+                f"the {header} header holds a control character (such as NUL), which HTTP "
+                "does not allow in a header",
+                field=header,
+            )
+            break
+    body = json.dumps(error.to_json()).encode()
+    return wire.text_response(b"400 Bad Request", body, keep_alive=False, content_type=_JSON)
 
 
 _HOP_BY_HOP = frozenset(

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from itertools import accumulate
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -27,6 +29,16 @@ NUMBER_OPS = ("gt", "gte", "lt", "lte")
 FILTER_OPS = STRING_OPS + PRESENCE_OPS + NUMBER_OPS
 MAX_STEPS = 20
 MAX_PAGE_SIZE = 1000
+#: How deep arrays and objects may nest in a JSON body. A report needs 5 (the
+#: body, its conditions, one condition, its where, one filter); Python's json
+#: recurses once a level and fails near 1,000, so deeper is refused before it.
+MAX_JSON_DEPTH = 32
+#: The dates a report may name, as written (before any offset or time zone).
+#: Every record's time lies well inside (SPEC §3: no event time before 2009,
+#: none more than a day ahead), and so does every interval, bucket, window
+#: and churn period reckoned from them: Python's dates end in 9999.
+EARLIEST_DATE = datetime(1970, 1, 1)
+LATEST_DATE = datetime(2200, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -181,14 +193,62 @@ KINDS = ("metrics", "funnel", "cohort", "revenue", "abtest", "path", "people")
 
 def json_object(text: str | bytes, field: str, what: str) -> dict[str, Any]:
     """A report's body as sent (the API's request body, the CLI's ``--body``
-    file): a JSON object, or :class:`InvalidInput` naming ``field``."""
+    file): a JSON object, or :class:`InvalidInput` naming ``field`` (or the
+    field inside it that holds a string that is not Unicode text)."""
     try:
+        if isinstance(text, bytes):  # as json.loads reads bytes
+            text = text.decode(json.detect_encoding(text), "surrogatepass")
+        if _depth(text) > MAX_JSON_DEPTH:
+            raise InvalidInput(
+                f"{what} nests arrays and objects deeper than {MAX_JSON_DEPTH} levels", field=field
+            )
         loaded = json.loads(text)
     except ValueError as exc:
         raise InvalidInput(f"{what} is not JSON: {exc}", field=field) from exc
     if not isinstance(loaded, dict):
         raise InvalidInput(f"{what} is a JSON object", field=field)
+    _require_text(loaded)
     return loaded
+
+
+# The closing quote is optional: an unterminated string (not JSON anyway) takes
+# the rest of the text in one match, where requiring it would try again from
+# every quote inside it, which is quadratic.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+_NOT_BRACKETS = re.compile(r"[^][{}]+")
+_NESTING = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def _depth(text: str) -> int:
+    """How deep arrays and objects nest in JSON text, strings left out."""
+    brackets = _NOT_BRACKETS.sub("", _JSON_STRING.sub("", text))
+    return max(accumulate(map(_NESTING.__getitem__, brackets)), default=0)
+
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _require_text(body: dict[str, Any]) -> None:
+    """Every string in a body is Unicode text: not one with a lone surrogate,
+    which JSON can spell (``"\\ud800"``) and a command line can carry (Python
+    decodes bytes that are not UTF-8 to them), but UTF-8 cannot encode. No name
+    or value is ever stored so (SPEC §1 decodes tracking calls with U+FFFD), so
+    asking for one is an error in the caller, answered as one (docs/reports.md).
+    """
+    stack: list[tuple[str, Any]] = [(str(k), v) for k, v in reversed(body.items())]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii() and _SURROGATE.search(item):
+                raise InvalidInput(
+                    f"{path} is not Unicode text: it holds a lone surrogate (like \\ud800), "
+                    "which UTF-8 cannot encode",
+                    field=path,
+                )
+        elif isinstance(item, dict):
+            stack.extend((f"{path}.{k}", v) for k, v in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(item))))
 
 
 class _Body:
@@ -273,6 +333,7 @@ def parse(kind: str, body: Any, product: Product, *, now: float | None = None) -
             f"unknown report {kind!r}; reports are " + ", ".join(KINDS), field="kind"
         )
     b = _Body({} if body is None else body)
+    _require_text(b.raw)  # a body the CLI built from its arguments did not pass json_object
     common = _common(b, product, now)
     return _PARSERS[kind](b, common, product)
 
@@ -321,10 +382,14 @@ def _when(b: _Body, name: str, tz: ZoneInfo) -> int | None:
     text = value.strip()
     try:
         if len(text) == 10:
-            return _midnight(date.fromisoformat(text), tz)
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            moment = datetime.combine(date.fromisoformat(text), time())
+        else:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:
         raise b.fail(name, f"is not an ISO date or timestamp: {value!r}") from exc
+    if not EARLIEST_DATE <= moment.replace(tzinfo=None) <= LATEST_DATE:
+        raise b.fail(name, f"is out of range: dates are from {EARLIEST_DATE:%Y-%m-%d} to "
+                           f"{LATEST_DATE:%Y-%m-%d}, not {value!r}")  # fmt: skip
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=tz)
     return math.floor(moment.timestamp())
@@ -347,7 +412,7 @@ def _test(f: _Body, op_name: str = "op") -> tuple[str, str | float | None]:
     if op in NUMBER_OPS:
         number = _number(value)
         if number is None:
-            raise f.fail("value", f"is a number for {op}")
+            raise f.fail("value", f"is a number for {op}, finite and within ±1.8e308 (a double)")
         return op, number
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise f.fail("value", f"is a string for {op}")
@@ -358,7 +423,11 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return float(value) if math.isfinite(value) else None
+        try:
+            number = float(value)
+        except OverflowError:  # JSON's integers have no bound; a double's end near 1.8e308
+            return None
+        return number if math.isfinite(number) else None
     if isinstance(value, str):
         try:
             number = float(value)
