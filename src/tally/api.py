@@ -95,10 +95,18 @@ def _product(core: Core, request: Request) -> str:
 
 
 async def _in_thread(
-    core: Core, view: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any
+    core: Core,
+    view: Callable[..., dict[str, Any]],
+    *args: Any,
+    timed: bool = True,
+    **kwargs: Any,
 ) -> Response:
+    """``view`` on a cursor of the store, in a thread; stopped after
+    ``--query-timeout`` unless ``timed`` is false."""
+    timeout = core.settings.query_timeout if timed else None
+
     def run() -> dict[str, Any]:
-        with core.processor.store.reading() as cursor:
+        with core.processor.store.reading(timeout) as cursor:
             return view(cursor, *args, **kwargs)
 
     return JSONResponse(await run_in_threadpool(run))
@@ -179,7 +187,8 @@ async def report(request: Request) -> Response:
         )
 
     def run() -> dict[str, Any]:
-        with core.processor.store.all_threads(), core.processor.store.reading() as cursor:
+        store = core.processor.store
+        with store.all_threads(), store.reading(core.settings.query_timeout) as cursor:
             return run_report(cursor, product, kind, body)
 
     return JSONResponse(await run_in_threadpool(run))
@@ -210,7 +219,7 @@ async def backup_snapshot(request: Request) -> Response:
         made = snapshot_store(cursor, new_snapshot_path(core.settings))
         return {"path": str(made.path), "positions": made.positions, "records": made.records}
 
-    return await _in_thread(core, snapshot)
+    return await _in_thread(core, snapshot, timed=False)  # a whole store takes its time
 
 
 async def tokens(request: Request) -> Response:

@@ -5,7 +5,8 @@
     ├── Unauthorized            401  missing or wrong operator token
     ├── NotFound                404  no such product, key, person, …
     ├── Conflict                409  it exists already
-    └── Unavailable             503  Tally cannot do it right now (retry)
+    ├── Unavailable             503  Tally cannot do it right now (retry)
+    └── TimedOut                504  a query ran past --query-timeout and was stopped
 
 Domain code raises these; :mod:`tally.api` maps them to HTTP statuses and the one
 JSON error shape, ``{"error": {"code", "message", "field"?}}``; the CLI prints
@@ -57,3 +58,8 @@ class Conflict(TallyError):
 class Unavailable(TallyError):
     status = 503
     default_code = "unavailable"
+
+
+class TimedOut(TallyError):
+    status = 504
+    default_code = "query_timeout"

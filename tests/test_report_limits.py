@@ -1,0 +1,102 @@
+"""Every report is bounded (docs/reports.md, "Limits"): lists of conditions,
+columns and filters, intervals in a series, and the time a query may run."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import duckdb
+import httpx
+import pytest
+
+from serverproc import RunningServer
+from tally.errors import InvalidInput, TimedOut
+from tally.reports import Product, parse
+from tally.reports.query import MAX_INTERVALS, MAX_ITEMS
+from tally.store import Store
+
+PRODUCT = Product("default")
+
+
+def refused(kind: str, body: dict[str, object]) -> InvalidInput:
+    with pytest.raises(InvalidInput) as caught:
+        parse(kind, body, PRODUCT)
+    return caught.value
+
+
+def test_a_series_of_more_intervals_than_the_limit_is_refused_naming_the_count() -> None:
+    error = refused(
+        "metrics",
+        {"event": "Signed Up", "interval": "hour", "from": "1970-01-01", "to": "2200-01-01"},
+    )
+    assert error.field == "interval"
+    assert error.message == (
+        "interval makes 2,016,144 hourly intervals of this range; the limit is 100,000: "
+        "choose a longer interval or a shorter range"
+    )
+    for kind, body in (
+        ("cohort", {"first_event": "a", "return_event": "b"}),
+        ("revenue", {}),
+    ):
+        hourly = {**body, "interval": "hour", "from": "2000-01-01", "to": "2020-01-01"}
+        assert refused(kind, hourly).field == "interval"
+    # A hundred years by day is within it.
+    days = {"event": "x", "interval": "day", "from": "1970-01-01", "to": "2070-01-01"}
+    assert parse("metrics", days, PRODUCT).interval == "day"  # type: ignore[union-attr]
+    assert MAX_INTERVALS > 365 * 100
+
+
+@pytest.mark.parametrize("name", ["conditions", "columns", "where", "person_where"])
+def test_lists_longer_than_the_limit_are_refused(name: str) -> None:
+    item = {
+        "conditions": {"type": "property", "property": "Plan", "op": "has_no_value"},
+        "columns": {"type": "property", "property": "Plan"},
+        "where": {"property": "Plan", "op": "has_no_value"},
+        "person_where": {"property": "Plan", "op": "has_no_value"},
+    }[name]
+    body = {name: [item] * MAX_ITEMS}
+    parse("people", body, PRODUCT)  # the limit itself is fine
+    error = refused("people", {name: [item] * (MAX_ITEMS + 1)})
+    assert (error.field, error.message) == (name, f"{name} has 51 items; the limit is 50")
+
+
+def test_a_query_past_its_time_is_stopped(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store.duckdb")
+    try:
+        started = time.monotonic()
+        stopped = pytest.raises(TimedOut, match=r"longer than 0.2 s \(--query-timeout\)")
+        with stopped, store.reading(0.2) as cursor:
+            cursor.execute("SELECT count(*) FROM range(1000000000000) a").fetchall()
+        assert time.monotonic() - started < 5
+        # The store answers the next query as usual, and an error of the query
+        # itself is no timeout.
+        with store.reading(5) as cursor:
+            assert cursor.execute("SELECT 42").fetchone() == (42,)
+        with pytest.raises(duckdb.Error), store.reading(5) as cursor:
+            cursor.execute("SELECT * FROM no_such_table")
+    finally:
+        store.close()
+
+
+def test_the_api_answers_a_report_past_its_time_504(tmp_path: Path) -> None:
+    server = RunningServer(tmp_path / "data", extra_args=["--query-timeout", "0.1"]).start()
+    try:
+        # 50 has_no_value conditions over 3,000 people: seconds of work, cut at 0.1 s.
+        with httpx.Client(base_url=server.base_url, timeout=30) as client:
+            for n in range(3000):
+                params = {"_k": server.api_key, "_p": f"p{n}", f"P{n % 50}": "x"}
+                client.get("/s", params=params)
+            conditions = [
+                {"type": "property", "property": f"P{n}", "op": "has_no_value"}
+                for n in range(MAX_ITEMS)
+            ]
+            response = client.post(
+                "/api/v1/products/default/reports/people",
+                json={"conditions": conditions, "logic": "any", "page_size": 1000},
+                headers={"Authorization": f"Bearer {server.token}"},
+            )
+        assert response.status_code == 504, response.text
+        assert response.json()["error"]["code"] == "query_timeout"
+    finally:
+        assert server.stop() == 0
