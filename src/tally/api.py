@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tally import audit
 from tally.backup.snapshot import new_snapshot_path, snapshot_store
 from tally.catalog import Catalog
 from tally.errors import InvalidInput, TallyError, Unauthorized
@@ -72,6 +73,12 @@ class Core:
 def _authorise(request: Request, *, local_only: bool = False) -> Core:
     """The core, for a valid operator token (``local_only``: only the token
     that the server left for the CLI on its own machine)."""
+    return _operator(request, local_only=local_only)[0]
+
+
+def _operator(request: Request, *, local_only: bool = False) -> tuple[Core, str]:
+    """The core and who acts, as the audit log names them (tally.audit), for
+    a handler that changes something."""
     core: Core = request.app.state.core
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -80,12 +87,12 @@ def _authorise(request: Request, *, local_only: bool = False) -> Core:
         raise Unauthorized("send an operator token: Authorization: Bearer TOKEN")
     digest = hashlib.sha256(token.encode()).hexdigest()
     if core.local_token_hash and hmac.compare_digest(digest, core.local_token_hash):
-        return core
+        return core, audit.LOCAL_CLI
     if local_only:
         raise Unauthorized("only the tally CLI on the server's machine may do this",
                            code="local_only")  # fmt: skip
-    core.catalog.authorise_token(token)  # 401 invalid_token / revoked_token; notes the use
-    return core
+    found = core.catalog.authorise_token(token)  # 401 invalid/revoked_token; notes the use
+    return core, audit.token_actor(found.name)
 
 
 def _product(core: Core, request: Request) -> str:
@@ -160,13 +167,15 @@ async def rejects(request: Request) -> Response:
 
 
 async def replay(request: Request) -> Response:
-    core = _authorise(request)
+    core, actor = _operator(request)
     product = _product(core, request)
     body = await _json_body(request)
     reason = body.get("reason")
     if reason is not None and not isinstance(reason, str):
         raise InvalidInput("reason is a reject reason code", field="reason")
     result = await run_in_threadpool(core.processor.replay, product, reason)
+    # Here, not in the thread: the catalog's one connection is the event loop's.
+    core.catalog.record(actor, audit.REJECTS_REPLAY, product, {"reason": reason, **result})
     return JSONResponse(result)
 
 
@@ -228,13 +237,19 @@ async def tokens(request: Request) -> Response:
 
 
 async def revoke_token(request: Request) -> Response:
-    core = _authorise(request)
+    core, actor = _operator(request)
     body = await _json_body(request)
     every = body.get("all", False)
     if not isinstance(every, bool):
         raise InvalidInput("all is true or false", field="all")
-    revoked = core.catalog.revoke_token(request.path_params["name"], every=every)
+    revoked = core.catalog.revoke_token(request.path_params["name"], every=every, actor=actor)
     return JSONResponse({"revoked": [t.to_json() for t in revoked]})
+
+
+async def audit_log(request: Request) -> Response:
+    core = _authorise(request)
+    limit = audit.parse_limit(request.query_params.get("limit"))
+    return JSONResponse({"entries": [e.to_json() for e in core.catalog.audit_entries(limit)]})
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -281,6 +296,7 @@ def build_app(core: Core) -> Starlette:
             Route("/api/v1/backup/snapshot", backup_snapshot, methods=["POST"]),
             Route("/api/v1/tokens", tokens),
             Route("/api/v1/tokens/{name:path}/revoke", revoke_token, methods=["POST"]),
+            Route("/api/v1/audit", audit_log),
         ],
         exception_handlers={
             TallyError: _tally_error,

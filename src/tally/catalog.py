@@ -7,11 +7,15 @@ hashes: they are 256 random bits, so a slow password hash would add nothing.
 A token is looked up on every API request, so revoking one takes effect at the
 next request; its last use is written at most once a minute
 (``TOKEN_USE_RESOLUTION_NS``), so that the API does not write SQLite per request.
+Each change writes its audit entry (:mod:`tally.audit`) in the transaction that
+makes it, so that none is committed without one, with the ``actor`` the caller
+names (the API: the operator token; unnamed: this process's unix user, the CLI's).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import secrets
@@ -25,6 +29,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
+from tally import audit
+from tally.audit import AuditEntry, local_actor
 from tally.errors import Conflict, InvalidInput, NotFound, Unauthorized, Unavailable
 
 log = logging.getLogger("tally.catalog")
@@ -58,6 +64,14 @@ CREATE TABLE IF NOT EXISTS tokens (
     created_ns INTEGER NOT NULL,
     last_used_ns INTEGER,
     revoked_ns INTEGER
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    time_ns INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    details TEXT NOT NULL
 );
 """
 
@@ -193,10 +207,61 @@ class Catalog:
             raise
         self._db.execute("COMMIT")
 
+    # -- the audit log ----------------------------------------------------------------------
+
+    @staticmethod
+    def _audit(
+        db: sqlite3.Connection,
+        actor: str | None,
+        action: str,
+        target: str,
+        details: dict[str, Any],
+        now_ns: int,
+    ) -> None:
+        """One entry, inside the transaction of the change it records. With no
+        actor named, the change is this process's own: the CLI's, as its user."""
+        db.execute(
+            "INSERT INTO audit (time_ns, actor, action, target, details) VALUES (?, ?, ?, ?, ?)",
+            (now_ns, actor or local_actor(), action, target,
+             json.dumps(details, ensure_ascii=False, sort_keys=True)),
+        )  # fmt: skip
+
+    def record(
+        self,
+        actor: str,
+        action: str,
+        target: str,
+        details: dict[str, Any],
+        *,
+        now_ns: int | None = None,
+    ) -> None:
+        """Note an operator action that changes something outside the catalog
+        (an alias revocation, a replay of rejects)."""
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        with self._transaction() as db:
+            self._audit(db, actor, action, target, details, now_ns)
+
+    def audit_entries(self, limit: int = audit.DEFAULT_LIMIT) -> list[AuditEntry]:
+        """The newest ``limit`` entries, newest first (in the order written)."""
+        rows = self._db.execute(
+            "SELECT id, time_ns, actor, action, target, details FROM audit "
+            "ORDER BY id DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [
+            AuditEntry(entry_id, time_ns, actor, action, target, json.loads(details))
+            for entry_id, time_ns, actor, action, target, details in rows
+        ]
+
     # -- products --------------------------------------------------------------------
 
     def create_product(
-        self, name: str, *, key: str | None = None, timezone: str = "UTC"
+        self,
+        name: str,
+        *,
+        key: str | None = None,
+        timezone: str = "UTC",
+        actor: str | None = None,
     ) -> Product:
         if not _NAME.fullmatch(name):
             raise InvalidInput(f"a product name is {_NAME_RULE}", field="name")
@@ -212,6 +277,8 @@ class Catalog:
                 (name, timezone, DEFAULT_REVENUE_PROPERTY, now),
             )
             db.execute("INSERT INTO api_keys VALUES (?, ?, ?, NULL)", (key, name, now))
+            details = {"key": key, "timezone": timezone}
+            self._audit(db, actor, audit.PRODUCT_CREATE, name, details, now)
         return self.product(name)
 
     def products(self) -> list[Product]:
@@ -244,16 +311,17 @@ class Catalog:
         if row:
             raise Conflict(f"that key belongs to product {row[0]!r} already", field="key")
 
-    def add_key(self, product: str, *, key: str | None = None) -> ApiKey:
+    def add_key(self, product: str, *, key: str | None = None, actor: str | None = None) -> ApiKey:
         self.product(product)
         key = _check_key(key) if key is not None else new_api_key()
         now = time.time_ns()
         with self._transaction() as db:
             self._ensure_key_free(db, key)
             db.execute("INSERT INTO api_keys VALUES (?, ?, ?, NULL)", (key, product, now))
+            self._audit(db, actor, audit.KEY_ADD, key, {"product": product}, now)
         return ApiKey(key, product, now, None)
 
-    def revoke_key(self, key: str) -> ApiKey:
+    def revoke_key(self, key: str, *, actor: str | None = None) -> ApiKey:
         """Revoke a key; records received after this are rejected (SPEC §11)."""
         key = key.strip()
         now = time.time_ns()
@@ -266,11 +334,12 @@ class Catalog:
             if row[3] is not None:
                 return ApiKey(*row)
             db.execute("UPDATE api_keys SET revoked_ns = ? WHERE key = ?", (now, key))
+            self._audit(db, actor, audit.KEY_REVOKE, key, {"product": row[1]}, now)
         return ApiKey(row[0], row[1], row[2], now)
 
     # -- operator tokens ------------------------------------------------------------------
 
-    def create_token(self, name: str = "operator") -> str:
+    def create_token(self, name: str = "operator", *, actor: str | None = None) -> str:
         """A new operator token; only its hash is kept, so it is shown once.
 
         No two active tokens share a name, so that a name says which to revoke
@@ -278,6 +347,7 @@ class Catalog:
         if not _NAME.fullmatch(name):
             raise InvalidInput(f"a token name is {_NAME_RULE}", field="name")
         token = _TOKEN_PREFIX + secrets.token_urlsafe(32)
+        now = time.time_ns()
         with self._transaction() as db:
             if db.execute(
                 "SELECT 1 FROM tokens WHERE name = ? AND revoked_ns IS NULL", (name,)
@@ -289,8 +359,9 @@ class Catalog:
                 )
             db.execute(
                 "INSERT INTO tokens (name, hash, created_ns) VALUES (?, ?, ?)",
-                (name, _hash_token(token), time.time_ns()),
+                (name, _hash_token(token), now),
             )
+            self._audit(db, actor, audit.TOKEN_CREATE, name, {}, now)  # never the secret
         return token
 
     def tokens(self) -> list[Token]:
@@ -301,7 +372,12 @@ class Catalog:
         return [Token(*row) for row in rows]
 
     def revoke_token(
-        self, name: str, *, every: bool = False, now_ns: int | None = None
+        self,
+        name: str,
+        *,
+        every: bool = False,
+        now_ns: int | None = None,
+        actor: str | None = None,
     ) -> list[Token]:
         """Revoke the active token named ``name`` (``every``: all active tokens of
         that name, which catalogs made before names were unique may hold).
@@ -336,6 +412,9 @@ class Catalog:
             db.executemany(
                 "UPDATE tokens SET revoked_ns = ? WHERE id = ?", [(now_ns, t.id) for t in active]
             )
+            # Which of the tokens once named so: by when each was made.
+            details = {"created": [_iso(t.created_ns) for t in active]}
+            self._audit(db, actor, audit.TOKEN_REVOKE, name, details, now_ns)
         return [Token(t.id, t.name, t.created_ns, t.last_used_ns, now_ns) for t in active]
 
     def authorise_token(self, token: str, *, now_ns: int | None = None) -> Token:
@@ -392,5 +471,5 @@ class Catalog:
         """
         if self._db.execute("SELECT 1 FROM products LIMIT 1").fetchone():
             return None
-        product = self.create_product(DEFAULT_PRODUCT)
-        return product, self.create_token("initial")
+        product = self.create_product(DEFAULT_PRODUCT, actor=audit.FIRST_START)
+        return product, self.create_token("initial", actor=audit.FIRST_START)

@@ -11,11 +11,15 @@ from urllib.parse import quote
 import click
 
 from tally import __version__
+from tally.audit import DEFAULT_LIMIT, MAX_LIMIT
 from tally.catalog import Catalog
 from tally.cli.options import (
     blocked_set,
     data_dir_option,
+    echo_json,
+    echo_table,
     errors_to_exit,
+    json_option,
     pipeline_options,
     setting_option,
     show_time,
@@ -283,3 +287,42 @@ def tokens_revoke(name: str, every: bool, data_dir: Path) -> None:
     for t in _catalog(data_dir).revoke_token(name, every=every):
         click.echo(f"Revoked token '{t.name}' (created {show_time(t.created_ns)}) "
                    f"at {show_time(t.revoked_ns)}")  # fmt: skip
+
+
+# -- audit ------------------------------------------------------------------------------------
+
+
+@main.command("audit")
+@click.option("--limit", type=click.IntRange(1, MAX_LIMIT), default=DEFAULT_LIMIT,
+              show_default=True, help="Show this many entries, the newest.")  # fmt: skip
+@json_option
+@data_dir_option
+@errors_to_exit
+def audit_log(limit: int, as_json: bool, data_dir: Path) -> None:
+    """What operators changed, and who did it: newest first.
+
+    Every change to products, API keys and operator tokens, every alias
+    revocation and every replay of rejects, from the CLI or the API. The actor
+    is "token NAME" for the API, "cli" for this CLI through a running server,
+    "cli (unix user NAME)" for a command that wrote the catalog itself. Never
+    a token's secret. Actions: product.create, key.add, key.revoke,
+    token.create, token.revoke, alias.revoke, rejects.replay.
+    """
+    entries = _catalog(data_dir).audit_entries(limit)
+    if as_json:
+        echo_json({"entries": [e.to_json() for e in entries]})
+        return
+    echo_table(
+        ["time", "actor", "action", "target", "details"],
+        [(show_time(e.time_ns), e.actor, e.action, e.target, _details(e.details))
+         for e in entries],
+        empty="No changes recorded yet.",
+    )  # fmt: skip
+
+
+def _details(details: dict[str, object]) -> str:
+    return ", ".join(
+        f"{k}={v if isinstance(v, str) else json.dumps(v)}"
+        for k, v in details.items()
+        if v is not None
+    )

@@ -10,6 +10,7 @@ import click
 import duckdb
 
 from tally import local
+from tally.audit import REJECTS_REPLAY, local_actor
 from tally.catalog import Catalog
 from tally.cli.options import (
     blocked_set,
@@ -360,9 +361,16 @@ def _replay_offline(settings: Settings, product: str, reason: str | None) -> dic
     with data_dir_lock(settings):
         store = open_store(settings)
         try:
-            return Processor(settings, store).replay(product, reason)
+            result = Processor(settings, store).replay(product, reason)
         finally:
             store.close()
+    # With a server running, the replay is the API's, and it records it.
+    catalog = Catalog(settings.catalog_path)
+    try:
+        catalog.record(local_actor(), REJECTS_REPLAY, product, {"reason": reason, **result})
+    finally:
+        catalog.close()
+    return result
 
 
 def _check_product(settings: Settings, product: str) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from tally import local
+from tally.audit import ALIAS_REVOKE, local_actor
 from tally.catalog import Catalog
 from tally.cli.options import (
     blocked_set,
@@ -266,9 +267,10 @@ def alias_revoke(product: str, identity_a: str, identity_b: str, data_dir: Path)
     catalog = Catalog(settings.catalog_path)
     try:
         catalog.product(product)
+        revoked = revoke_alias(settings.log_dir, product, identity_a, identity_b)
+        catalog.record(local_actor(), ALIAS_REVOKE, product, {"a": revoked.a, "b": revoked.b})
     finally:
         catalog.close()
-    revoke_alias(settings.log_dir, product, identity_a, identity_b)
     running = local.server_running(settings)
     when = "now" if running else "when `tally serve` next starts"
     click.echo(

@@ -1,0 +1,102 @@
+"""The audit log: what an operator changed, and who did it.
+
+Every operator action that changes something is one entry: its time, its
+actor, a stable action name, its target and what was done (``details``).
+The entries live in the catalog (table ``audit``, :mod:`tally.catalog`); a
+change to the catalog writes its entry in the same transaction, so that no
+change is committed without one. Alias revocations and replays change the
+log and the store, not the catalog: they are recorded where they are carried
+out (``tally alias revoke``; the replay route and ``tally rejects replay``
+without a server).
+
+An entry never holds a token's secret nor its hash. API keys are shown: a
+key is no secret (SPEC §8; every page that tracks carries it).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from tally.errors import InvalidInput
+
+PRODUCT_CREATE = "product.create"
+KEY_ADD = "key.add"
+KEY_REVOKE = "key.revoke"
+TOKEN_CREATE = "token.create"
+TOKEN_REVOKE = "token.revoke"
+ALIAS_REVOKE = "alias.revoke"
+REJECTS_REPLAY = "rejects.replay"
+#: Every action, as documented (docs/http-api.md); the names are stable.
+ACTIONS = (
+    PRODUCT_CREATE, KEY_ADD, KEY_REVOKE, TOKEN_CREATE, TOKEN_REVOKE, ALIAS_REVOKE, REJECTS_REPLAY,
+)  # fmt: skip
+
+#: The CLI through a running server, with the token the server left it
+#: (``run/cli.token``, readable only by the data directory's owner).
+LOCAL_CLI = "cli"
+#: ``tally serve`` creating the product ``default`` and a token on first start.
+FIRST_START = "tally serve (first start)"
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+
+def token_actor(name: str) -> str:
+    """An API call made with the operator token ``name``. Prefixed, so that a
+    token cannot be named to pass for the CLI (a token may be named "cli")."""
+    return f"token {name}"
+
+
+def local_actor() -> str:
+    """This process, writing the catalog itself: the CLI, as its unix user.
+
+    The user is the one the process runs as (its effective uid), not ``$USER``,
+    which says whatever the environment says."""
+    uid = os.geteuid()
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid with no name (e.g. in a container)
+        user = f"uid {uid}"
+    return f"cli (unix user {user})"
+
+
+def parse_limit(value: Any) -> int:
+    """How many entries to show: 1 to ``MAX_LIMIT``, ``DEFAULT_LIMIT`` if unsaid."""
+    if value in (None, ""):
+        return DEFAULT_LIMIT
+    try:
+        limit = int(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput("limit is a whole number", field="limit") from exc
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput(f"limit is 1 to {MAX_LIMIT}", field="limit")
+    return limit
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: int
+    time_ns: int
+    actor: str
+    action: str
+    target: str
+    details: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "time": _iso(self.time_ns),
+            "actor": self.actor,
+            "action": self.action,
+            "target": self.target,
+            "details": self.details,
+        }
+
+
+def _iso(ns: int) -> str:
+    when = datetime.fromtimestamp(ns / 1e9, UTC)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
