@@ -6,6 +6,13 @@ promises every tracking call its GIF and a raw log record whatever its
 parameters hold, so such a request is read here instead: a request line split at
 its first and last space, header lines, and a ``Content-Length`` body. Anything
 this cannot frame either (a chunked body, no request line) is refused with 400.
+
+Forgiving about what a request says, never about where it ends: whatever could
+make a server or proxy in front of Tally see a request end elsewhere (request
+smuggling, RFC 9112 §11.2) is refused with 400 as llhttp refuses it — a
+``Transfer-Encoding``, two different ``Content-Length`` values or one that is
+not digits, a folded header line, white space before a header's colon, a bare
+CR in a header line.
 """
 
 from __future__ import annotations
@@ -69,24 +76,31 @@ def split_request(data: bytes, *, max_head: int, max_body: int) -> tuple[RawRequ
     if first <= 0 or last <= first or not request_line[last + 1 :].startswith(b"HTTP/"):
         raise Unframeable("no request line")
     headers: list[tuple[bytes, bytes]] = []
-    length = 0
+    length: int | None = None
     for line in lines[1:]:
+        if line[:1] in (b" ", b"\t"):
+            raise Unframeable("a folded header line (obs-fold, RFC 9112 §5.2)")
+        if b"\r" in line:
+            raise Unframeable("a bare CR in a header line (RFC 9112 §2.2)")
         name, sep, value = line.partition(b":")
         if not sep:
             continue
+        if name[-1:] in (b" ", b"\t"):
+            raise Unframeable("white space before a header's colon (RFC 9112 §5.1)")
         name, value = name.strip(), value.strip()
         headers.append((name, value))
         lowered = name.lower()
         if lowered == b"transfer-encoding":
             raise Unframeable("chunked body in a request the strict parser refused")
         if lowered == b"content-length":
-            try:
-                length = int(value)
-            except ValueError as exc:
-                raise Unframeable("bad Content-Length") from exc
-            if length < 0:
+            if not value.isdigit():  # int() would take "+1", " 1" or "1_0"
                 raise Unframeable("bad Content-Length")
-    if length > max_body:
+            if length is not None and int(value) != length:
+                raise Unframeable("two different Content-Length values")
+            length = int(value)
+    if length is None:
+        length = 0
+    elif length > max_body:
         raise TooLarge("request body over the limit")
     end = body_start + length
     if end > len(data):

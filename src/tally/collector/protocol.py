@@ -7,19 +7,27 @@ keeps pipelined requests in order, until the write covering it is durable.
 
 Everything that is not a tracking call is small and rare here: ``/healthz``,
 the mobile SDKs' ``/m/trk``, CORS preflights, and any other path, which goes to
-the core process (the JSON API and the dashboard) through :mod:`proxy`.
+the core process (the JSON API and the dashboard) through :mod:`proxy`; its
+answer takes its turn in the same queue.
+
+What a client can make a connection hold is bounded (SPEC §1 limits): a request
+head or a body past its limit is refused with 413 while it is still arriving
+(:meth:`TrackingProtocol._check_partial`), and reading stops while more answers
+wait than a client has read (:meth:`TrackingProtocol.pause_writing`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
 import time
 from collections import deque
+from collections.abc import Callable
 from email.utils import formatdate
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import httptools
 
@@ -60,6 +68,15 @@ class _TooLarge(Exception):
     pass
 
 
+class _Proxied(NamedTuple):
+    """A request for the core, waiting for its turn in the queue of answers."""
+
+    slot: list[bytes | None]
+    request: bytes
+    keep_alive: bool
+    head: bool
+
+
 class TrackingProtocol(asyncio.Protocol):
     def __init__(self, worker: Worker) -> None:
         self._worker = worker
@@ -74,8 +91,16 @@ class TrackingProtocol(asyncio.Protocol):
         self._answers: deque[list[bytes | None]] = deque()
         self._close_after: list[bytes | None] | None = None
         self._closed = False
-        self._paused = False
-        self._proxy: bytes | None = None
+        self._paused = False  # reading paused (back-pressure, the core's turn, closing)
+        self._write_blocked = False  # more unsent answers than the transport's high-water mark
+        # Requests for the core, in order; the first is relayed once every
+        # answer before its slot has gone out, then the queue goes on.
+        self._proxied: deque[_Proxied] = deque()
+        self._relaying = False
+        # Where received bytes go instead of the strict parser: the lenient
+        # reader, or nowhere once a request was refused (_fail).
+        self._divert: Callable[[bytes], None] | None = None
+        self._linger = False
         # The request being read.
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -86,7 +111,11 @@ class TrackingProtocol(asyncio.Protocol):
         # For the lenient fallback: bytes since the last message boundary.
         self._raw = b""
         self._completed_in_raw = 0
-        self._lenient_buffer: bytes | None = None
+        self._lenient_buffer = b""
+        # Where the request being read began in ``_raw`` (at the latest), and
+        # the ``_completed_in_raw`` this was reckoned at (_check_partial).
+        self._began = 0
+        self._counted = 0
         self.started_at = 0.0  # loop time the current request began; 0 when idle
         self.last_active = 0.0
 
@@ -101,14 +130,13 @@ class TrackingProtocol(asyncio.Protocol):
         self._worker.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = True
+        self._abandon()
         self._worker.connections.discard(self)
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self._worker.loop.time()
-        if self._lenient_buffer is not None:
-            self._lenient_buffer += data
-            self._read_leniently()
+        if self._divert is not None:
+            self._divert(data)
             return
         if self._raw:
             self._raw += data
@@ -123,20 +151,37 @@ class TrackingProtocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, _TooLarge):
                 self._fail(_413)
+            elif self._close_after is not None:
+                self._fail(_400)  # llhttp's "data after Connection: close": dropped unanswered
             else:
                 self._switch_to_lenient()
             return
         if not self._in_message:
             self._raw = b""
+        else:
+            self._check_partial(data)
 
     def eof_received(self) -> bool | None:
         # The client may close its side right after sending (fire-and-forget):
         # everything it sent was parsed above and is on its way to the log.
         return None
 
+    def pause_writing(self) -> None:
+        # The client does not read its answers (it may pipeline without ever
+        # reading): read no more of its requests until it does, or the
+        # answers would pile up in this process without limit.
+        self._write_blocked = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_blocked = False
+        self._resume_reading()
+
     def close_idle(self, now: float, timeout: float) -> None:
-        """Close the connection if it is idle or stuck in a slow request."""
-        if self._transport is None or self._closed:
+        """Close the connection if it is idle or stuck in a slow request; never
+        while a request of it waits for the core, which takes the time it takes
+        (a client that stops reading the core's answer is closed by proxy.forward)."""
+        if self._transport is None or self._closed or self._proxied:
             return
         if self.started_at:
             stuck = now - self.started_at > timeout  # a slow (or slowloris) request
@@ -149,7 +194,7 @@ class TrackingProtocol(asyncio.Protocol):
         """Close after the answers already owed (server stopping)."""
         if self._transport is None or self._closed:
             return
-        if not self._answers and self._proxy is None:
+        if not self._answers:
             self._transport.close()
         else:
             self._transport.pause_reading()
@@ -190,8 +235,8 @@ class TrackingProtocol(asyncio.Protocol):
         self._in_message = False
         self._completed_in_raw += 1
         self.started_at = 0.0
-        if self._close_after is not None or self._proxy is not None:
-            return  # nothing after a "Connection: close" or a proxied request
+        if self._close_after is not None:
+            return  # nothing after a "Connection: close"
         body = b"".join(self._body) if self._body else b""
         self._handle(
             self._parser.get_method(),
@@ -239,7 +284,7 @@ class TrackingProtocol(asyncio.Protocol):
         elif path == wire.MOBILE_VERIFY_PATH.encode():
             self._answer(_mobile_verification(headers, keep_alive, method == b"HEAD"), keep_alive)
         elif strict:
-            self._start_proxy(method, url, headers, body)
+            self._start_proxy(method, url, headers, body, keep_alive)
         else:
             # The core's parser (uvicorn's, over the same llhttp) would refuse it
             # too, but in plain text: refuse it here, in the API's error shape.
@@ -277,17 +322,27 @@ class TrackingProtocol(asyncio.Protocol):
             slot[0] = _503_KEEP if keep_alive else _503_CLOSE
             self._flush()
         elif len(self._answers) > 256 and not self._paused and self._transport is not None:
-            # Back-pressure: a client pipelining without reading waits here.
+            # Back-pressure: a client pipelining faster than the log syncs waits here.
             self._transport.pause_reading()
             self._paused = True
 
     def _acknowledge(self, durable: bool) -> None:
-        slot = self._answers[0]
+        # Records are acknowledged in order, and after every flush the first
+        # slot is the oldest record waiting, unless the core's answers wait too.
+        slot = self._answers[0] if not self._proxied else self._oldest_record()
         if durable:
             slot[0] = _GIF_CLOSE if slot is self._close_after else _GIF_KEEP
         else:
             slot[0] = _503_CLOSE if slot is self._close_after else _503_KEEP
         self._flush()
+
+    def _oldest_record(self) -> list[bytes | None]:
+        waiting_for_core = [proxied.slot for proxied in self._proxied]
+        return next(
+            slot
+            for slot in self._answers
+            if slot[0] is None and not any(slot is other for other in waiting_for_core)
+        )
 
     def _answer(self, response: bytes, keep_alive: bool) -> None:
         slot: list[bytes | None] = [response]
@@ -308,14 +363,46 @@ class TrackingProtocol(asyncio.Protocol):
                 transport.write(slot[0])  # type: ignore[arg-type]
             if slot is self._close_after:
                 answers.clear()
-                transport.close()
+                self._end(transport)
                 return
         if not answers:
-            if self._proxy is not None:
-                self._run_proxy()
-            elif self._paused and self._close_after is None:
+            if self._paused:
+                self._resume_reading()
+        elif self._proxied and answers[0] is self._proxied[0].slot and not self._relaying:
+            self._run_proxy()  # the core's turn
+
+    def _end(self, transport: asyncio.Transport) -> None:
+        """Close after the last answer. A refused request may still be arriving
+        (a body past its limit, a head that never ends), and closing with bytes
+        unread resets the connection, which can destroy the answer before the
+        client reads it: then only our side is closed, and what still comes is
+        read and dropped until the client closes (or worker.sweep does)."""
+        if self._linger and not transport.is_closing() and transport.can_write_eof():
+            transport.write_eof()
+            if self._paused:
                 self._paused = False
                 transport.resume_reading()
+        else:
+            transport.close()
+
+    def _pause_reading(self) -> None:
+        if not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        """Read again once nothing holds the connection back: no answer owed
+        (a proxied request is one), none unsent beyond the high-water mark."""
+        if (
+            self._paused
+            and not self._answers
+            and not self._write_blocked
+            and self._close_after is None
+            and not self._closed
+            and self._transport is not None
+        ):
+            self._paused = False
+            self._transport.resume_reading()
 
     def _health(self, keep_alive: bool, head: bool) -> bytes:
         """``ok`` and ``degraded`` answer 200, ``unavailable`` 503 (tally.health)."""
@@ -334,15 +421,48 @@ class TrackingProtocol(asyncio.Protocol):
                                   head=head)  # fmt: skip
 
     def _fail(self, response: bytes) -> None:
-        """Answer an unreadable request after those already owed, then close."""
-        self._proxy = None
+        """Refuse a request that is unreadable or too large: nothing of it is
+        logged, nothing after it is parsed, and the connection closes after
+        the answers already owed and this one (lingering, see _end)."""
+        self._divert = _discard
+        self._linger = True
+        self._raw = self._lenient_buffer = b""
+        if not self.started_at:
+            self.started_at = self._worker.loop.time()  # the sweep ends the lingering
+        if self._close_after is not None:
+            return  # after a "Connection: close" nothing more is answered
         slot: list[bytes | None] = [response]
         self._close_after = slot
         self._answers.append(slot)
-        if self._transport is not None:
-            self._transport.pause_reading()
         if len(self._answers) == 1:
             self._flush()
+
+    def _check_partial(self, data: bytes) -> None:
+        """A read ended inside a request: hold what has arrived of it to the
+        limits (SPEC §1) that on_url, on_header and on_body cannot apply while
+        a header line or a chunk's framing is unfinished, and refuse a declared
+        body over the limit at once rather than after a mebibyte of it. A request
+        that arrives whole within one read never comes here."""
+        raw = self._raw
+        if raw is data or self._completed_in_raw != self._counted:
+            # The request began in this read: at its start when no request ended
+            # in it; else somewhere inside it, and only later reads count (at
+            # most one read too few: the limit still bounds what is held).
+            self._began = len(raw) if self._completed_in_raw else 0
+            self._counted = self._completed_in_raw
+        framing = len(raw) - self._began - self._body_size  # the head, a chunked body's framing
+        if framing > self._max_head:
+            # A head that ended was measured by the callbacks; after it only a
+            # chunked body's framing and trailers grow this, allowed as much again.
+            head_ended = self._body_size > 0 or raw.endswith(b"\r\n\r\n")
+            if not head_ended or framing > 2 * self._max_head:
+                self._fail(_413)
+                return
+        for name, value in self._headers:
+            if len(name) == 14 and name.lower() == b"content-length":
+                if value.strip().isdigit() and int(value) > self._max_body:
+                    self._fail(_413)
+                return
 
     # -- the lenient fallback (see lenient.py) ---------------------------------------
 
@@ -354,10 +474,14 @@ class TrackingProtocol(asyncio.Protocol):
             return
         self._lenient_buffer = self._raw[offset:]
         self._raw = b""
+        self._divert = self._feed_lenient
+        self._read_leniently()
+
+    def _feed_lenient(self, data: bytes) -> None:
+        self._lenient_buffer += data
         self._read_leniently()
 
     def _read_leniently(self) -> None:
-        assert self._lenient_buffer is not None
         try:
             found = lenient.split_request(
                 self._lenient_buffer, max_head=self._max_head, max_body=self._max_body
@@ -374,12 +498,13 @@ class TrackingProtocol(asyncio.Protocol):
             return
         request, used = found
         rest = self._lenient_buffer[used:]
-        self._lenient_buffer = None
+        self._lenient_buffer = b""
+        self._divert = None
         self._in_message = False
         self.started_at = 0.0
         self._handle(request.method, request.target, request.headers, request.body,
                      request.keep_alive, strict=False)  # fmt: skip
-        if self._close_after is None and self._proxy is None:
+        if self._close_after is None:
             # Back to the strict parser for whatever follows on this connection.
             self._parser = httptools.HttpRequestParser(self)
             self._raw = b""
@@ -389,28 +514,83 @@ class TrackingProtocol(asyncio.Protocol):
     # -- everything else goes to the core process ------------------------------------
 
     def _start_proxy(
-        self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+        self,
+        method: bytes,
+        url: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        keep_alive: bool,
     ) -> None:
-        if self._transport is None:
-            return
-        self._proxy = _proxied_request(method, url, headers, body, self._addr)
-        self._transport.pause_reading()
-        self._paused = True
-        if not self._answers:
+        """Queue a request for the core: its answer is relayed in its turn
+        (_flush), and the requests pipelined after it are answered after it."""
+        slot: list[bytes | None] = [None]
+        if not keep_alive:
+            self._close_after = slot
+        self._answers.append(slot)
+        request = _proxied_request(method, url, headers, body, self._addr)
+        self._proxied.append(_Proxied(slot, request, keep_alive, method == b"HEAD"))
+        self._pause_reading()  # what follows would only wait behind the core's answer
+        if len(self._answers) == 1:
             self._run_proxy()
 
     def _run_proxy(self) -> None:
         from tally.collector.proxy import forward  # the slow path; keep the hot one lean
 
-        request, self._proxy = self._proxy, None
-        assert request is not None
         assert self._transport is not None
-        self._close_after = [b""]  # nothing more is read on this connection
-        task = self._worker.loop.create_task(
-            forward(self._worker.core_socket, request, self._transport)
+        proxied = self._proxied[0]
+        self._relaying = True
+        relay = forward(
+            self._worker.core_socket,
+            proxied.request,
+            self._transport,
+            keep_alive=proxied.keep_alive,
+            head=proxied.head,
+            timeout=self._worker.settings.timeout,
         )
+        task = self._worker.loop.create_task(relay)
         self._worker.tasks.add(task)
         task.add_done_callback(self._worker.tasks.discard)
+        task.add_done_callback(functools.partial(self._relayed, proxied))
+
+    def _relayed(self, proxied: _Proxied, task: asyncio.Task[bool]) -> None:
+        """The core's answer is out: the answers queued behind it follow, unless
+        the connection cannot go on (the client or the answer said close, the
+        core failed, the client stopped reading)."""
+        self._relaying = False
+        if self._proxied and self._proxied[0] is proxied:
+            self._proxied.popleft()
+        if self._answers and self._answers[0] is proxied.slot:
+            self._answers.popleft()
+        if task.cancelled():
+            go_on = False
+        elif (error := task.exception()) is not None:
+            log.error("relaying a request to the core failed", exc_info=error)
+            go_on = False
+        else:
+            go_on = task.result() and proxied.slot is not self._close_after
+        if not go_on and not self._closed and self._transport is not None:
+            self._transport.close()
+            self._abandon()
+        if self.started_at:  # a request half read when the core's turn came: its time starts now
+            self.started_at = self._worker.loop.time()
+        self._flush()
+
+    def _abandon(self) -> None:
+        """The connection is closed or lost: nothing more is sent. Requests
+        waiting for the core are dropped; records on their way to the log are
+        still acknowledged (into the void), which empties the queue."""
+        self._closed = True
+        if self._proxied:
+            waiting = [proxied.slot for proxied in self._proxied]
+            self._proxied.clear()
+            self._answers = deque(
+                slot for slot in self._answers if not any(slot is other for other in waiting)
+            )
+            self._flush()
+
+
+def _discard(data: bytes) -> None:
+    """Where bytes go after a refusal (_fail)."""
 
 
 def _text(
@@ -480,7 +660,8 @@ def _refused(headers: list[tuple[bytes, bytes]]) -> bytes:
 
 _HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"upgrade",
-     b"proxy-connection", b"te", b"trailer"}
+     b"proxy-connection", b"te", b"trailer",
+     b"expect"}  # the body goes along at once: no "100 Continue" ahead of the answer
 )  # fmt: skip
 
 

@@ -57,7 +57,7 @@ class Worker:
         self.core_socket = core_socket
         self.commit = GroupCommit(loop, writer, max_pending_bytes=settings.backlog_mib << 20)
         self.connections: set[TrackingProtocol] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[bool]] = set()  # requests relayed to the core
 
     def protocol(self) -> TrackingProtocol:
         return TrackingProtocol(self)
