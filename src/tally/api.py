@@ -12,8 +12,9 @@ import hashlib
 import hmac
 import io
 import logging
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
@@ -29,6 +30,8 @@ from tally.backup.snapshot import new_snapshot_path, snapshot_store
 from tally.catalog import Catalog
 from tally.errors import InvalidInput, TallyError, Unauthorized
 from tally.log.reader import LogReader
+from tally.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from tally.metrics import REPORT_BUCKETS, Durations, Pipeline, render
 from tally.processor import Processor
 from tally.reports import Product, parse, people, run_report
 from tally.reports.query import People, json_object
@@ -51,6 +54,8 @@ class Core:
     processor: Processor
     #: SHA-256 of the token in ``run/cli.token``, which lets the local CLI in.
     local_token_hash: str = ""
+    #: How long reports took, by kind (for /metrics).
+    report_durations: Durations = field(default_factory=lambda: Durations(REPORT_BUCKETS))
 
     @property
     def reader(self) -> LogReader:
@@ -197,10 +202,27 @@ async def report(request: Request) -> Response:
 
     def run() -> dict[str, Any]:
         store = core.processor.store
+        started = time.perf_counter()
         with store.all_threads(), store.reading(core.settings.query_timeout) as cursor:
-            return run_report(cursor, product, kind, body)
+            answer = run_report(cursor, product, kind, body)
+        core.report_durations.observe(kind, time.perf_counter() - started)
+        return answer
 
     return JSONResponse(await run_in_threadpool(run))
+
+
+async def metrics(request: Request) -> Response:
+    """The pipeline in Prometheus' text format (tally.metrics), for an operator
+    token (Prometheus sends one with ``authorization: {credentials: ...}``)."""
+    core = _authorise(request)
+
+    def run() -> bytes:
+        with core.processor.store.reading(core.settings.query_timeout) as cursor:
+            pipeline = Pipeline(core.settings.data_dir, core.reader, cursor,
+                                core.processor_state(), core.report_durations)  # fmt: skip
+            return render(pipeline)
+
+    return Response(await run_in_threadpool(run), media_type=METRICS_CONTENT_TYPE)
 
 
 def _csv_lines(core: Core, query: People) -> Iterator[bytes]:
@@ -295,6 +317,7 @@ def build_app(core: Core) -> Starlette:
             Route(products + "/reports/{kind}", report, methods=["POST"]),
             Route("/api/v1/backup/snapshot", backup_snapshot, methods=["POST"]),
             Route("/api/v1/tokens", tokens),
+            Route("/metrics", metrics),
             Route("/api/v1/tokens/{name:path}/revoke", revoke_token, methods=["POST"]),
             Route("/api/v1/audit", audit_log),
         ],

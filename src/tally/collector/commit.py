@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from tally.collector.stats import Stats
 from tally.log.writer import SegmentWriter
 
 log = logging.getLogger("tally.collector")
@@ -47,10 +48,16 @@ UNAVAILABLE_AFTER_FAILURE_SECONDS = 10.0
 
 class GroupCommit:
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, writer: SegmentWriter, *, max_pending_bytes: int
+        self,
+        loop: asyncio.AbstractEventLoop,
+        writer: SegmentWriter,
+        *,
+        max_pending_bytes: int,
+        stats: Stats | None = None,
     ) -> None:
         self._loop = loop
         self._writer = writer
+        self._stats = stats
         self._max_pending = max_pending_bytes
         self._frames: list[bytes] = []
         self._acks: list[Acknowledge] = []
@@ -112,10 +119,13 @@ class GroupCommit:
                 batches.append(more)
             data = first[0] if len(batches) == 1 else b"".join(d for d, _ in batches)
             error: BaseException | None = None
+            started = time.perf_counter()
             try:
                 write(data, sum(len(acks) for _, acks in batches))
             except BaseException as exc:  # answered 503 on the loop
                 error = exc
+            if self._stats is not None:
+                self._stats.synced(time.perf_counter() - started)
             self._loop.call_soon_threadsafe(self._done, batches, len(data), error)
             if error is None:
                 self._writer.preallocate_ahead()  # while the answers go out

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, NamedTuple, cast
 import httptools
 
 from tally import health, wire
-from tally.collector import lenient
+from tally.collector import lenient, stats
 from tally.errors import InvalidInput
 from tally.log.record import encode_frame, method_code
 
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("tally.collector")
 
 _TRACKING = frozenset(p.encode() for p in wire.TRACKING_PATHS)
+#: Endpoints counted by name for /metrics; every other path counts as the core's.
+_COUNTED = _TRACKING | {b"/healthz", wire.MOBILE_VERIFY_PATH.encode()}
 _RECORDED_METHODS = {b"GET": method_code("GET"), b"POST": method_code("POST")}
 
 _GIF_KEEP = wire.gif_response(keep_alive=True)
@@ -80,6 +82,7 @@ class _Proxied(NamedTuple):
 class TrackingProtocol(asyncio.Protocol):
     def __init__(self, worker: Worker) -> None:
         self._worker = worker
+        self._stats = worker.stats
         self._commit = worker.commit
         self._max_head = worker.settings.max_head_bytes
         self._max_body = worker.settings.max_body_bytes
@@ -267,6 +270,7 @@ class TrackingProtocol(asyncio.Protocol):
             path, query = url[:mark], url[mark + 1 :]
         else:
             path, query = url, b""
+        self._stats.requests[path if path in _COUNTED else stats.CORE] += 1
         if path in _TRACKING:
             code = _RECORDED_METHODS.get(method)
             if code is not None:
@@ -359,6 +363,7 @@ class TrackingProtocol(asyncio.Protocol):
             return
         while answers and answers[0][0] is not None:
             slot = answers.popleft()
+            self._stats.responses[slot[0][9:12]] += 1  # type: ignore[index]
             if not self._closed:
                 transport.write(slot[0])  # type: ignore[arg-type]
             if slot is self._close_after:

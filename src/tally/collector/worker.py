@@ -16,6 +16,7 @@ import uvloop
 
 from tally.collector.commit import GroupCommit
 from tally.collector.protocol import TrackingProtocol
+from tally.collector.stats import Stats
 from tally.log.writer import SegmentWriter, StreamLocked
 from tally.serverlog import configure_logging
 from tally.settings import Settings
@@ -51,11 +52,15 @@ class Worker:
         settings: Settings,
         writer: SegmentWriter,
         core_socket: Path | None,
+        stats: Stats,
     ) -> None:
         self.loop = loop
         self.settings = settings
         self.core_socket = core_socket
-        self.commit = GroupCommit(loop, writer, max_pending_bytes=settings.backlog_mib << 20)
+        self.stats = stats
+        self.commit = GroupCommit(
+            loop, writer, max_pending_bytes=settings.backlog_mib << 20, stats=stats
+        )
         self.connections: set[TrackingProtocol] = set()
         self.tasks: set[asyncio.Task[bool]] = set()  # requests relayed to the core
 
@@ -70,6 +75,7 @@ class Worker:
             now = self.loop.time()
             for connection in list(self.connections):
                 connection.close_idle(now, timeout)
+            self.stats.publish(len(self.connections))  # for /metrics
 
     async def stop(self) -> None:
         """Answer what is owed, make everything durable, close."""
@@ -100,7 +106,7 @@ async def _serve(index: int, settings: Settings, ready: Connection, supervisor: 
     writer = SegmentWriter(
         settings.log_dir / stream_name(index), segment_bytes=settings.segment_mib << 20
     )
-    worker = Worker(loop, settings, writer, settings.core_socket)
+    worker = Worker(loop, settings, writer, settings.core_socket, Stats(settings.run_dir, index))
     server = await loop.create_server(
         worker.protocol, sock=listening_socket(settings.host, settings.port)
     )
