@@ -18,7 +18,7 @@ import httpx
 import psutil
 import pytest
 
-from serverproc import RunningServer
+from serverproc import RunningServer, wait_until
 from tally import wire
 from tally.log import LogReader
 from wire import connect, get, read_responses, read_until_closed, split_responses
@@ -297,3 +297,33 @@ def test_a_refused_request_is_answered_before_the_connection_closes(server):
         sock.shutdown(socket.SHUT_WR)
         assert _refused(read_until_closed(sock)) == 400
     assert httpx.get(f"{server.base_url}/healthz").status_code == 200
+
+
+def test_connections_past_the_limit_are_told_to_come_back(tmp_path: Path) -> None:
+    """--max-connections: a sixth connection to a collector that holds five gets
+    503 + Retry-After and is closed; once one goes, a new one is served."""
+    server = RunningServer(
+        tmp_path / "data", workers=1, extra_args=["--max-connections", "5"]
+    ).start()
+    held = []
+    try:
+        for _ in range(5):
+            sock = connect(server.port)
+            sock.sendall(get("/healthz"))
+            assert read_responses(sock, 1)[0].status == 200
+            held.append(sock)
+        with connect(server.port) as extra:
+            [refused] = split_responses(read_until_closed(extra))
+        assert refused.status == 503
+        assert refused.headers["retry-after"] == "1"
+        held.pop().close()
+        params = {"_k": server.api_key, "_p": "after", "_n": "Room Again"}
+        wait_until(
+            lambda: httpx.get(server.base_url + "/e", params=params).status_code == 200,
+            5,
+            "a connection is served once one is closed",
+        )
+    finally:
+        for sock in held:
+            sock.close()
+        assert server.stop() == 0

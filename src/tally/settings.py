@@ -37,6 +37,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("timeout", 30.0, "Seconds before an idle or slow connection is closed."),
     Setting("backlog_mib", 64, "MiB of records waiting for fsync per collector before 503."),
     Setting(
+        "max_connections",
+        10_000,
+        "Open client connections per collector; one more is answered 503 and closed.",
+    ),
+    Setting(
         "query_timeout",
         30.0,
         "Seconds a report or API query may run before it is stopped (answered 504).",
@@ -73,6 +78,7 @@ class Settings:
     workers: int = 0  # 0: one per CPU
     timeout: float = 30.0
     backlog_mib: int = 64
+    max_connections: int = 10_000  # per collector
     query_timeout: float = 30.0  # Store.reading
     segment_mib: int = 64  # tally.log.writer
     defer_seconds: float = 30.0  # tally.pacing

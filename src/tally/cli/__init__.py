@@ -87,6 +87,7 @@ def main() -> None:
 @setting_option("workers", type=click.IntRange(1, 256))
 @setting_option("timeout", type=click.FloatRange(min=0.1))
 @setting_option("backlog_mib", type=click.IntRange(1, 65536))
+@setting_option("max_connections", type=click.IntRange(1, 1_000_000))
 @setting_option("query_timeout", type=click.FloatRange(min=0.1))
 @setting_option("segment_mib", type=click.IntRange(1, 1024))
 @setting_option("defer_seconds", type=click.FloatRange(min=0))
@@ -99,6 +100,7 @@ def serve(
     workers: int | None,
     timeout: float,
     backlog_mib: int,
+    max_connections: int,
     query_timeout: float,
     segment_mib: int,
     defer_seconds: float,
@@ -121,6 +123,7 @@ def serve(
         workers=workers or 0,
         timeout=timeout,
         backlog_mib=backlog_mib,
+        max_connections=max_connections,
         query_timeout=query_timeout,
         segment_mib=segment_mib,
         defer_seconds=defer_seconds,

@@ -130,6 +130,13 @@ class TrackingProtocol(asyncio.Protocol):
         if isinstance(peer, tuple) and peer:
             self._addr = str(peer[0]).encode()
         self.last_active = self._worker.loop.time()
+        if len(self._worker.connections) >= self._worker.settings.max_connections:
+            # Each connection holds memory and a file descriptor: past the
+            # limit, a client is told to come back rather than held.
+            self._stats.responses[b"503"] += 1
+            self._transport.write(_503_CLOSE)
+            self._transport.close()
+            return
         self._worker.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
