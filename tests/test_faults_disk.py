@@ -239,6 +239,18 @@ def logged_people(server: RunningServer) -> Counter[str]:
     return found
 
 
+def failing_for(server: RunningServer, words: str, tag: str) -> tuple[list[str], list[str]]:
+    """Calls go on while the store fails; status and /healthz say why, in
+    ``words``, and the store is paused (assert_paused). The people
+    acknowledged and refused meanwhile."""
+    acknowledged, refused = track(server, tag, 200)
+    error = wait_until(lambda: processor_error(server), 5, "the processor fails")
+    assert words in error["message"].lower(), error
+    more, verdict = assert_paused(server, "during")
+    assert any(words in r.lower() for r in verdict["reasons"]), verdict
+    return acknowledged + more, refused
+
+
 def assert_paused(server: RunningServer, tag: str) -> tuple[list[str], dict[str, Any]]:
     """While the store fails: ingest goes on, /healthz says why (degraded, 200),
     no batch is applied and no position moves, nothing becomes a reject. The
@@ -427,14 +439,9 @@ def test_immutable_store_files_pause_the_processor_until_writable_again(
     frozen = [p for p in store if p.exists()] + [disk.path]
     chattr("+i", frozen)
     try:
-        more, no = track(server, "frozen", 200)
+        more, no = failing_for(server, "not permitted", "frozen")
         acknowledged += more
         refused += no
-        error = wait_until(lambda: processor_error(server), 5, "the processor fails")
-        assert "not permitted" in error["message"].lower(), error
-        more, verdict = assert_paused(server, "during")
-        acknowledged += more
-        assert any("not permitted" in r for r in verdict["reasons"]), verdict
     finally:
         chattr("-i", frozen)
     wait_until(lambda: caught_up(server), RESUME_SECONDS, "the processor resumes")
@@ -498,14 +505,9 @@ def test_a_read_only_store_pauses_the_processor_until_writable_again(
     wait_until(lambda: caught_up(server), 10, "the first events are applied")
 
     tracer = fail_store_writes(lab, server, "error=EROFS", tmp_path / "strace.txt")
-    more, no = track(server, "read-only", 200)
+    more, no = failing_for(server, "read-only file system", "read-only")
     acknowledged += more
     refused += no
-    error = wait_until(lambda: processor_error(server), 5, "the processor fails")
-    assert "read-only file system" in error["message"].lower(), error
-    more, verdict = assert_paused(server, "during")
-    acknowledged += more
-    assert any("read-only file system" in r.lower() for r in verdict["reasons"]), verdict
 
     detach(tracer)  # the file system is writable again
     wait_until(lambda: caught_up(server), RESUME_SECONDS, "the processor resumes")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tally.log.damage import Damage, Quarantine, is_legacy, walk
+from tally.log.reader import LogReader
 from tally.log.writer import durable_position, list_segments, segment_name
 
 
@@ -115,7 +116,7 @@ def _check_stream(
     durable = durable_position(stream_dir)
     bases = list_segments(stream_dir)
     report.segments = len(bases)
-    end = durable if durable is not None else _end_of(stream_dir, bases)
+    end = durable if durable is not None else LogReader(stream_dir.parent).size(name)
     report.durable = end
     target = applied.position if applied else -1
     on_boundary = target in (0, end)  # an applied position lies between frames
@@ -204,9 +205,3 @@ def read_damage(data_dir: Path, damage: Damage) -> bytes:
 def _spans(region: bytes) -> Iterator[tuple[int, int, str | None]]:
     for span in walk(region, legacy=is_legacy(region)):
         yield span.start, span.end, span.reason
-
-
-def _end_of(stream_dir: Path, bases: list[int]) -> int:
-    if not bases:
-        return 0
-    return bases[-1] + (stream_dir / segment_name(bases[-1])).stat().st_size

@@ -10,6 +10,7 @@ prometheus_client's.
 
 from __future__ import annotations
 
+import bisect
 import json
 import threading
 import time
@@ -52,8 +53,7 @@ class Durations:
     def observe(self, label: str, seconds: float) -> None:
         with self._lock:
             counts = self._counts.setdefault(label, [0] * (len(self.bounds) + 1))
-            index = next((i for i, b in enumerate(self.bounds) if seconds <= b), len(self.bounds))
-            counts[index] += 1
+            counts[bisect.bisect_left(self.bounds, seconds)] += 1
             self._sums[label] = self._sums.get(label, 0.0) + seconds
 
     def snapshot(self) -> dict[str, tuple[list[int], float]]:

@@ -17,6 +17,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from tally.replace import replace_file
+
 #: Upper bounds of the log-sync histogram, in seconds.
 SYNC_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 #: The endpoint of every request the collector hands to the core.
@@ -54,10 +56,4 @@ class Stats:
         }
         with contextlib.suppress(OSError):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            partial = self.path.with_name(self.path.name + ".partial")
-            partial.write_text(json.dumps(state))
-            os.replace(partial, self.path)
-
-    def remove(self) -> None:
-        with contextlib.suppress(OSError):
-            self.path.unlink()
+            replace_file(self.path, json.dumps(state).encode())

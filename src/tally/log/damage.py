@@ -16,13 +16,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 from tally.log.record import MAGIC, CorruptFrame, check_frame, resync
+from tally.replace import replace_file
 
 log = logging.getLogger("tally.log")
 
@@ -111,8 +111,8 @@ class Quarantine:
         }
         # The bytes first, then the report: a report exists only beside its
         # whole bytes, and a kill in between is redone by the next finder.
-        _write_atomically(self.dir / f"{name}.bin", kept)
-        _write_atomically(report_path, (json.dumps(report, indent=2) + "\n").encode())
+        replace_file(self.dir / f"{name}.bin", kept, sync=True)
+        replace_file(report_path, (json.dumps(report, indent=2) + "\n").encode(), sync=True)
         if quiet:
             return True
         log.warning(
@@ -138,12 +138,3 @@ class Quarantine:
             with contextlib.suppress(OSError, ValueError):
                 found.append(json.loads(path.read_text()))
         return found
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, path)

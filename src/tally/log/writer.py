@@ -43,6 +43,7 @@ from tally.errors import Unavailable
 from tally.log.damage import Damage, Quarantine, is_legacy, walk
 from tally.log.record import LOG_FORMAT, CorruptFrame, read_frame
 from tally.permissions import FILE_MODE
+from tally.replace import replace_file
 
 log = logging.getLogger("tally.log")
 
@@ -82,9 +83,7 @@ def check_format(log_dir: Path) -> None:
         text = path.read_text().strip()
     except FileNotFoundError:
         log_dir.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{FORMAT_FILE}.{os.getpid()}.partial")
-        partial.write_text(f"{LOG_FORMAT}\n")
-        os.replace(partial, path)
+        replace_file(path, f"{LOG_FORMAT}\n".encode())
         return
     except OSError as exc:
         raise Unavailable(f"cannot read {path}: {exc.strerror}", code="log_unreadable") from exc
@@ -110,9 +109,7 @@ def read_applied(log_dir: Path) -> dict[str, int]:
 
 
 def write_applied(log_dir: Path, positions: dict[str, int]) -> None:
-    partial = log_dir / (APPLIED_FILE + ".partial")
-    partial.write_text(json.dumps(positions, sort_keys=True))
-    os.replace(partial, log_dir / APPLIED_FILE)
+    replace_file(log_dir / APPLIED_FILE, json.dumps(positions, sort_keys=True).encode())
 
 
 def segment_name(base: int) -> str:
