@@ -17,21 +17,17 @@ import fcntl
 import hashlib
 import os
 import shutil
-import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from tally.backup.manifest import File
 from tally.errors import Conflict, TallyError, Unavailable
-from tally.log.writer import DURABLE_FILE, fsync_dir
+from tally.log.writer import DURABLE_FILE, durable_record, fsync_dir
 
 #: Told how many more bytes have been copied (a progress bar).
 Advance = Callable[[int], None]
 _CHUNK = 4 * 1024 * 1024
-#: A stream's DURABLE file (docs/log-format.md): its durable position, then the
-#: writes and records counters of a writer's run, which no writer has made here.
-_DURABLE = struct.Struct("<QQQ")
 
 
 def ignore(_: int) -> None:
@@ -140,7 +136,7 @@ def digest_file(path: Path, advance: Advance = ignore) -> File:
 
 def write_durable(stream_dir: Path, end: int) -> None:
     """The stream's DURABLE file: its copied segments are durable to ``end``."""
-    write_file(stream_dir / DURABLE_FILE, _DURABLE.pack(end, 0, 0))
+    write_file(stream_dir / DURABLE_FILE, durable_record(end))
 
 
 def write_file(path: Path, data: bytes) -> None:

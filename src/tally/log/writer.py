@@ -148,6 +148,12 @@ def durable_position(stream_dir: Path) -> int | None:
     return position
 
 
+def durable_record(position: int) -> bytes:
+    """The bytes of a ``DURABLE`` file saying the stream is durable to
+    ``position`` (no writes counted: a copy's, tally.backup)."""
+    return _DURABLE.pack(position, 0, 0)
+
+
 def durable_counts(stream_dir: Path) -> tuple[int, int]:
     """How many writes the stream's writer has made durable since it started,
     and how many records they held ((0, 0) when it has not said)."""
