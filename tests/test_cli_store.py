@@ -92,7 +92,7 @@ MISTAKES: list[tuple[tuple[str, ...], str]] = [
     (("person", "nobody"), "error: no person with identity 'nobody' in 'default'"),
     (("person", "mallory"), "error: no person with identity 'mallory' in 'default'"),
     (("events", "--page", "0"), "error: page"),
-    (("events", "--page-size", "5000"), "error: page_size is 1 to 1000"),
+    (("events", "--page-size", "5000"), "error: page_size is at most 1000"),
     (("events", "--from", "soon"), "error: from is not an ISO date or timestamp: 'soon'"),
     (("events", "--identity", "nobody"), "error: no person with identity 'nobody' in 'default'"),
 ]

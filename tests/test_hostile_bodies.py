@@ -108,7 +108,7 @@ HOSTILE = [
     pytest.param("metrics", '{"event": "A", "to": "9999-12-31", "interval": "week"}', "to",
                  "2200-01-01", id="to 9999-12-31 by week"),
     pytest.param("cohort", '{"first_event": "A", "return_event": "B", "from": "9999-12-01", '
-                 '"to": "9999-12-31", "interval": "month"}', "to", "2200-01-01",
+                 '"to": "9999-12-31", "interval": "month"}', "from", "2200-01-01",
                  id="a cohort in 9999"),
     pytest.param("metrics", '{"event": "A", "from": "0001-01-01T00:00:00+14:00"}', "from",
                  "1970-01-01", id="from year 1 at +14:00"),

@@ -11,7 +11,8 @@ import pytest
 
 from tally.errors import InvalidInput, TimedOut
 from tally.reports import Product, parse
-from tally.reports.query import MAX_INTERVALS, MAX_ITEMS
+from tally.reports.bodies import MAX_ITEMS
+from tally.reports.query import MAX_INTERVALS
 from tally.store import Store
 
 PRODUCT = Product("default")

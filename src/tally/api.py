@@ -25,18 +25,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tally import api_models as models
 from tally import audit
 from tally.backup.snapshot import new_snapshot_path, snapshot_store
 from tally.catalog import Catalog
-from tally.errors import InvalidInput, TallyError, Unauthorized
+from tally.errors import TallyError, Unauthorized
 from tally.log.reader import LogReader
 from tally.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tally.metrics import REPORT_BUCKETS, Durations, Pipeline, render
+from tally.openapi import Operation, document
 from tally.processor import Processor
-from tally.reports import Product, parse, people, run_report
+from tally.reports import KINDS, Product, parse, people, run_report
+from tally.reports.bodies import BODIES
 from tally.reports.query import People, json_object
 from tally.settings import Settings
-from tally.views.common import require_product
+from tally.validation import validated
+from tally.views.common import Page, require_product
 from tally.views.events import events_view
 from tally.views.person import person_view
 from tally.views.rejects import rejects_view
@@ -131,53 +135,50 @@ async def status(request: Request) -> Response:
 
 async def person(request: Request) -> Response:
     core = _authorise(request)
-    q = request.query_params
+    q = validated(Page, request.query_params)
     return await _in_thread(
         core,
         person_view,
         _product(core, request),
         request.path_params["identity"],
-        page=q.get("page"),
-        page_size=q.get("page_size"),
+        page=q.page,
+        page_size=q.page_size,
     )
 
 
 async def events(request: Request) -> Response:
     core = _authorise(request)
-    q = request.query_params
+    q = validated(models.EventsQuery, request.query_params)
     return await _in_thread(
         core,
         events_view,
         _product(core, request),
-        event=q.get("event"),
-        identity=q.get("identity"),
-        time_from=q.get("from"),
-        time_to=q.get("to"),
-        page=q.get("page"),
-        page_size=q.get("page_size"),
+        event=q.event,
+        identity=q.identity,
+        time_from=q.from_,
+        time_to=q.to,
+        page=q.page,
+        page_size=q.page_size,
     )
 
 
 async def rejects(request: Request) -> Response:
     core = _authorise(request)
-    q = request.query_params
+    q = validated(models.RejectsQuery, request.query_params)
     return await _in_thread(
         core,
         rejects_view,
         _product(core, request),
-        reason=q.get("reason"),
-        page=q.get("page"),
-        page_size=q.get("page_size"),
+        reason=q.reason,
+        page=q.page,
+        page_size=q.page_size,
     )
 
 
 async def replay(request: Request) -> Response:
     core, actor = _operator(request)
     product = _product(core, request)
-    body = await _json_body(request)
-    reason = body.get("reason")
-    if reason is not None and not isinstance(reason, str):
-        raise InvalidInput("reason is a reject reason code", field="reason")
+    reason = validated(models.Replay, await _json_body(request)).reason
     result = await run_in_threadpool(core.processor.replay, product, reason)
     # Here, not in the thread: the catalog's one connection is the event loop's.
     core.catalog.record(actor, audit.REJECTS_REPLAY, product, {"reason": reason, **result})
@@ -260,18 +261,20 @@ async def tokens(request: Request) -> Response:
 
 async def revoke_token(request: Request) -> Response:
     core, actor = _operator(request)
-    body = await _json_body(request)
-    every = body.get("all", False)
-    if not isinstance(every, bool):
-        raise InvalidInput("all is true or false", field="all")
+    every = validated(models.Revoke, await _json_body(request)).all
     revoked = core.catalog.revoke_token(request.path_params["name"], every=every, actor=actor)
     return JSONResponse({"revoked": [t.to_json() for t in revoked]})
 
 
 async def audit_log(request: Request) -> Response:
     core = _authorise(request)
-    limit = audit.parse_limit(request.query_params.get("limit"))
+    limit = validated(audit.AuditQuery, request.query_params).limit
     return JSONResponse({"entries": [e.to_json() for e in core.catalog.audit_entries(limit)]})
+
+
+async def openapi(request: Request) -> Response:
+    """This API's OpenAPI 3.1 document (tally.openapi); no token needed."""
+    return JSONResponse(request.app.state.openapi)
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -305,27 +308,46 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     )
 
 
+PRODUCT = "/api/v1/products/{product}"
+#: Every route of the API, with what the OpenAPI document says of it.
+OPERATIONS = [
+    Operation("GET", "/api/v1/openapi.json", openapi, "This document", public=True),
+    Operation("GET", "/api/v1/status", status, "The log, the pipeline and the store",
+              answer=models.Status),
+    Operation("GET", PRODUCT + "/people/{identity:path}", person,
+              "A person: identities, aliases, properties and events", query=Page,
+              answer=models.Person),
+    Operation("GET", PRODUCT + "/events", events, "Events, newest first",
+              query=models.EventsQuery, answer=models.Events),
+    Operation("GET", PRODUCT + "/rejects", rejects, "Rejected records with their reasons",
+              query=models.RejectsQuery, answer=models.Rejects),
+    Operation("POST", PRODUCT + "/rejects/replay", replay, "Apply rejected records again",
+              body=models.Replay, answer=models.Replayed),
+    Operation("POST", PRODUCT + "/reports/{kind}", report, "A report",
+              per_value={kind: (BODIES[kind], models.ANSWERS[kind]) for kind in KINDS},
+              csv_values=("people",)),
+    Operation("POST", "/api/v1/backup/snapshot", backup_snapshot,
+              "A consistent copy of the store, for `tally backup` on this machine"),
+    Operation("GET", "/api/v1/tokens", tokens, "Operator tokens (never their secrets)",
+              answer=models.Tokens),
+    Operation("POST", "/api/v1/tokens/{name:path}/revoke", revoke_token,
+              "Revoke an operator token", body=models.Revoke, answer=models.Revoked),
+    Operation("GET", "/api/v1/audit", audit_log, "What operators changed, newest first",
+              query=audit.AuditQuery, answer=models.Audit),
+    Operation("GET", "/metrics", metrics, "The pipeline in Prometheus' text format",
+              media_type=METRICS_CONTENT_TYPE),
+]  # fmt: skip
+
+
 def build_app(core: Core) -> Starlette:
-    products = "/api/v1/products/{product}"
     app = Starlette(
-        routes=[
-            Route("/api/v1/status", status),
-            Route(products + "/people/{identity:path}", person),
-            Route(products + "/events", events),
-            Route(products + "/rejects", rejects),
-            Route(products + "/rejects/replay", replay, methods=["POST"]),
-            Route(products + "/reports/{kind}", report, methods=["POST"]),
-            Route("/api/v1/backup/snapshot", backup_snapshot, methods=["POST"]),
-            Route("/api/v1/tokens", tokens),
-            Route("/metrics", metrics),
-            Route("/api/v1/tokens/{name:path}/revoke", revoke_token, methods=["POST"]),
-            Route("/api/v1/audit", audit_log),
-        ],
+        routes=[Route(op.path, op.endpoint, methods=[op.method]) for op in OPERATIONS],
         exception_handlers={
             TallyError: _tally_error,
             HTTPException: _http_error,
             Exception: _unexpected,
         },
     )
+    app.state.openapi = document(OPERATIONS)
     app.state.core = core
     return app

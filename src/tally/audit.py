@@ -19,9 +19,11 @@ import os
 import pwd
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from tally.errors import InvalidInput
+from pydantic import Field
+
+from tally.validation import Params
 
 PRODUCT_CREATE = "product.create"
 KEY_ADD = "key.add"
@@ -64,17 +66,10 @@ def local_actor() -> str:
     return f"cli (unix user {user})"
 
 
-def parse_limit(value: Any) -> int:
-    """How many entries to show: 1 to ``MAX_LIMIT``, ``DEFAULT_LIMIT`` if unsaid."""
-    if value in (None, ""):
-        return DEFAULT_LIMIT
-    try:
-        limit = int(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput("limit is a whole number", field="limit") from exc
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidInput(f"limit is 1 to {MAX_LIMIT}", field="limit")
-    return limit
+class AuditQuery(Params):
+    """How many entries to show: the API's query parameter, the CLI's option."""
+
+    limit: Annotated[int, Field(ge=1, le=MAX_LIMIT, description="Newest first.")] = DEFAULT_LIMIT
 
 
 @dataclass(frozen=True, slots=True)

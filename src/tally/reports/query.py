@@ -1,9 +1,11 @@
 """Report questions as frozen values, read from a JSON body (docs/reports.md).
 
-Parsing is the only place that looks at the body: it checks every field,
-names the offending one in :class:`InvalidInput`, resolves names to their SPEC
-§2 keys and dates to Unix seconds in the product's time zone. What comes out
-is a plain value that the SQL compiler (and the tests' oracle) can trust.
+Parsing is the only place that looks at the body: it checks it against its
+model (:mod:`tally.reports.bodies`, from which the OpenAPI document is
+generated), names the offending field in :class:`InvalidInput`, resolves names
+to their SPEC §2 keys and dates to Unix seconds in the product's time zone.
+What comes out is a plain value that the SQL compiler (and the tests' oracle)
+can trust.
 """
 
 from __future__ import annotations
@@ -15,24 +17,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from itertools import accumulate
-from typing import Any, Literal
+from typing import Any, get_args
 from zoneinfo import ZoneInfo
 
 from tally.errors import InvalidInput
 from tally.names import name_key
+from tally.reports import bodies
+from tally.reports.bodies import Interval
+from tally.validation import validated
 
-Interval = Literal["hour", "day", "week", "month"]
-INTERVALS: tuple[Interval, ...] = ("hour", "day", "week", "month")
-STRING_OPS = ("equals", "not_equals", "contains", "begins_with", "ends_with")
-PRESENCE_OPS = ("has_any_value", "has_no_value")
-NUMBER_OPS = ("gt", "gte", "lt", "lte")
+INTERVALS: tuple[Interval, ...] = get_args(Interval)
+STRING_OPS: tuple[str, ...] = get_args(bodies.StringOp)
+PRESENCE_OPS: tuple[str, ...] = get_args(bodies.PresenceOp)
+NUMBER_OPS: tuple[str, ...] = get_args(bodies.NumberOp)
 FILTER_OPS = STRING_OPS + PRESENCE_OPS + NUMBER_OPS
-MAX_STEPS = 20
-MAX_PAGE_SIZE = 1000
-#: At most this many conditions, columns or filters in one list of a report: a
-#: query's cost grows with them (measured on the landed server, 400
-#: `has_no_value` conditions took 1.1 GB and 4 s; 3,000 did not finish).
-MAX_ITEMS = 50
 #: At most this many intervals in a series (a metrics line, cohorts, revenue):
 #: 100 years by day, 11 years by hour.
 MAX_INTERVALS = 100_000
@@ -260,129 +258,49 @@ def _require_text(body: dict[str, Any]) -> None:
             stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(item))))
 
 
-class _Body:
-    """Typed access to a JSON object, every error naming its field."""
-
-    def __init__(self, raw: Any, prefix: str = "") -> None:
-        if not isinstance(raw, dict):
-            raise InvalidInput(f"{prefix or 'the body'} is a JSON object", field=prefix or "body")
-        self.raw = raw
-        self.prefix = prefix
-
-    def field(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if self.prefix else name
-
-    def fail(self, name: str, message: str) -> InvalidInput:
-        return InvalidInput(f"{self.field(name)} {message}", field=self.field(name))
-
-    def get(self, name: str) -> Any:
-        return self.raw.get(name)
-
-    def text(self, name: str, *, default: str | None = None) -> str:
-        value = self.raw.get(name)
-        if value is None:
-            if default is not None:
-                return default
-            raise self.fail(name, "is required")
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(name, "is a non-empty string")
-        return value
-
-    def name(self, name: str, *, required: bool = True) -> str | None:
-        """A name (event or property) as its SPEC §2 key."""
-        if self.raw.get(name) is None and not required:
-            return None
-        key = name_key(self.text(name))
-        if not key:
-            raise self.fail(name, "is an empty name")
-        return key
-
-    def key(self, name: str) -> str:
-        """A required name, as its SPEC §2 key."""
-        key = self.name(name)
-        assert key is not None  # required=True raises instead
-        return key
-
-    def choice(self, name: str, options: tuple[str, ...], default: str | None = None) -> str:
-        value = self.raw.get(name)
-        if value is None and default is not None:
-            return default
-        if value not in options:
-            raise self.fail(name, "is one of " + ", ".join(options))
-        return str(value)
-
-    def whole(self, name: str, low: int, high: int, default: int | None = None) -> int:
-        value = self.raw.get(name)
-        if value is None and default is not None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise self.fail(name, f"is a whole number from {low} to {high}")
-        return value
-
-    def items(self, name: str, *, required: bool = False, most: int = MAX_ITEMS) -> list[Any]:
-        value = self.raw.get(name)
-        if value is None:
-            if required:
-                raise self.fail(name, "is required")
-            return []
-        if not isinstance(value, list):
-            raise self.fail(name, "is a list")
-        if len(value) > most:
-            raise self.fail(name, f"has {len(value):,} items; the limit is {most}")
-        return value
-
-    def interval(self, common: Common) -> Interval:
-        """The series' interval, if the range holds no more than MAX_INTERVALS."""
-        interval: Interval = self.choice("interval", INTERVALS, "day")  # type: ignore[assignment]
-        count = -(-(common.end - common.start) // _INTERVAL_SECONDS[interval])
-        if count > MAX_INTERVALS:
-            raise self.fail(
-                "interval",
-                f"makes {count:,} {_INTERVALLY[interval]} intervals of this range; the limit is "
-                f"{MAX_INTERVALS:,}: choose a longer interval or a shorter range",
-            )
-        return interval
-
-    def nested(self, name: str, index: int | None = None) -> _Body:
-        item = self.raw.get(name) if index is None else self.raw[name][index]
-        label = self.field(name) if index is None else f"{self.field(name)}[{index}]"
-        return _Body(item, label)
+def _fail(field: str, message: str) -> InvalidInput:
+    return InvalidInput(f"{field} {message}", field=field)
 
 
 def parse(kind: str, body: Any, product: Product, *, now: float | None = None) -> Query:
-    """The query value for ``kind`` from a JSON body, or InvalidInput."""
+    """The query value for ``kind`` from a JSON body, or InvalidInput.
+
+    The body is checked against its model in :mod:`tally.reports.bodies` (the
+    OpenAPI document's schema), then turned into plain values: names into
+    their SPEC §2 keys, dates into Unix seconds in the product's time zone."""
     if kind not in KINDS:
         raise InvalidInput(
             f"unknown report {kind!r}; reports are " + ", ".join(KINDS), field="kind"
         )
-    b = _Body({} if body is None else body)
-    _require_text(b.raw)  # a body the CLI built from its arguments did not pass json_object
-    common = _common(b, product, now)
-    return _PARSERS[kind](b, common, product)
+    raw = {} if body is None else body
+    if isinstance(raw, dict):
+        _require_text(raw)  # a body the CLI built from its arguments did not pass json_object
+    b = validated(bodies.BODIES[kind], raw)
+    return _PARSERS[kind](b, _common(b, product, now), product)
 
 
-def _common(b: _Body, product: Product, now: float | None) -> Common:
+def _common(b: bodies.Common, product: Product, now: float | None) -> Common:
     tz = ZoneInfo(product.timezone)
-    end = _when(b, "to", tz)
+    end = _when(b.to, "to", tz)
     if end is None:
         today = datetime.fromtimestamp(now if now is not None else _now(), tz).date()
         end = _midnight(today + timedelta(days=1), tz)
-    start = _when(b, "from", tz)
+    start = _when(b.from_, "from", tz)
     if start is None:
         # 30 calendar days before `to` in the product's zone (a DST change
         # makes one of them 23 or 25 hours long).
         local = datetime.fromtimestamp(end, tz).replace(tzinfo=None) - timedelta(days=30)
         start = math.floor(local.replace(tzinfo=tz).timestamp())
     if start >= end:
-        raise b.fail("from", "is before to")
+        raise _fail("from", "is before to")
     return Common(
         product=product.name,
         start=start,
         end=end,
         tz=product.timezone,
-        unit=b.choice("unit", ("people", "times"), "people"),
-        where=_filters(b, "where"),
-        person_where=_filters(b, "person_where"),
+        unit=b.unit,
+        where=_filters(b.where, "where"),
+        person_where=_filters(b.person_where, "person_where"),
     )
 
 
@@ -396,12 +314,9 @@ def _midnight(day: date, tz: ZoneInfo) -> int:
     return int(datetime.combine(day, time(), tz).timestamp())
 
 
-def _when(b: _Body, name: str, tz: ZoneInfo) -> int | None:
-    value = b.get(name)
+def _when(value: str | None, field: str, tz: ZoneInfo) -> int | None:
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise b.fail(name, "is an ISO date or timestamp, like 2026-01-31")
     text = value.strip()
     try:
         if len(text) == 10:
@@ -409,36 +324,54 @@ def _when(b: _Body, name: str, tz: ZoneInfo) -> int | None:
         else:
             moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise b.fail(name, f"is not an ISO date or timestamp: {value!r}") from exc
+        raise _fail(field, f"is not an ISO date or timestamp: {value!r}") from exc
     if not EARLIEST_DATE <= moment.replace(tzinfo=None) <= LATEST_DATE:
-        raise b.fail(name, f"is out of range: dates are from {EARLIEST_DATE:%Y-%m-%d} to "
+        raise _fail(field, f"is out of range: dates are from {EARLIEST_DATE:%Y-%m-%d} to "
                            f"{LATEST_DATE:%Y-%m-%d}, not {value!r}")  # fmt: skip
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=tz)
     return math.floor(moment.timestamp())
 
 
-def _filters(b: _Body, name: str) -> tuple[Filter, ...]:
-    return tuple(_filter(b.nested(name, i)) for i in range(len(b.items(name))))
+def _key(name: str, field: str) -> str:
+    """A name as its SPEC §2 key."""
+    key = name_key(name)
+    if not key:
+        raise _fail(field, "is an empty name")
+    return key
 
 
-def _filter(f: _Body, *, op_name: str = "op") -> Filter:
-    prop = f.key("property")
-    return Filter(prop, *_test(f, op_name))
+def _interval(interval: Interval, common: Common) -> Interval:
+    """The series' interval, if the range holds no more than MAX_INTERVALS."""
+    count = -(-(common.end - common.start) // _INTERVAL_SECONDS[interval])
+    if count > MAX_INTERVALS:
+        raise _fail(
+            "interval",
+            f"makes {count:,} {_INTERVALLY[interval]} intervals of this range; the limit is "
+            f"{MAX_INTERVALS:,}: choose a longer interval or a shorter range",
+        )
+    return interval
 
 
-def _test(f: _Body, op_name: str = "op") -> tuple[str, str | float | None]:
-    op = f.choice(op_name, FILTER_OPS)
-    value = f.get("value")
+def _filters(items: list[bodies.Filter], field: str) -> tuple[Filter, ...]:
+    return tuple(_filter(f, f"{field}[{i}]") for i, f in enumerate(items))
+
+
+def _filter(f: bodies.Filter, field: str) -> Filter:
+    return Filter(_key(f.property, f"{field}.property"), *_test(f.op, f.value, field))
+
+
+def _test(op: str, value: Any, field: str) -> tuple[str, str | float | None]:
     if op in PRESENCE_OPS:
         return op, None
     if op in NUMBER_OPS:
         number = _number(value)
         if number is None:
-            raise f.fail("value", f"is a number for {op}, finite and within ±1.8e308 (a double)")
+            raise _fail(f"{field}.value",
+                        f"is a number for {op}, finite and within ±1.8e308 (a double)")  # fmt: skip
         return op, number
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise f.fail("value", f"is a string for {op}")
+        raise _fail(f"{field}.value", f"is a string for {op}")
     return op, value if isinstance(value, str) else _plain(value)
 
 
@@ -467,164 +400,113 @@ def _plain(number: int | float) -> str:
     return str(number)
 
 
-def _segment(b: _Body, attributions: tuple[str, ...]) -> Segment | None:
-    if b.get("segment") is None:
+def _segment(s: bodies.MetricsSegment | bodies.FunnelSegment | None) -> Segment | None:
+    if s is None:
         return None
-    s = b.nested("segment")
-    prop = s.key("property")
-    return Segment(prop, s.choice("attribution", attributions, "first_ever"))
+    return Segment(_key(s.property, "segment.property"), s.attribution)
 
 
-def _people_only(b: _Body, common: Common) -> None:
-    if common.unit != "people":
-        raise b.fail("unit", "is people for this report")
-
-
-def _metrics(b: _Body, common: Common, product: Product) -> Metrics:
-    measures = ("people", "times", "average_per_person", "sum", "average")
-    measure = b.choice("measure", measures, common.unit)
-    prop = b.name("property", required=measure in ("sum", "average"))
-    event = b.key("event")
+def _metrics(b: Any, common: Common, product: Product) -> Metrics:
+    assert isinstance(b, bodies.Metrics)
+    measure = b.measure or common.unit
+    prop = None
+    if b.property is not None:
+        prop = _key(b.property, "property")
+    elif measure in ("sum", "average"):
+        raise _fail("property", f"is required for measure {measure}")
     return Metrics(
         common,
-        event,
+        _key(b.event, "event"),
         measure,
         prop,
-        b.interval(common),
-        _segment(b, ("first_ever", "last_ever", "at_event")),
+        _interval(b.interval, common),
+        _segment(b.segment),
     )
 
 
-def _funnel(b: _Body, common: Common, product: Product) -> Funnel:
-    _people_only(b, common)
-    raw = b.items("steps", required=True)
-    if not 2 <= len(raw) <= MAX_STEPS:
-        raise b.fail("steps", f"has 2 to {MAX_STEPS} steps")
+def _funnel(b: Any, common: Common, product: Product) -> Funnel:
+    assert isinstance(b, bodies.Funnel)
     steps = []
-    for i, item in enumerate(raw):
-        s = b.nested("steps", i) if not isinstance(item, str) else None
-        if s is None:  # a bare event name
-            key = name_key(item)
-            if not key:
-                raise InvalidInput(f"steps[{i}] is an empty name", field=f"steps[{i}]")
-            steps.append(Step(key, common.where, item.strip()))
-            continue
-        event = s.key("event")
-        steps.append(Step(event, common.where + _filters(s, "where"), s.text("event").strip()))
-    window = b.get("window")
-    if window is not None:
-        window = b.whole("window", 0, 10 * 366 * 86_400)
-    return Funnel(
-        common,
-        tuple(steps),
-        b.choice("mode", ("strict", "skip"), "strict"),
-        window,
-        _segment(b, ("first_ever", "last_ever", "at_step_1")),
-    )
+    for i, item in enumerate(b.steps):
+        if isinstance(item, str):  # a bare event name
+            steps.append(Step(_key(item, f"steps[{i}]"), common.where, item.strip()))
+        else:
+            key = _key(item.event, f"steps[{i}].event")
+            where = common.where + _filters(item.where, f"steps[{i}].where")
+            steps.append(Step(key, where, item.event.strip()))
+    return Funnel(common, tuple(steps), b.mode, b.window, _segment(b.segment))
 
 
-def _cohort(b: _Body, common: Common, product: Product) -> Cohort:
-    first, back = b.key("first_event"), b.key("return_event")
-    return Cohort(
-        common,
-        first,
-        back,
-        b.interval(common),
-        b.choice("count", ("every_time", "first_time"), "every_time"),
-        b.whole("buckets", 1, 100, 12),
-    )
+def _cohort(b: Any, common: Common, product: Product) -> Cohort:
+    assert isinstance(b, bodies.Cohort)
+    first, back = _key(b.first_event, "first_event"), _key(b.return_event, "return_event")
+    return Cohort(common, first, back, _interval(b.interval, common), b.count, b.buckets)
 
 
-def _revenue(b: _Body, common: Common, product: Product) -> Revenue:
-    _people_only(b, common)
+def _revenue(b: Any, common: Common, product: Product) -> Revenue:
+    assert isinstance(b, bodies.Revenue)
+    # The revenue property is the product's (SPEC §8), not the body's.
     key = name_key(product.revenue_property)
-    return Revenue(
-        common,
-        key,
-        b.interval(common),
-        b.whole("churn_days", 1, 3650, 30),
-    )
+    return Revenue(common, key, _interval(b.interval, common), b.churn_days)
 
 
-def _abtest(b: _Body, common: Common, product: Product) -> ABTest:
-    _people_only(b, common)
-    experiment, conversion = b.key("experiment"), b.key("conversion")
-    baseline = b.get("baseline")
-    if baseline is not None and not isinstance(baseline, str):
-        raise b.fail("baseline", "is a variant, as a string")
-    return ABTest(common, experiment, conversion, baseline)
+def _abtest(b: Any, common: Common, product: Product) -> ABTest:
+    assert isinstance(b, bodies.ABTest)
+    experiment, conversion = _key(b.experiment, "experiment"), _key(b.conversion, "conversion")
+    return ABTest(common, experiment, conversion, b.baseline)
 
 
-def _path(b: _Body, common: Common, product: Product) -> Path:
-    _people_only(b, common)
-    start, conversion = b.key("start"), b.key("conversion")
-    return Path(
-        common,
-        start,
-        conversion,
-        b.choice("direction", ("first", "last"), "first"),
-        b.whole("limit", 1, 1000, 50),
-    )
+def _path(b: Any, common: Common, product: Product) -> Path:
+    assert isinstance(b, bodies.Path)
+    start, conversion = _key(b.start, "start"), _key(b.conversion, "conversion")
+    return Path(common, start, conversion, b.direction, b.limit)
 
 
-def _people(b: _Body, common: Common, product: Product) -> People:
-    _people_only(b, common)
+def _people(b: Any, common: Common, product: Product) -> People:
+    assert isinstance(b, bodies.People)
     conditions: list[Condition] = []
     tz = ZoneInfo(common.tz)
-    for i in range(len(b.items("conditions"))):
-        c = b.nested("conditions", i)
-        kind = c.choice("type", ("event", "property", "identity"))
-        if kind == "property":
-            conditions.append(PropertyCondition(_filter(c)))
-        elif kind == "identity":
-            c.choice("op", ("contains",), "contains")
-            conditions.append(IdentityCondition(c.text("value")))
+    for i, c in enumerate(b.conditions):
+        field = f"conditions[{i}]"
+        if isinstance(c, bodies.PropertyCondition):
+            conditions.append(PropertyCondition(_filter(c, field)))
+        elif isinstance(c, bodies.IdentityCondition):
+            if not c.value.strip():
+                raise _fail(f"{field}.value", "is a non-empty string")
+            conditions.append(IdentityCondition(c.value))
         else:
-            conditions.append(_event_condition(c, common, tz))
+            conditions.append(_event_condition(c, common, tz, field))
     columns = []
-    for i in range(len(b.items("columns"))):
-        c = b.nested("columns", i)
-        kind = c.choice("type", ("property", "event"))
-        field = "property" if kind == "property" else "event"
-        key = c.key(field)
-        options = ("first", "last", "current") if kind == "property" else (
-            "first_time", "last_time", "count")  # fmt: skip
-        which = c.choice("which", options, options[-1])
-        columns.append(Column(kind, key, which, f"{c.text(field)} ({which.replace('_', ' ')})"))
-    return People(
-        common,
-        tuple(conditions),
-        b.choice("logic", ("all", "any", "in_order"), "all"),
-        tuple(columns),
-        b.whole("page", 1, 10**9, 1),
-        b.whole("page_size", 1, MAX_PAGE_SIZE, 50),
-    )
+    for i, col in enumerate(b.columns):
+        name = col.property if isinstance(col, bodies.PropertyColumn) else col.event
+        key = _key(name, f"columns[{i}].{col.type}")
+        label = f"{name} ({col.which.replace('_', ' ')})"
+        columns.append(Column(col.type, key, col.which, label))
+    return People(common, tuple(conditions), b.logic, tuple(columns), b.page, b.page_size)
 
 
-def _event_condition(c: _Body, common: Common, tz: ZoneInfo) -> EventCondition:
-    event = c.key("event")
-    did = c.get("did") if "did" in c.raw else True
-    if not isinstance(did, bool):
-        raise c.fail("did", "is true or false")
+def _event_condition(
+    c: bodies.EventCondition, common: Common, tz: ZoneInfo, field: str
+) -> EventCondition:
     op, count = "at_least", 1
-    if c.get("count") is not None:
-        n = c.nested("count")
-        op = n.choice("op", ("at_least", "at_most", "exactly"))
-        count = n.whole("value", 0, 10**9)
-    if not did:
-        if c.get("count") is not None:
-            raise c.fail("count", "is not given with did: false")
+    if c.count is not None:
+        op, count = c.count.op, c.count.value
+    if not c.did:
+        if c.count is not None:
+            raise _fail(f"{field}.count", "is not given with did: false")
         op, count = "exactly", 0
-    start = _when(c, "from", tz)
-    end = _when(c, "to", tz)
+    start = _when(c.from_, f"{field}.from", tz)
+    end = _when(c.to, f"{field}.to", tz)
     start = common.start if start is None else start
     end = common.end if end is None else end
     if start >= end:
-        raise c.fail("from", "is before to")
-    return EventCondition(event, common.where + _filters(c, "where"), start, end, op, count)
+        raise _fail(f"{field}.from", "is before to")
+    event = _key(c.event, f"{field}.event")
+    where = common.where + _filters(c.where, f"{field}.where")
+    return EventCondition(event, where, start, end, op, count)
 
 
-_PARSERS: dict[str, Callable[[_Body, Common, Product], Query]] = {
+_PARSERS: dict[str, Callable[[Any, Common, Product], Query]] = {
     "metrics": _metrics,
     "funnel": _funnel,
     "cohort": _cohort,

@@ -15,7 +15,8 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from tally.reports.query import Common, Filter, Interval
+from tally.reports.bodies import Interval
+from tally.reports.query import Common, Filter
 from tally.store.schema import IDENTITY_HASH
 from tally.views.common import known_identities_hashed
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import duckdb
+from pydantic import Field
 
 from tally.errors import InvalidInput, NotFound
 from tally.store.schema import IDENTITY_HASH
+from tally.validation import Params, validated
 
 MAX_PAGE_SIZE = 1000
 MAX_PAGE = 10**9
@@ -74,22 +76,17 @@ def iso_ns(ns: int) -> str:
     )
 
 
-def paging(page: Any, page_size: Any, *, default_size: int = 50) -> tuple[int, int]:
-    page_number = _whole(page, "page", 1, MAX_PAGE, default=1)
-    size = _whole(page_size, "page_size", 1, MAX_PAGE_SIZE, default=default_size)
-    return page_number, size
+class Page(Params):
+    """Which page of a list: the API's query parameters, the CLI's options."""
+
+    page: Annotated[int, Field(ge=1, le=MAX_PAGE, description="From 1.")] = 1
+    page_size: Annotated[int, Field(ge=1, le=MAX_PAGE_SIZE)] = 50
 
 
-def _whole(value: Any, field: str, low: int, high: int, *, default: int) -> int:
-    if value in (None, ""):
-        return default
-    try:
-        number = int(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"{field} is a whole number", field=field) from exc
-    if not low <= number <= high:
-        raise InvalidInput(f"{field} is {low} to {high}", field=field)
-    return number
+def paging(page: Any, page_size: Any) -> tuple[int, int]:
+    given = {"page": page, "page_size": page_size}
+    checked = validated(Page, {k: v for k, v in given.items() if v not in (None, "")})
+    return checked.page, checked.page_size
 
 
 def require_product(products: set[str], product: str) -> None:

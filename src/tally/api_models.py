@@ -1,0 +1,242 @@
+"""The JSON API's parameters, small bodies and answers, as pydantic models.
+
+Parameters (with ``views.common.Page`` and ``audit.AuditQuery``, which the
+CLI checks its options with too) and bodies are what the handlers in :mod:`tally.api` check
+requests with (:func:`tally.validation.validated`); answers describe what the
+views return. :mod:`tally.openapi` generates the OpenAPI document from them
+(report bodies are in :mod:`tally.reports.bodies`), and the schemathesis test
+holds the server to it: every answer must match.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tally.validation import Body
+from tally.views.common import Page
+
+# -- parameters and bodies ----------------------------------------------------------------
+
+
+class EventsQuery(Page):
+    event: str | None = Field(None, description="Only events of this name (any case).")
+    identity: str | None = Field(None, description="Only this person's events.")
+    from_: str | None = Field(
+        None, alias="from", description="ISO date or time (UTC unless it has an offset), "
+        "or Unix seconds; inclusive."
+    )  # fmt: skip
+    to: str | None = Field(None, description="As `from`; exclusive.")
+
+
+class RejectsQuery(Page):
+    reason: str | None = Field(None, description="Only rejects of this reason code.")
+
+
+class Replay(Body):
+    reason: str | None = Field(None, description="Only rejects of this reason code.")
+
+
+class Revoke(Body):
+    all: bool = Field(False, description="Revoke every token of that name, not just one.")
+
+
+# -- answers --------------------------------------------------------------------------------
+
+
+class Answer(BaseModel):
+    """An answer: the fields named are always there; more may come."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorDetail(Answer):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class Error(Answer):
+    """Every error, whatever its status (docs/http-api.md)."""
+
+    error: ErrorDetail
+
+
+class Status(Answer):
+    version: str
+    log: dict[str, Any]
+    pipeline: dict[str, Any]
+
+
+class Listing(Answer):
+    total: int
+    page: int
+    page_size: int
+    items: list[dict[str, Any]]
+
+
+class Events(Listing):
+    product: str
+
+
+class Rejects(Listing):
+    product: str
+    by_reason: dict[str, int]
+
+
+class Person(Answer):
+    product: str
+    person: str
+    identity: str
+    identities: list[str]
+    properties: list[dict[str, Any]] | dict[str, Any]
+    aliases: dict[str, Any]
+    events: Listing
+
+
+class Replayed(Answer):
+    replayed: int
+    applied: int
+    duplicates: int
+    rejected: dict[str, int]
+
+
+class Token(Answer):
+    name: str
+    created: str | None
+    last_used: str | None
+    revoked: bool
+    revoked_at: str | None
+
+
+class Tokens(Answer):
+    tokens: list[Token]
+
+
+class Revoked(Answer):
+    revoked: list[Token]
+
+
+class AuditEntry(Answer):
+    id: int
+    time: str
+    actor: str
+    action: str
+    target: str | None
+    details: dict[str, Any] | None
+
+
+class Audit(Answer):
+    entries: list[AuditEntry]
+
+
+class Point(Answer):
+    start: str
+    value: float | None
+
+
+class Series(Answer):
+    series: list[Point]
+    total: float | None
+
+
+class Segment(Series):
+    value: Any
+
+
+class MetricsAnswer(Series):
+    segments: list[Segment] | None = None
+
+
+class FunnelStep(Answer):
+    event: str
+    people: int
+    conversion_from_previous: float | None
+    conversion_from_first: float | None
+    median_seconds_from_previous: float | None
+
+
+class FunnelAnswer(Answer):
+    steps: list[FunnelStep]
+    segments: list[dict[str, Any]] | None = None
+
+
+class CohortRow(Answer):
+    start: str
+    people: int
+    values: list[float]
+    percentages: list[float | None]
+    cumulative: list[float]
+    cumulative_percentages: list[float | None]
+
+
+class CohortAnswer(Answer):
+    cohorts: list[CohortRow]
+
+
+class RevenuePoint(Answer):
+    start: str
+    revenue: float
+    paying: int
+    new: int
+    churned: int
+    average_per_customer: float | None
+
+
+class RevenueAnswer(Answer):
+    series: list[RevenuePoint]
+    total_revenue: float
+    paying: int
+    lifetime_value: float | None
+
+
+class Variant(Answer):
+    name: str
+    participants: int
+    conversions: int
+    rate: float | None
+    improvement: float | None
+    certainty: float | None
+
+
+class ABTestAnswer(Answer):
+    variants: list[Variant]
+    baseline: str | None
+    winner: str | None
+
+
+class CommonPath(Answer):
+    steps: list[str]
+    people: int
+    median_seconds: float | None
+
+
+class PathAnswer(Answer):
+    paths: list[CommonPath]
+    converted: int
+
+
+class Found(Answer):
+    person: str
+    identities: list[str]
+    columns: list[Any]
+
+
+class PeopleAnswer(Answer):
+    people: list[Found]
+    total: int
+    page: int
+    page_size: int
+    columns: list[str]
+
+
+ANSWERS: dict[str, type[Answer]] = {
+    "metrics": MetricsAnswer,
+    "funnel": FunnelAnswer,
+    "cohort": CohortAnswer,
+    "revenue": RevenueAnswer,
+    "abtest": ABTestAnswer,
+    "path": PathAnswer,
+    "people": PeopleAnswer,
+}
