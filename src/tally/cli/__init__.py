@@ -49,6 +49,8 @@ class _LazyGroup(click.Group):
         "alias": "tally.cli.maintenance:alias",
         "backup": "tally.cli.backup:backup",
         "restore": "tally.cli.backup:restore",
+        "import": "tally.cli.migrate:import_",
+        "imports": "tally.cli.migrate:imports",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
