@@ -15,12 +15,12 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from migrating import apply, lines
 from serverproc import wait_until
 from tally.cli import main
 from tally.migrate.checkpoint import CHECKPOINT, ImportState, read_state
 from tally.migrate.formats import open_source
 from tally.migrate.importer import run_import
-from tally.processor import Processor
 from tally.settings import Settings
 from tally.store import Store
 from tally.views.events import events_view
@@ -42,21 +42,9 @@ def cli(data_dir: Path, *args: str):
     return CliRunner().invoke(main, [*args, "--data-dir", str(data_dir)])
 
 
-def apply(data_dir: Path) -> Store:
-    """The store after the processor has applied the whole log."""
-    settings = Settings(data_dir=data_dir)
-    store = Store(settings.store_path)
-    Processor(settings, store).catch_up()
-    return store
-
-
 def duplicates_absorbed(store: Store) -> int:
     row = store.con.execute("SELECT value FROM counters WHERE name = 'duplicates'").fetchone()
     return int(row[0]) if row else 0
-
-
-def lines(*records: object) -> str:
-    return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records)
 
 
 def km_export(root: Path) -> Path:

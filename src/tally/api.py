@@ -306,6 +306,8 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 
 def build_app(core: Core) -> Starlette:
+    from tally.api_migrate import routes as migration_routes  # it imports this module
+
     products = "/api/v1/products/{product}"
     app = Starlette(
         routes=[
@@ -320,6 +322,7 @@ def build_app(core: Core) -> Starlette:
             Route("/metrics", metrics),
             Route("/api/v1/tokens/{name:path}/revoke", revoke_token, methods=["POST"]),
             Route("/api/v1/audit", audit_log),
+            *migration_routes(products),
         ],
         exception_handlers={
             TallyError: _tally_error,

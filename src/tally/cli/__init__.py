@@ -51,6 +51,7 @@ class _LazyGroup(click.Group):
         "restore": "tally.cli.backup:restore",
         "import": "tally.cli.migrate:import_",
         "imports": "tally.cli.migrate:imports",
+        "export": "tally.cli.export:export",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

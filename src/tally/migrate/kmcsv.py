@@ -10,7 +10,8 @@ properties sets them. An empty cell is no value. ``Timestamp`` is Unix time
 A header without the columns this needs is refused before anything is written,
 naming the columns expected. A column it does not know is one
 ``unknown_column`` reject (for line 1) and is left out of every row; a row with
-more cells than the header is a ``malformed_record`` reject.
+more cells than the header is a ``malformed_record`` reject. A ``Person``
+column (Tally's events export has one) is left out without a word.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def read_columns(header: list[str], name: str) -> Columns:
         lower = label.lower()
         if lower in ("identity", "timestamp", "event", "alias") and lower not in found:
             found[lower] = i
+        elif lower == "person":
+            pass  # Tally's events export has it: the person is derived, not imported
         elif lower.startswith(_PROP) and label[len(_PROP) :].strip():
             props.append((i, label[len(_PROP) :].strip()))
         else:
