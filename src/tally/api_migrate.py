@@ -1,5 +1,7 @@
-"""The API's ways in and out for whole histories (docs/http-api.md, "Migration").
+"""The API's ways in and out for whole histories (docs/http-api.md).
 
+``POST /api/v1/products/{product}/import`` writes a streamed body (JSON lines
+or CSV, gzip or not) to an import stream of its own, as `tally import` does;
 ``GET /api/v1/products/{product}/export/{events|people}`` streams an export
 (CSV, JSON lines or Parquet) as it is read from the store; ``POST
 /api/v1/products/{product}/export/km`` writes KISSmetrics' layout into a folder
@@ -8,6 +10,11 @@ on the server's machine (only the local CLI may ask, as for a backup).
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import queue
+import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +26,14 @@ from starlette.routing import Route
 
 from tally.api import _authorise, _json_body, _product
 from tally.errors import InvalidInput
+from tally.migrate.bodies import body_format, body_items, body_lines
+from tally.migrate.checkpoint import IMPORTING, ImportState, check_name, read_state
 from tally.migrate.exports import MEDIA_TYPES, check_export, event_filter, export_bytes
+from tally.migrate.importer import check_resumable, product_key, run_import
 from tally.migrate.kmexport import export_km
+
+#: Body chunks waiting for the writing thread, at most.
+_QUEUED_CHUNKS = 16
 
 
 async def export(request: Request) -> Response:
@@ -59,9 +72,75 @@ async def export_km_folder(request: Request) -> Response:
     return JSONResponse(await run_in_threadpool(run))
 
 
+async def import_records(request: Request) -> Response:
+    """Write the body's records to the log; how many were written. The body
+    is read as it arrives and written in durable chunks from a thread, with a
+    few chunks in between at most, so memory stays bounded."""
+    core = _authorise(request)
+    product = _product(core, request)
+    fmt = body_format(request.headers.get("content-type", ""))
+    gzipped = "gzip" in request.headers.get("content-encoding", "").lower()
+    name = request.query_params.get("name") or (
+        time.strftime("http-%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(3)
+    )
+    check_name(name)
+    key = product_key(core.catalog, product)
+    log_dir = core.settings.log_dir
+    fresh = ImportState(name, "http", f"POST /api/v1/products/{product}/import", product)
+    state = check_resumable(read_state(log_dir, name), fresh)
+    state.state = IMPORTING  # a name sent again: its stream takes this body too
+    records, unreadable = state.records, dict(state.rejected)
+    chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED_CHUNKS)
+
+    def received() -> Iterator[bytes]:
+        while (chunk := chunks.get()) is not None:
+            yield chunk
+
+    def work() -> ImportState:
+        items = body_items(fmt, name, body_lines(received(), gzipped))
+        first = next(items, None)  # a CSV header is checked before anything is written
+        head = [] if first is None else [first]
+        return run_import(log_dir, state, key, itertools.chain(head, items))
+
+    task = asyncio.ensure_future(run_in_threadpool(work))
+    try:
+        async for chunk in request.stream():
+            if chunk and not await _hand_over(chunks, chunk, task):
+                break
+    finally:
+        await _hand_over(chunks, None, task)
+        if not task.done():
+            await asyncio.wait([task])
+    done = task.result()  # the thread's error, if it failed (a CSV header: 400)
+    return JSONResponse(
+        {
+            "import": name,
+            "stream": done.stream,
+            "written": done.records - records,
+            "unreadable": {k: v - unreadable.get(k, 0) for k, v in done.rejected.items()
+                           if v > unreadable.get(k, 0)},
+            "note": "written to the log and durable; duplicates are absorbed, and the other "
+            "rejects decided, when the processor applies them: see /rejects",
+        }
+    )  # fmt: skip
+
+
+async def _hand_over(chunks: queue.Queue[bytes | None], chunk: bytes | None, task: Any) -> bool:
+    """Put ``chunk`` in the queue once there is room; False if the writing
+    thread has ended (failed) and takes no more."""
+    while not task.done():
+        try:
+            chunks.put_nowait(chunk)
+            return True
+        except queue.Full:
+            await asyncio.sleep(0.002)
+    return False
+
+
 def routes(products: str) -> list[Route]:
     """The routes of this module, under ``products`` (``/api/v1/products/{product}``)."""
     return [
+        Route(products + "/import", import_records, methods=["POST"]),
         Route(products + "/export/km", export_km_folder, methods=["POST"]),
         Route(products + "/export/{kind}", export),
     ]

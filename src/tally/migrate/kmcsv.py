@@ -79,17 +79,25 @@ def header_of(item: SourceFile) -> Columns:
 def items(item: SourceFile, start: Position) -> Iterator[tuple[Row | Bad | None, Position]]:
     """Every row from ``start`` (the header first, when it is the file's start)."""
     columns = header_of(item)
-    reached = start
+    read = ((raw, after) for _, raw, after in lines([item], start))
+    yield from rows_of(read, columns, item.name, header_pending=start.line == 0)
+
+
+def rows_of(
+    read: Iterator[tuple[bytes, Position]], columns: Columns, name: str, *, header_pending: bool
+) -> Iterator[tuple[Row | Bad | None, Position]]:
+    """The rows of CSV lines, each with the position after it; the header
+    line first when ``header_pending`` (one reject for columns not known)."""
+    reached = Position()
 
     def texts() -> Iterator[str]:
         nonlocal reached
-        for _, raw, after in lines([item], start):
+        for raw, after in read:
             reached = after
             yield raw.decode("utf-8", "replace")
 
-    header_pending = start.line == 0
     for cells in csv.reader(texts()):
-        source = f"{item.name}:{reached.line}"
+        source = f"{name}:{reached.line}"
         if header_pending:
             if not any(c.strip() for c in cells):
                 yield None, reached
