@@ -10,10 +10,13 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 import httpx
+import hypothesis
 import pytest
 from click.testing import CliRunner
+from hypothesis import strategies as st
 
 from migrating import apply, lines
 from serverproc import wait_until
@@ -21,6 +24,7 @@ from tally.cli import main
 from tally.migrate.checkpoint import CHECKPOINT, ImportState, read_state
 from tally.migrate.formats import open_source
 from tally.migrate.importer import run_import
+from tally.migrate.records import _query
 from tally.settings import Settings
 from tally.store import Store
 from tally.views.events import events_view
@@ -278,3 +282,12 @@ def test_imports_apply_while_the_server_runs_and_at_its_next_start(server, tmp_p
     assert "when `tally serve` next starts" in done.stdout
     server.start()
     wait_until(lambda: seen("Later") == 20, 10, "the import is applied at the start")
+
+
+@hypothesis.given(
+    st.lists(st.tuples(st.text(min_size=1), st.text()), min_size=1, max_size=6).filter(
+        lambda pairs: all(not any(0xD800 <= ord(c) <= 0xDFFF for c in n + v) for n, v in pairs)
+    )
+)
+def test_the_importer_encodes_a_query_as_urlencode_does(pairs):
+    assert _query(pairs) == urlencode(pairs, quote_via=quote).encode()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -21,6 +22,9 @@ from tally.migrate.kmexport import export_km
 from tally.migrate.writers import EXPORT_FORMATS
 from tally.settings import Settings
 from tally.store import Store
+
+#: DuckDB's memory for an export (issue 13: an export stays under 500 MiB).
+EXPORT_MEMORY = "200MB"
 
 _format = click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="csv",
                        show_default=True, help="CSV (a Prop:<name> column a property), JSON "
@@ -146,6 +150,10 @@ def _store(settings: Settings) -> Iterator[Store]:
     from tally.server import open_store
 
     store = open_store(settings, read_only=True)
+    # Bounded memory whatever the size: DuckDB spills the sort of a large
+    # export to a temporary file beyond this.
+    store.con.execute(f"SET memory_limit = '{EXPORT_MEMORY}'")
+    store.con.execute("SET temp_directory = ?", [tempfile.gettempdir()])
     try:
         yield store
     finally:

@@ -65,9 +65,13 @@ def row_of(obj: dict[str, Any], source: str) -> Row:
     reserved: dict[str, str] = {}
     props: list[tuple[str, str]] = []
     for raw_name, value in obj.items():
-        text = _text(value)
-        if text is None:
-            continue
+        if type(value) is str:  # nearly always: no call
+            text = value if "\\" not in value else _unescape_text(value)
+        else:
+            converted = _text(value)
+            if converted is None:
+                continue
+            text = converted
         name = _unescape_text(raw_name) if "\\" in raw_name else raw_name
         if name[:1] == wire.RESERVED_PREFIX:
             reserved[name.lower()] = text

@@ -68,8 +68,35 @@ def frame(item: Row | Bad, key: str, recv_ns: int) -> bytes:
             pairs.append((wire.TIME, ""))  # no time: bad_time, never a guess (SPEC §10)
         pairs.append((wire.TIME_IS_EVENT_TIME, wire.EVENT_TIME_GIVEN))
         path = item.path
-    query = urlencode(pairs, quote_via=quote).encode()
-    return encode_frame(_GET, path.encode(), query, b"", recv_ns, b"", USER_AGENT, b"", b"")
+    return encode_frame(_GET, path.encode(), _query(pairs), b"", recv_ns, b"", USER_AGENT, b"", b"")
+
+
+def _query(pairs: list[tuple[str, str]]) -> bytes:
+    """``pairs`` form-urlencoded (``%XX`` for every byte but letters, digits
+    and ``_.-~``), as ``urlencode(pairs, quote_via=quote)`` makes them, in one
+    pass over the whole query instead of one call a value (the importer's
+    hot path): names and values are joined by NUL and SOH, escaped together,
+    and the two then become ``=`` and ``&``."""
+    text = "\x01".join([name + "\x00" + value for name, value in pairs])
+    if text.count("\x00") != len(pairs) or text.count("\x01") != len(pairs) - 1:
+        return urlencode(pairs, quote_via=quote).encode()  # a NUL or SOH of their own
+    data = text.encode()
+    unsafe = data.translate(None, _SAFE)  # the bytes to escape (C speed, as replace is)
+    if unsafe:
+        found = set(unsafe)
+        if _PERCENT in found:  # first: the other escapes bring % of their own
+            data = data.replace(b"%", b"%25")
+            found.discard(_PERCENT)
+        for byte in found:
+            data = data.replace(_BYTES[byte], _ESCAPES[byte])
+    return data.translate(_SEPARATORS)
+
+
+_SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.~-\x00\x01"
+_PERCENT = ord("%")
+_BYTES = [bytes([byte]) for byte in range(256)]
+_ESCAPES = [f"%{byte:02X}".encode() for byte in range(256)]
+_SEPARATORS = bytes.maketrans(b"\x00\x01", b"=&")
 
 
 def parse_import_reject(record: Record, keys: KeyLookup) -> Rejected | None:

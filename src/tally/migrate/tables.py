@@ -15,6 +15,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tally.names import name_key
 from tally.views.events import property_names
@@ -87,7 +88,7 @@ def event_batches(
         f"""
         SELECT e.time, coalesce(n.display, e.event) AS event,
                coalesce(i.person, e.identity) AS person, e.identity,
-               map_keys(e.properties) AS keys, map_values(e.properties) AS vals, e.metadata
+               e.properties, e.metadata
         FROM events e
         LEFT JOIN names n ON n.product = e.product AND n.kind = 'event' AND n.key = e.event
         LEFT JOIN identities i ON i.product = e.product AND i.ih = e.ih
@@ -96,24 +97,37 @@ def event_batches(
         """,
         params,
     )
+    display = _Displays(names)
     for batch in reader:
-        keys = batch.column("keys").to_pylist()
-        values = batch.column("vals").to_pylist()
-        properties = [
-            [(names.get(k, k), v) for k, v in zip(ks, vs, strict=True)]
-            for ks, vs in zip(keys, values, strict=True)
-        ]
         yield pa.RecordBatch.from_arrays(
             [
                 batch.column("time").cast(pa.timestamp("s", tz="UTC")),
                 batch.column("event"),
                 batch.column("person"),
                 batch.column("identity"),
-                pa.array(properties, EVENT_SCHEMA.field("properties").type),
+                display.of(batch.column("properties")),
                 batch.column("metadata").cast(EVENT_SCHEMA.field("metadata").type),
             ],
             schema=EVENT_SCHEMA,
         )
+
+
+class _Displays:
+    """Property keys to display names, a whole map column at a time (Arrow's
+    kernels, no Python loop over rows)."""
+
+    def __init__(self, names: dict[str, str]) -> None:
+        self._keys = pa.array(list(names), pa.string())
+        self._displays = pa.array(list(names.values()), pa.string())
+
+    def of(self, column: pa.Array) -> pa.MapArray:
+        column = column.cast(pa.map_(pa.string(), pa.string()))
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        keys = column.keys
+        found = pc.index_in(keys, value_set=self._keys)
+        shown = pc.if_else(pc.is_null(found), keys, pc.take(self._displays, found))
+        return pa.MapArray.from_arrays(column.offsets, shown, column.items)
 
 
 def people_property_names(con: duckdb.DuckDBPyConnection, product: str) -> list[str]:
