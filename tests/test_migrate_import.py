@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -291,3 +292,18 @@ def test_imports_apply_while_the_server_runs_and_at_its_next_start(server, tmp_p
 )
 def test_the_importer_encodes_a_query_as_urlencode_does(pairs):
     assert _query(pairs) == urlencode(pairs, quote_via=quote).encode()
+
+
+def test_a_terminal_gets_a_progress_bar(data, tmp_path):
+    events = tmp_path / "events.jsonl"
+    events.write_text(lines(*({"_p": f"p{i}", "_t": T + i, "_n": "Seen"} for i in range(10))))
+    done = subprocess.run(
+        [sys.executable, "-m", "tally", "import", "json", str(events), "-p", "shop",
+         "--data-dir", str(data)],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "COLUMNS": "120"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Importing events" in done.stderr
+    assert "10 records" in done.stderr
+    assert "Imported 10 records" in done.stdout
