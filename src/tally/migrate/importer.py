@@ -58,9 +58,11 @@ def run_import(
     *,
     complete: bool = True,
     chunk_records: int = CHUNK_RECORDS,
+    stop: Callable[[], bool] = lambda: False,
 ) -> ImportState:
     """Append ``items`` to the import's stream from ``state``; the state at the
-    end (complete once every item is durable, if ``complete``)."""
+    end (complete once every item is durable, if ``complete``). ``stop`` is
+    asked after each chunk: true, the import ends there, to be resumed."""
     try:
         writer = SegmentWriter(log_dir / state.stream)
     except StreamLocked as exc:
@@ -97,6 +99,8 @@ def run_import(
                 rejected[item.reason] = rejected.get(item.reason, 0) + 1
             if len(chunk) >= chunk_records or size >= CHUNK_BYTES:
                 flush(position)
+                if stop():
+                    return state
         if complete:
             state.state = COMPLETE
         flush(reached)

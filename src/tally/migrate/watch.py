@@ -114,9 +114,12 @@ class ImportDir:
                     key = product_key(catalog, product)
                 finally:
                     catalog.close()
-                state = run_import(log_dir, state, key, source.items(state.position))
+                state = run_import(log_dir, state, key, source.items(state.position),
+                                   stop=self._stop.is_set)  # fmt: skip
         except TallyError as exc:
             self._fail(path, exc.message)
+            return None
+        if not state.complete:  # the server is stopping: the next start goes on
             return None
         moved = _move(path, self.folder / COMPLETED)
         log.info("imported %s into %s: %d records (import %s); moved to %s", path.name, product,
