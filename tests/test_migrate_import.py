@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
@@ -22,10 +23,13 @@ from hypothesis import strategies as st
 from migrating import apply, lines
 from serverproc import wait_until
 from tally.cli import main
+from tally.log.record import Record, encode_record
+from tally.log.writer import SegmentWriter
 from tally.migrate.checkpoint import CHECKPOINT, ImportState, read_state
 from tally.migrate.formats import open_source
 from tally.migrate.importer import run_import
 from tally.migrate.records import _query
+from tally.processor import Processor
 from tally.settings import Settings
 from tally.store import Store
 from tally.views.events import events_view
@@ -307,3 +311,21 @@ def test_a_terminal_gets_a_progress_bar(data, tmp_path):
     assert "Importing events" in done.stderr
     assert "10 records" in done.stderr
     assert "Imported 10 records" in done.stdout
+
+
+def test_an_import_beside_quiet_collectors_gets_whole_batches(data, tmp_path):
+    events = tmp_path / "events.jsonl"
+    events.write_text(lines(*({"_p": f"p{i}", "_t": T + i, "_n": "Seen"} for i in range(300))))
+    assert cli(data, "import", "json", str(events), "-p", "shop").exit_code == 0
+    settings = Settings(data_dir=data)
+    for stream in ("c0", "c1"):  # collectors with a record each
+        writer = SegmentWriter(settings.log_dir / stream)
+        writer.write_durable(encode_record(Record("GET", "/e", b"_p=x", b"", T * 10**9)))
+        writer.close()
+    store = Store(settings.store_path)
+    try:
+        batch = Processor(settings, store).read_batch(limit=120)
+    finally:
+        store.close()
+    # Not 40 of each: what the quiet streams leave goes to the import.
+    assert Counter(e.stream for e in batch) == {"c0": 1, "c1": 1, "i-events": 118}
