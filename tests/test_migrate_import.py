@@ -329,3 +329,24 @@ def test_an_import_beside_quiet_collectors_gets_whole_batches(data, tmp_path):
         store.close()
     # Not 40 of each: what the quiet streams leave goes to the import.
     assert Counter(e.stream for e in batch) == {"c0": 1, "c1": 1, "i-events": 118}
+
+
+def test_worker_processes_write_what_one_process_writes(data, tmp_path):
+    export = km_export(tmp_path / "export")
+    other = tmp_path / "other"
+    assert cli(other, "products", "create", "shop", "--key", KEY).exit_code == 0
+    one = cli(data, "import", "km", str(export), "-p", "shop", "--jobs", "1")
+    two = cli(other, "import", "km", str(export), "-p", "shop", "--jobs", "2")
+    assert one.exit_code == 0, one.output
+    assert two.output.replace(str(other), "") == one.output.replace(str(data), "")
+    views = []
+    for data_dir in (data, other):
+        store = apply(data_dir)
+        con = store.cursor()
+        events = [{k: v for k, v in e.items() if k != "received"}
+                  for e in events_view(con, "shop")["items"]]  # fmt: skip
+        rejects = sorted((r["reason"], r["params"]) for r in rejects_view(con, "shop")["items"])
+        views.append((events, rejects))
+        store.close()
+    assert views[0] == views[1]
+    assert len(views[0][1]) == 4

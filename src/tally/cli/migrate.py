@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -27,12 +28,16 @@ from tally.migrate.checkpoint import (
     read_state,
 )
 from tally.migrate.formats import open_source
-from tally.migrate.importer import check_resumable, product_key, run_import
+from tally.migrate.importer import check_resumable, frame_items, product_key, write_chunks
+from tally.migrate.parallel import framed_in_parallel
 from tally.migrate.sources import Position
 from tally.settings import Settings
 
 _product = click.option("--product", "-p", default="default", show_default=True,
                         help="The product the records belong to.")  # fmt: skip
+_jobs = click.option("--jobs", "-j", type=click.IntRange(1, 64),
+                     help="Worker processes that parse the source (JSON lines); default: one "
+                     "per CPU (at most 4) for a source over 16 MiB, else none.")  # fmt: skip
 _name = click.option("--name", help="The import's name (its log stream is i-NAME); default: "
                      "from the source's file or folder name.")  # fmt: skip
 
@@ -54,9 +59,10 @@ def import_() -> None:
 @click.argument("path", type=click.Path(path_type=Path))
 @_product
 @_name
+@_jobs
 @data_dir_option
 @errors_to_exit
-def import_km(path: Path, product: str, name: str | None, data_dir: Path) -> None:
+def import_km(path: Path, product: str, name: str | None, jobs: int | None, data_dir: Path) -> None:
     """Import a KISSmetrics raw data export: a folder of revisions/N.json (in
     index.csv's order when there is one, else by number), or one such file.
 
@@ -64,7 +70,7 @@ def import_km(path: Path, product: str, name: str | None, data_dir: Path) -> Non
     time is each record's _t (a record without one is rejected). Octal
     escapes (\\302\\243) are decoded; gzip files are read as they are.
     """
-    _run("km", path, product, name, data_dir)
+    _run("km", path, product, name, jobs, data_dir)
 
 
 @import_.command("csv")
@@ -80,22 +86,32 @@ def import_csv(path: Path, product: str, name: str | None, data_dir: Path) -> No
     Prop:<name>; a row with an Alias cell aliases its Identity to it. A header
     without these is refused before anything is written.
     """
-    _run("csv", path, product, name, data_dir)
+    _run("csv", path, product, name, 1, data_dir)
 
 
 @import_.command("json")
 @click.argument("path", type=click.Path(path_type=Path))
 @_product
 @_name
+@_jobs
 @data_dir_option
 @errors_to_exit
-def import_json(path: Path, product: str, name: str | None, data_dir: Path) -> None:
+def import_json(
+    path: Path, product: str, name: str | None, jobs: int | None, data_dir: Path
+) -> None:
     """Import JSON lines in the KISSmetrics export's record shape
     ({"_p", "_t", "_n", properties…}, {"_p", "_t", "_p2"} for an alias)."""
-    _run("json", path, product, name, data_dir)
+    _run("json", path, product, name, jobs, data_dir)
 
 
-def _run(fmt: str, path: Path, product: str, name: str | None, data_dir: Path) -> None:
+#: A source larger than this is parsed by worker processes (--jobs).
+PARALLEL_BYTES = 16 * 1024 * 1024
+MAX_JOBS = 4
+
+
+def _run(
+    fmt: str, path: Path, product: str, name: str | None, jobs: int | None, data_dir: Path
+) -> None:
     settings = Settings(data_dir=data_dir)
     if not settings.catalog_path.exists():
         raise Unavailable(f"no Tally data in {data_dir}: start `tally serve` once (it creates "
@@ -116,15 +132,18 @@ def _run(fmt: str, path: Path, product: str, name: str | None, data_dir: Path) -
     resumed = state.position != Position()
     if resumed:
         click.echo(f"Continuing the import {name} from {state.records:,} records.", err=True)
+    if jobs is None:  # worth the workers' start only for a large source
+        jobs = min(os.cpu_count() or 1, MAX_JOBS) if source.total > PARALLEL_BYTES else 1
+    if fmt == "csv":
+        jobs = 1  # a quoted cell can span lines: one process reads them in order
     try:
         with progress_bar(f"Importing {name}", state.total) as bar:
-            state = run_import(
-                settings.log_dir,
-                state,
-                key,
-                source.items(state.position),
-                lambda s: bar.update(s.position.done, s.records),
-            )
+            if jobs > 1:
+                chunks = framed_in_parallel(source, state.position, key, jobs)
+            else:
+                chunks = frame_items(source.items(state.position), key, state.position)
+            state = write_chunks(settings.log_dir, state, chunks,
+                                 lambda s: bar.update(s.position.done, s.records))  # fmt: skip
     except KeyboardInterrupt:
         saved = read_state(settings.log_dir, name) or state
         click.echo(f"Interrupted after {saved.records:,} records: run the same command again "

@@ -10,8 +10,9 @@ time, so the total order of SPEC §11 follows the source's order.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from tally.catalog import Catalog
 from tally.errors import Conflict, NotFound, Unavailable
@@ -25,6 +26,15 @@ CHUNK_RECORDS = 20_000
 CHUNK_BYTES = 4 * 1024 * 1024
 
 Items = Iterable[tuple[Row | Bad | None, Position]]
+
+
+class Framed(NamedTuple):
+    """A chunk of framed records, and the source's position after it."""
+
+    data: bytes
+    records: int
+    rejected: dict[str, int]  # lines that are not records, by reason
+    position: Position
 
 
 def product_key(catalog: Catalog, product: str) -> str:
@@ -63,53 +73,72 @@ def run_import(
     """Append ``items`` to the import's stream from ``state``; the state at the
     end (complete once every item is durable, if ``complete``). ``stop`` is
     asked after each chunk: true, the import ends there, to be resumed."""
+    chunks = frame_items(items, key, state.position, chunk_records)
+    return write_chunks(log_dir, state, chunks, on_progress, complete=complete, stop=stop)
+
+
+def frame_items(
+    items: Items, key: str, start: Position, chunk_records: int = CHUNK_RECORDS
+) -> Iterator[Framed]:
+    """The items framed in chunks (one receive time a chunk), in one process."""
+    chunk: list[bytes] = []
+    size = 0
+    recv_ns = next_time(0)
+    rejected: dict[str, int] = {}
+    reached = start
+    for item, position in items:
+        reached = position
+        if item is None:
+            continue
+        data = frame(item, key, recv_ns)
+        chunk.append(data)
+        size += len(data)
+        if isinstance(item, Bad):
+            rejected[item.reason] = rejected.get(item.reason, 0) + 1
+        if len(chunk) >= chunk_records or size >= CHUNK_BYTES:
+            yield Framed(b"".join(chunk), len(chunk), rejected, position)
+            chunk, size, rejected = [], 0, {}
+            recv_ns = next_time(recv_ns)
+    yield Framed(b"".join(chunk), len(chunk), rejected, reached)
+
+
+def write_chunks(
+    log_dir: Path,
+    state: ImportState,
+    chunks: Iterable[Framed],
+    on_progress: Callable[[ImportState], object] = lambda _: None,
+    *,
+    complete: bool = True,
+    stop: Callable[[], bool] = lambda: False,
+) -> ImportState:
+    """Append framed chunks to the import's stream, each durable before the
+    checkpoint moves past it and progress is told."""
     try:
         writer = SegmentWriter(log_dir / state.stream)
     except StreamLocked as exc:
         raise Unavailable(f"the import {state.name!r} is running in another process",
                           code="import_running") from exc  # fmt: skip
     try:
-        chunk: list[bytes] = []
-        size = 0
-        recv_ns = _next_time(0)
-        rejected: dict[str, int] = {}
-        reached = state.position
-
-        def flush(position: Position) -> None:
-            nonlocal chunk, size, recv_ns, rejected
-            if chunk:
-                state.log_position = writer.write_durable(b"".join(chunk), len(chunk))
-                state.records += len(chunk)
-                for reason, n in rejected.items():
+        for chunk in chunks:
+            if chunk.records:
+                state.log_position = writer.write_durable(chunk.data, chunk.records)
+                state.records += chunk.records
+                for reason, n in chunk.rejected.items():
                     state.rejected[reason] = state.rejected.get(reason, 0) + n
-            state.position = position
+            state.position = chunk.position
             write_state(log_dir, state)
             on_progress(state)
-            chunk, size, rejected = [], 0, {}
-            recv_ns = _next_time(recv_ns)
-
-        for item, position in items:
-            reached = position
-            if item is None:
-                continue
-            data = frame(item, key, recv_ns)
-            chunk.append(data)
-            size += len(data)
-            if isinstance(item, Bad):
-                rejected[item.reason] = rejected.get(item.reason, 0) + 1
-            if len(chunk) >= chunk_records or size >= CHUNK_BYTES:
-                flush(position)
-                if stop():
-                    return state
+            if stop():
+                return state
         if complete:
             state.state = COMPLETE
-        flush(reached)
+            write_state(log_dir, state)
         return state
     finally:
         writer.close()
 
 
-def _next_time(previous: int) -> int:
+def next_time(previous: int) -> int:
     """A receive time after ``previous``: chunks keep the source's order even
     if the clock steps back."""
     return max(time.time_ns(), previous + 1)
