@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -350,3 +351,30 @@ def test_worker_processes_write_what_one_process_writes(data, tmp_path):
         store.close()
     assert views[0] == views[1]
     assert len(views[0][1]) == 4
+
+
+def test_ctrl_c_stops_an_import_that_the_same_command_then_finishes(data, tmp_path):
+    big = tmp_path / "big.jsonl"  # over 16 MiB: parsed by worker processes
+    line = '{"_p": "p%d", "_t": %d, "_n": "Seen", "Page": "%s"}\n'
+    with big.open("w") as f:
+        for i in range(150_000):
+            f.write(line % (i, T + i, "x" * 80))
+    command = [sys.executable, "-m", "tally", "import", "json", str(big), "-p", "shop",
+               "--data-dir", str(data)]  # fmt: skip
+    running = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    checkpoint = data / "log" / "i-big" / CHECKPOINT
+    wait_until(checkpoint.exists, 30, "the first chunk is durable")
+    running.send_signal(signal.SIGINT)
+    _, err = running.communicate(timeout=30)
+    assert running.returncode == 130, err
+    assert b"run the same command again to continue" in err
+    assert b"Traceback" not in err
+    stopped = read_state(data / "log", "big")
+    assert 0 < stopped.records < 150_000
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert f"Continuing the import big from {stopped.records:,} records" in again.stderr
+    assert read_state(data / "log", "big").records == 150_000
+    store = apply(data)
+    assert events_view(store.cursor(), "shop")["total"] == 150_000
+    store.close()
