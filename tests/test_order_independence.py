@@ -196,8 +196,9 @@ def test_the_processor_catching_up_in_batches_gives_the_same_store(
         try:
             processor = Processor(config, caught_up, keys=lambda: KEYS)
             assert processor.catch_up(limit=limit) == len(entries)
-            # A batch takes up to max(limit // streams, 1) records of each stream.
-            per_batch = max(limit // len(writers), 1) * len(writers)
+            # A batch takes up to `limit` records (what idle streams leave goes to
+            # the others), and at least one of each stream that has any.
+            per_batch = limit + len(writers) - 1
             assert processor.progress.batches >= len(entries) / per_batch
             whole.apply(total_order(entries), KEYS, cap=cap)
             expected, got = snapshot(whole), snapshot(caught_up)

@@ -8,13 +8,10 @@ view function that the CLI calls too, on its own DuckDB cursor, in a thread.
 from __future__ import annotations
 
 import csv
-import hashlib
-import hmac
 import io
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
@@ -25,89 +22,25 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tally import api_migrate, audit
 from tally import api_models as models
-from tally import audit
+from tally.api_core import Core, authorise, json_body, operator, product_of
 from tally.backup.snapshot import new_snapshot_path, snapshot_store
-from tally.catalog import Catalog
-from tally.errors import TallyError, Unauthorized
-from tally.log.reader import LogReader
+from tally.errors import TallyError
 from tally.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from tally.metrics import REPORT_BUCKETS, Durations, Pipeline, render
+from tally.metrics import Pipeline, render
 from tally.openapi import Operation, document
-from tally.processor import Processor
 from tally.reports import KINDS, Product, parse, people, run_report
 from tally.reports.bodies import BODIES
-from tally.reports.query import People, json_object
-from tally.settings import Settings
+from tally.reports.query import People
 from tally.validation import validated
-from tally.views.common import Page, require_product
+from tally.views.common import Page
 from tally.views.events import events_view
 from tally.views.person import person_view
 from tally.views.rejects import rejects_view
 from tally.views.status import status_view
 
 log = logging.getLogger("tally.api")
-
-
-@dataclass
-class Core:
-    """What the API reads: passed in, never global."""
-
-    settings: Settings
-    catalog: Catalog
-    processor: Processor
-    #: SHA-256 of the token in ``run/cli.token``, which lets the local CLI in.
-    local_token_hash: str = ""
-    #: How long reports took, by kind (for /metrics).
-    report_durations: Durations = field(default_factory=lambda: Durations(REPORT_BUCKETS))
-
-    @property
-    def reader(self) -> LogReader:
-        return self.processor.reader
-
-    def processor_state(self) -> dict[str, Any]:
-        progress = self.processor.progress
-        return {
-            "error": self.processor.error.to_json() if self.processor.error else None,
-            "waiting_for_ingest": self.processor.waiting_for_ingest,
-            "batches": progress.batches,
-            "records": progress.records,
-            "applied": progress.applied,
-            "duplicates": progress.duplicates,
-            "rejected": dict(progress.rejected),
-            "last_batch_seconds": round(progress.last_batch_seconds, 4),
-        }
-
-
-def _authorise(request: Request, *, local_only: bool = False) -> Core:
-    """The core, for a valid operator token (``local_only``: only the token
-    that the server left for the CLI on its own machine)."""
-    return _operator(request, local_only=local_only)[0]
-
-
-def _operator(request: Request, *, local_only: bool = False) -> tuple[Core, str]:
-    """The core and who acts, as the audit log names them (tally.audit), for
-    a handler that changes something."""
-    core: Core = request.app.state.core
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthorized("send an operator token: Authorization: Bearer TOKEN")
-    digest = hashlib.sha256(token.encode()).hexdigest()
-    if core.local_token_hash and hmac.compare_digest(digest, core.local_token_hash):
-        return core, audit.LOCAL_CLI
-    if local_only:
-        raise Unauthorized("only the tally CLI on the server's machine may do this",
-                           code="local_only")  # fmt: skip
-    found = core.catalog.authorise_token(token)  # 401 invalid/revoked_token; notes the use
-    return core, audit.token_actor(found.name)
-
-
-def _product(core: Core, request: Request) -> str:
-    product: str = request.path_params["product"]
-    require_product({p.name for p in core.catalog.products()}, product)
-    return product
 
 
 async def _in_thread(
@@ -129,17 +62,17 @@ async def _in_thread(
 
 
 async def status(request: Request) -> Response:
-    core = _authorise(request)
+    core = authorise(request)
     return await _in_thread(core, status_view, core.reader, core.processor_state())
 
 
 async def person(request: Request) -> Response:
-    core = _authorise(request)
+    core = authorise(request)
     q = validated(Page, request.query_params)
     return await _in_thread(
         core,
         person_view,
-        _product(core, request),
+        product_of(core, request),
         request.path_params["identity"],
         page=q.page,
         page_size=q.page_size,
@@ -147,12 +80,12 @@ async def person(request: Request) -> Response:
 
 
 async def events(request: Request) -> Response:
-    core = _authorise(request)
+    core = authorise(request)
     q = validated(models.EventsQuery, request.query_params)
     return await _in_thread(
         core,
         events_view,
-        _product(core, request),
+        product_of(core, request),
         event=q.event,
         identity=q.identity,
         time_from=q.from_,
@@ -163,12 +96,12 @@ async def events(request: Request) -> Response:
 
 
 async def rejects(request: Request) -> Response:
-    core = _authorise(request)
+    core = authorise(request)
     q = validated(models.RejectsQuery, request.query_params)
     return await _in_thread(
         core,
         rejects_view,
-        _product(core, request),
+        product_of(core, request),
         reason=q.reason,
         page=q.page,
         page_size=q.page_size,
@@ -176,9 +109,9 @@ async def rejects(request: Request) -> Response:
 
 
 async def replay(request: Request) -> Response:
-    core, actor = _operator(request)
-    product = _product(core, request)
-    reason = validated(models.Replay, await _json_body(request)).reason
+    core, actor = operator(request)
+    product = product_of(core, request)
+    reason = validated(models.Replay, await json_body(request)).reason
     result = await run_in_threadpool(core.processor.replay, product, reason)
     # Here, not in the thread: the catalog's one connection is the event loop's.
     core.catalog.record(actor, audit.REJECTS_REPLAY, product, {"reason": reason, **result})
@@ -186,9 +119,9 @@ async def replay(request: Request) -> Response:
 
 
 async def report(request: Request) -> Response:
-    core = _authorise(request)
-    name = _product(core, request)
-    body = await _json_body(request)
+    core = authorise(request)
+    name = product_of(core, request)
+    body = await json_body(request)
     found = core.catalog.product(name)
     product = Product(found.name, found.timezone, found.revenue_property)
     kind = request.path_params["kind"]
@@ -215,7 +148,7 @@ async def report(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     """The pipeline in Prometheus' text format (tally.metrics), for an operator
     token (Prometheus sends one with ``authorization: {credentials: ...}``)."""
-    core = _authorise(request)
+    core = authorise(request)
 
     def run() -> bytes:
         with core.processor.store.reading(core.settings.query_timeout) as cursor:
@@ -245,7 +178,7 @@ async def backup_snapshot(request: Request) -> Response:
     (tally.backup), made while the processor goes on; the caller takes it away.
     Only the local CLI may ask: each call writes a whole copy of the store to
     the server's disk."""
-    core = _authorise(request, local_only=True)
+    core = authorise(request, local_only=True)
 
     def snapshot(cursor: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         made = snapshot_store(cursor, new_snapshot_path(core.settings))
@@ -255,19 +188,19 @@ async def backup_snapshot(request: Request) -> Response:
 
 
 async def tokens(request: Request) -> Response:
-    core = _authorise(request)
+    core = authorise(request)
     return JSONResponse({"tokens": [t.to_json() for t in core.catalog.tokens()]})
 
 
 async def revoke_token(request: Request) -> Response:
-    core, actor = _operator(request)
-    every = validated(models.Revoke, await _json_body(request)).all
+    core, actor = operator(request)
+    every = validated(models.Revoke, await json_body(request)).all
     revoked = core.catalog.revoke_token(request.path_params["name"], every=every, actor=actor)
     return JSONResponse({"revoked": [t.to_json() for t in revoked]})
 
 
 async def audit_log(request: Request) -> Response:
-    core = _authorise(request)
+    core = authorise(request)
     limit = validated(audit.AuditQuery, request.query_params).limit
     return JSONResponse({"entries": [e.to_json() for e in core.catalog.audit_entries(limit)]})
 
@@ -275,11 +208,6 @@ async def audit_log(request: Request) -> Response:
 async def openapi(request: Request) -> Response:
     """This API's OpenAPI 3.1 document (tally.openapi); no token needed."""
     return JSONResponse(request.app.state.openapi)
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    return json_object(raw, "body", "the body") if raw.strip() else {}
 
 
 async def _tally_error(request: Request, exc: Exception) -> Response:
@@ -334,8 +262,9 @@ OPERATIONS = [
               "Revoke an operator token", body=models.Revoke, answer=models.Revoked),
     Operation("GET", "/api/v1/audit", audit_log, "What operators changed, newest first",
               query=audit.AuditQuery, answer=models.Audit),
+    *api_migrate.operations(PRODUCT),
     Operation("GET", "/metrics", metrics, "The pipeline in Prometheus' text format",
-              media_type=METRICS_CONTENT_TYPE),
+              media_types=(METRICS_CONTENT_TYPE,)),
 ]  # fmt: skip
 
 

@@ -10,11 +10,11 @@ holds the server to it: every answer must match.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tally.validation import Body
+from tally.validation import Body, Params
 from tally.views.common import Page
 
 # -- parameters and bodies ----------------------------------------------------------------
@@ -32,6 +32,25 @@ class EventsQuery(Page):
 
 class RejectsQuery(Page):
     reason: str | None = Field(None, description="Only rejects of this reason code.")
+
+
+class ExportQuery(Params):
+    format: Literal["csv", "jsonl", "parquet"] = "csv"
+    event: str | None = Field(None, description="Only events of this name (any case).")
+    from_: str | None = Field(None, alias="from", description="As for events.")
+    to: str | None = Field(None, description="As `from`; exclusive.")
+
+
+class ImportQuery(Params):
+    name: str | None = Field(
+        None, description="The import's name (default: http-<time>-<random>); the same name "
+        "again adds to that import."
+    )  # fmt: skip
+
+
+class ExportKm(Body):
+    dest: Annotated[str, Field(min_length=1, description="A new or empty folder on the "
+                               "server's machine, as an absolute path.")]  # fmt: skip
 
 
 class Replay(Body):
@@ -229,6 +248,19 @@ class PeopleAnswer(Answer):
     page: int
     page_size: int
     columns: list[str]
+
+
+class Imported(Answer):
+    import_: str = Field(alias="import")
+    stream: str
+    written: int
+    unreadable: dict[str, int]
+    note: str
+
+
+class ExportedKm(Answer):
+    records: int
+    files: int
 
 
 ANSWERS: dict[str, type[Answer]] = {

@@ -81,6 +81,10 @@ class Reason(enum.StrEnum):
     NAME_TOO_LONG = "name_too_long"
     BAD_TIME = "bad_time"
     ALIAS_CAP = "alias_cap"  # decided by the identity graph, never here
+    # A line an import could not read (tally.migrate.records), never a tracking call.
+    MALFORMED_RECORD = "malformed_record"
+    BAD_ESCAPE = "bad_escape"
+    UNKNOWN_COLUMN = "unknown_column"
 
 
 class Drop(enum.StrEnum):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -89,6 +90,39 @@ def request(
             field=error.get("field"),
         )
     return data
+
+
+def stream(
+    settings: Settings, path: str, params: dict[str, Any] | None = None, timeout: float = 600
+) -> Iterator[bytes]:
+    """A ``GET`` of the running server's API whose answer is read as it comes
+    (an export), chunk by chunk; its error raised as :func:`request` does."""
+    try:
+        token = settings.local_token_path.read_text().strip()
+    except OSError as exc:
+        raise Unavailable("tally serve is not running for this data directory") from exc
+    query = {k: v for k, v in (params or {}).items() if v is not None}
+    target = path + ("?" + urlencode(query) if query else "")
+    connection = _UnixConnection(str(settings.core_socket), timeout)
+    try:
+        connection.request("GET", target, headers={"Authorization": f"Bearer {token}"})
+        response = connection.getresponse()
+        if response.status >= 400:
+            try:
+                error = json.loads(response.read() or b"{}").get("error", {})
+            except ValueError:
+                error = {}
+            raise _ERRORS.get(response.status, TallyError)(
+                str(error.get("message", f"tally serve answered {response.status}")),
+                code=error.get("code"),
+                field=error.get("field"),
+            )
+        while chunk := response.read(64 * 1024):
+            yield chunk
+    except OSError as exc:
+        raise Unavailable(f"cannot talk to tally serve: {exc}") from exc
+    finally:
+        connection.close()
 
 
 def product_path(product: str, *rest: str) -> str:

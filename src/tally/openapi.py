@@ -30,8 +30,10 @@ ERRORS = {
     400: "The request is invalid; `field` names what is wrong.",
     401: "No operator token, or one that is unknown or revoked.",
     404: "No such product, person or route.",
+    409: "In conflict with what is there (a name taken, a folder not empty).",
     503: "The store or the core cannot answer right now: retry.",
     504: "The query ran longer than `--query-timeout`.",
+    507: "The query needed more memory than `--query-memory` allows.",
 }
 _PATH_PARAM = re.compile(r"{(\w+)(?::\w+)?}")
 
@@ -45,14 +47,18 @@ class Operation:
     query: type[Params] | None = None
     body: type[BaseModel] | None = None
     answer: type[BaseModel] | None = None
-    #: The answer's media type when it is not JSON (its schema: text).
-    media_type: str | None = None
+    #: The answer's media types when it is not JSON (its schema: bytes).
+    media_types: tuple[str, ...] = ()
+    #: The body's media types when it is not JSON (it is streamed).
+    body_media_types: tuple[str, ...] = ()
     #: The values of ``per_value`` that also answer ``text/csv`` when asked
     #: with ``Accept`` (a people search).
     csv_values: tuple[str, ...] = ()
     #: One documented operation per value of a path parameter, each with its
     #: own body and answer (the reports: ``{kind}``).
-    per_value: dict[str, tuple[type[BaseModel], type[BaseModel]]] = field(default_factory=dict)
+    per_value: dict[str, tuple[type[BaseModel] | None, type[BaseModel] | None]] = field(
+        default_factory=dict
+    )
     #: Needs no operator token (the document itself).
     public: bool = False
 
@@ -117,8 +123,8 @@ def _operation(op: Operation, path: str, refs: dict[type[BaseModel], str]) -> di
             parameters.append({"name": name, "in": "query", "required": False,
                                "schema": prop} | ({"description": description}
                                                   if description else {}))  # fmt: skip
-    if op.media_type is not None:
-        content = {op.media_type: {"schema": {"type": "string"}}}
+    if op.media_types:
+        content = {media: {"schema": {"type": "string"}} for media in op.media_types}
     else:
         content = {"application/json": {"schema": ref(op.answer) if op.answer else {}}}
     if op.csv_values:
@@ -140,6 +146,11 @@ def _operation(op: Operation, path: str, refs: dict[type[BaseModel], str]) -> di
         operation["requestBody"] = {
             "required": False,
             "content": {"application/json": {"schema": ref(op.body)}},
+        }
+    elif op.body_media_types:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {media: {"schema": {"type": "string"}} for media in op.body_media_types},
         }
     if op.public:
         operation["security"] = []

@@ -162,26 +162,44 @@ class Processor:
         streams = self.reader.streams()
         if not streams:
             return [], {}
-        share = max(limit // len(streams), 1)
         batch: list[Entry] = []
         reach: dict[str, int] = {}
-        for stream in streams:
-            damaged_to = 0
-
-            def told(damage: Damage, data: bytes) -> None:
-                nonlocal damaged_to
-                self.quarantine.keep(damage, data)
-                damaged_to = max(damaged_to, damage.end)
-
-            last = positions.get(stream, 0)
-            for n, entry in enumerate(self.reader.read(stream, last, told)):
-                batch.append(entry)
-                last = entry.next_position
-                if n + 1 >= share:
-                    break
-            if damaged_to > last:
-                reach[stream] = damaged_to
+        last = {stream: positions.get(stream, 0) for stream in streams}
+        # Each stream gets an equal share; what idle streams leave goes to
+        # those with more (an import's stream beside quiet collectors).
+        pending = streams
+        while pending and len(batch) < limit:
+            share = max((limit - len(batch)) // len(pending), 1)
+            pending = [s for s in pending if self._read_stream(s, last, share, batch, reach)]
         return batch, reach
+
+    def _read_stream(
+        self,
+        stream: str,
+        last: dict[str, int],
+        share: int,
+        batch: list[Entry],
+        reach: dict[str, int],
+    ) -> bool:
+        """Up to ``share`` records of ``stream`` after ``last[stream]`` into
+        ``batch``; whether it has more."""
+        damaged_to = 0
+
+        def told(damage: Damage, data: bytes) -> None:
+            nonlocal damaged_to
+            self.quarantine.keep(damage, data)
+            damaged_to = max(damaged_to, damage.end)
+
+        n = 0
+        for entry in self.reader.read(stream, last[stream], told):
+            batch.append(entry)
+            last[stream] = entry.next_position
+            n += 1
+            if n >= share:
+                break
+        if damaged_to > last[stream]:
+            reach[stream] = max(reach.get(stream, 0), damaged_to)
+        return n >= share
 
     def _prepare(self, batch: list[Entry], reach: dict[str, int] | None = None) -> Prepared:
         prepared = prepare(batch, self.keys(), blocked=self.settings.blocked_identities)

@@ -27,12 +27,14 @@ from multiprocessing.process import BaseProcess
 import duckdb
 import uvicorn
 
-from tally.api import Core, build_app
+from tally.api import build_app
+from tally.api_core import Core
 from tally.backup.snapshot import remove_stale_snapshots
 from tally.catalog import Catalog, Product
 from tally.collector.worker import run_collector, stream_name
 from tally.errors import Unavailable
 from tally.log.writer import SegmentWriter, StreamLocked, check_format
+from tally.migrate.watch import ImportDir
 from tally.permissions import FILE_MODE, restrict, warn_if_shared
 from tally.processor import Processor
 from tally.serverlog import configure_logging
@@ -145,14 +147,26 @@ def serve(settings: Settings, announce: Callable[[Started], None]) -> None:
             local_token_hash=write_local_token(settings),
         )
         processor.start()
+        watcher = _watch_import_dir(settings)
         try:
             asyncio.run(_supervise(settings, core, first_start, announce))
         finally:
+            if watcher is not None:
+                watcher.stop()
             processor.stop()
             store.close()
             catalog.close()
             with contextlib.suppress(FileNotFoundError):
                 settings.local_token_path.unlink()
+
+
+def _watch_import_dir(settings: Settings) -> ImportDir | None:
+    """The --import-dir watcher, started (tally.migrate.watch)."""
+    if settings.import_dir is None:
+        return None
+    watcher = ImportDir(settings)
+    watcher.start()
+    return watcher
 
 
 def open_store(settings: Settings, *, read_only: bool = False) -> Store:

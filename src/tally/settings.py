@@ -67,6 +67,13 @@ SETTINGS: tuple[Setting, ...] = (
         1000,
         "An alias that would give a person more identities than this is rejected.",
     ),
+    Setting(
+        "import_dir",
+        None,
+        "A folder watched for files to import (CSV, JSON lines, gzip too), in alphanumeric "
+        "order once they stop changing; each is then moved to completed_imports/YEAR/MONTH/DAY/.",
+    ),
+    Setting("import_product", "default", "The product the files of --import-dir go into."),
 )
 
 
@@ -84,6 +91,8 @@ class Settings:
     defer_seconds: float = 30.0  # tally.pacing
     blocked_identities: frozenset[str] = DEFAULT_BLOCKED
     max_identities_per_person: int = 1000
+    import_dir: Path | None = None  # tally.migrate.watch
+    import_product: str = "default"
     max_head_bytes: int = 16 * 1024  # SPEC §1: request line + headers
     max_body_bytes: int = 1024 * 1024  # SPEC §1: POST body
 

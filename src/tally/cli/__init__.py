@@ -49,6 +49,9 @@ class _LazyGroup(click.Group):
         "alias": "tally.cli.maintenance:alias",
         "backup": "tally.cli.backup:backup",
         "restore": "tally.cli.backup:restore",
+        "import": "tally.cli.migrate:import_",
+        "imports": "tally.cli.migrate:imports",
+        "export": "tally.cli.export:export",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -91,6 +94,8 @@ def main() -> None:
 @setting_option("query_timeout", type=click.FloatRange(min=0.1))
 @setting_option("segment_mib", type=click.IntRange(1, 1024))
 @setting_option("defer_seconds", type=click.FloatRange(min=0))
+@setting_option("import_dir", type=click.Path(file_okay=False, path_type=Path))
+@setting_option("import_product")
 @pipeline_options
 @errors_to_exit
 def serve(
@@ -104,6 +109,8 @@ def serve(
     query_timeout: float,
     segment_mib: int,
     defer_seconds: float,
+    import_dir: Path | None,
+    import_product: str,
     blocked_identities: str,
     max_identities_per_person: int,
 ) -> None:
@@ -129,6 +136,8 @@ def serve(
         defer_seconds=defer_seconds,
         blocked_identities=blocked_set(blocked_identities),
         max_identities_per_person=max_identities_per_person,
+        import_dir=import_dir,
+        import_product=import_product,
     )
 
     def announce(started: Started) -> None:

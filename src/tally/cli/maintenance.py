@@ -22,6 +22,7 @@ from tally.cli.options import (
     json_option,
     pipeline_options,
 )
+from tally.cli.progress import progress_bar
 from tally.errors import InvalidInput, Unavailable
 from tally.log.damage import Quarantine
 from tally.log.reader import LogReader
@@ -94,18 +95,14 @@ def rebuild_store(settings: Settings) -> int:
     store = Store(building)
     try:
         processor = Processor(settings, store)
-        bar: Any
         with store.bulk():
-            with click.progressbar(
-                length=total, label="Rebuilding", show_pos=True, item_show_func=lambda _: None
-            ) as bar:
-                done = 0
+            with progress_bar("Rebuilding", total) as bar:
+                records = 0
 
-                def advance(_: int) -> None:
-                    nonlocal done
-                    reached = sum(store.positions().values())
-                    bar.update(reached - done)
-                    done = reached
+                def advance(n: int) -> None:
+                    nonlocal records
+                    records += n
+                    bar.update(sum(store.positions().values()), records)
 
                 records = processor.catch_up(advance, limit=REBUILD_BATCH_RECORDS)
             click.echo("Indexing identities for the person page…")

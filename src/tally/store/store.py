@@ -30,6 +30,7 @@ from tally.beacon import DEFAULT_BLOCKED, Beacon, KeyLookup, parse_record
 from tally.errors import TimedOut, Unavailable
 from tally.identity_graph import Edge, Order
 from tally.log.reader import Entry
+from tally.migrate.records import parse_import_reject
 from tally.operations import parse_operator
 from tally.store.graph import rederive
 from tally.store.rows import INT, TEXT, Rows, insert, orders, registered, reject_rows
@@ -89,6 +90,8 @@ def prepare(
                     )
                 continue
             parsed = parse_record(record, keys, blocked=blocked)
+            if parsed is None:  # not a tracking call: perhaps a line an import could not read
+                parsed = parse_import_reject(record, keys)
             if parsed is not None:
                 stage.add(order, parsed)
         if len(stage):

@@ -1,0 +1,143 @@
+"""The files of an import, read line by line from any place in them.
+
+A place in a source is a :class:`Position`: which file, the offset (of the
+uncompressed bytes) and the line number there, and how many bytes of the
+source on disk lie before it (for progress). An import's checkpoint saves the
+position after the last record it made durable, and a resumed import reads on
+from it. Gzip-compressed files (by their first bytes, whatever their name) are
+read as they are.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, NamedTuple
+
+from tally.errors import InvalidInput
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_NUMBERED = re.compile(r"^(\d+)\.json(\.gz)?$")
+
+
+class Position(NamedTuple):
+    file: int = 0  # index in the source's files
+    offset: int = 0  # in the file's (uncompressed) bytes, after the last line read
+    line: int = 0  # lines read in the file
+    done: int = 0  # bytes of the source on disk read before this place (progress)
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: Path
+    name: str  # as a reject names it: relative to the import's root
+    size: int  # on disk
+
+
+def source_file(path: Path, root: Path | None = None) -> SourceFile:
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}", field="path") from exc
+    if not path.is_file():
+        raise InvalidInput(f"{path} is not a file", field="path")
+    name = str(path.relative_to(root)) if root is not None else path.name
+    return SourceFile(path, name, size)
+
+
+def open_bytes(path: Path) -> BinaryIO:
+    """The file's bytes, decompressed when it is gzip."""
+    f = open(path, "rb")  # noqa: SIM115 (returned, closed by the caller)
+    if f.read(2) == _GZIP_MAGIC:
+        f.close()
+        return gzip.GzipFile(path, "rb")  # type: ignore[return-value]
+    f.seek(0)
+    return f
+
+
+def _disk_offset(f: BinaryIO) -> int:
+    """Where reading is in the file on disk (a gzip file's compressed bytes)."""
+    inner = getattr(f, "fileobj", None)
+    return int(inner.tell()) if inner is not None else f.tell()
+
+
+def lines(files: list[SourceFile], start: Position) -> Iterator[tuple[SourceFile, bytes, Position]]:
+    """Every line from ``start`` on, with the position after it."""
+    done = start.done
+    for index in range(start.file, len(files)):
+        item = files[index]
+        offset, number = (start.offset, start.line) if index == start.file else (0, 0)
+        try:
+            f = open_bytes(item.path)
+        except OSError as exc:
+            raise InvalidInput(f"cannot read {item.path}: {exc.strerror}", field="path") from exc
+        with f:
+            if offset:
+                f.seek(offset)
+            for raw in f:
+                offset += len(raw)
+                number += 1
+                yield item, raw, Position(index, offset, number, done + _disk_offset(f))
+        done += item.size
+        if index + 1 < len(files):
+            yield item, b"", Position(index + 1, 0, 0, done)  # (a blank: the next file's start)
+
+
+def first_line(item: SourceFile) -> bytes:
+    """The first line that is not blank (empty when none), to tell what a file is."""
+    try:
+        with open_bytes(item.path) as f:
+            for raw in f:
+                if raw.strip():
+                    return raw
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise InvalidInput(f"cannot read {item.path}: {exc}", field="path") from exc
+    return b""
+
+
+def km_files(path: Path) -> list[SourceFile]:
+    """The files of a KISSmetrics export: ``PATH`` itself when it is a file;
+    for a folder, the files ``index.csv`` lists (in its order), else every
+    ``revisions/N.json`` (or ``N.json`` in PATH) in numeric order."""
+    if path.is_file():
+        return [source_file(path)]
+    if not path.is_dir():
+        raise InvalidInput(f"{path}: no such file or folder", field="path")
+    index = path / "index.csv"
+    if index.is_file():
+        return _indexed(path, index)
+    folder = path / "revisions" if (path / "revisions").is_dir() else path
+    numbered = sorted(
+        (int(m.group(1)), p)
+        for p in folder.iterdir()
+        if (m := _NUMBERED.match(p.name)) is not None and p.is_file()
+    )
+    if not numbered:
+        raise InvalidInput(f"{path} is not a KISSmetrics export: no index.csv and no "
+                           "revisions/N.json files in it", field="path")  # fmt: skip
+    return [source_file(p, path) for _, p in numbered]
+
+
+def _indexed(root: Path, index: Path) -> list[SourceFile]:
+    text = index.read_text(encoding="utf-8", errors="replace")
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows or not rows[0] or rows[0][0].strip().lower() != "filename":
+        raise InvalidInput(f"{index} does not begin with the header filename,min_timestamp,…",
+                           field="path")  # fmt: skip
+    found = []
+    for row in rows[1:]:
+        if not row or not row[0].strip():
+            continue
+        name = row[0].strip()
+        for candidate in (root / name, root / "revisions" / name):
+            if candidate.is_file():
+                found.append(source_file(candidate, root))
+                break
+        else:
+            raise InvalidInput(f"{index} lists {name}, which is not in {root}", field="path")
+    return found
