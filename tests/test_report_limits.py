@@ -1,5 +1,6 @@
 """Every report is bounded (docs/reports.md, "Limits"): lists of conditions,
-columns and filters, intervals in a series, and the time a query may run."""
+columns and filters, intervals in a series, the time a query may run, and the
+store's memory."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tally.errors import InvalidInput, TimedOut
+from tally.errors import InvalidInput, QueryTooLarge, TimedOut
 from tally.reports import Product, parse
 from tally.reports.query import MAX_INTERVALS, MAX_ITEMS
 from tally.store import Store
@@ -73,5 +74,24 @@ def test_a_query_past_its_time_is_stopped(tmp_path: Path) -> None:
             assert cursor.execute("SELECT 42").fetchone() == (42,)
         with pytest.raises(duckdb.Error), store.reading(5) as cursor:
             cursor.execute("SELECT * FROM no_such_table")
+    finally:
+        store.close()
+
+
+def test_a_query_past_the_memory_limit_is_its_own_error(tmp_path: Path) -> None:
+    """DuckDB bounds memory for the whole database, and the spill beyond it."""
+    sort = "SELECT count(*) FROM (SELECT i::VARCHAR FROM range(10000000) t(i) ORDER BY random())"
+    store = Store(tmp_path / "store.duckdb")
+    try:
+        store.limit_memory(32_000_000, 4_000_000_000)
+        memory = pytest.raises(QueryTooLarge, match=r"more memory than --query-memory \(32MB\)")
+        with memory, store.reading() as cursor:
+            cursor.execute(sort).fetchall()
+        store.limit_memory(32_000_000, 1024**2)
+        spill = pytest.raises(QueryTooLarge, match=r"than --query-spill \(1MiB\) allows")
+        with spill, store.reading() as cursor:
+            cursor.execute(sort).fetchall()
+        with store.reading() as cursor:  # the store answers as usual after either
+            assert cursor.execute("SELECT 42").fetchall() == [(42,)]
     finally:
         store.close()

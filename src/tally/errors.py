@@ -6,7 +6,9 @@
     ├── NotFound                404  no such product, key, person, …
     ├── Conflict                409  it exists already
     ├── Unavailable             503  Tally cannot do it right now (retry)
-    └── TimedOut                504  a query ran past --query-timeout and was stopped
+    ├── TimedOut                504  a query ran past --query-timeout and was stopped
+    └── QueryTooLarge           507  a query needed more than --query-memory and
+                                     --query-spill allow
 
 Domain code raises these; :mod:`tally.api` maps them to HTTP statuses and the one
 JSON error shape, ``{"error": {"code", "message", "field"?}}``; the CLI prints
@@ -63,3 +65,8 @@ class Unavailable(TallyError):
 class TimedOut(TallyError):
     status = 504
     default_code = "query_timeout"
+
+
+class QueryTooLarge(TallyError):
+    status = 507
+    default_code = "query_memory"

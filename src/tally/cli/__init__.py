@@ -23,6 +23,7 @@ from tally.cli.options import (
     pipeline_options,
     setting_option,
     show_time,
+    size,
 )
 from tally.errors import Unavailable
 from tally.permissions import restrict
@@ -89,6 +90,8 @@ def main() -> None:
 @setting_option("backlog_mib", type=click.IntRange(1, 65536))
 @setting_option("max_connections", type=click.IntRange(1, 1_000_000))
 @setting_option("query_timeout", type=click.FloatRange(min=0.1))
+@setting_option("query_memory", callback=size(minimum="16MB"), metavar="SIZE")
+@setting_option("query_spill", callback=size(), metavar="SIZE")
 @setting_option("segment_mib", type=click.IntRange(1, 1024))
 @setting_option("defer_seconds", type=click.FloatRange(min=0))
 @pipeline_options
@@ -102,6 +105,8 @@ def serve(
     backlog_mib: int,
     max_connections: int,
     query_timeout: float,
+    query_memory: int,
+    query_spill: int,
     segment_mib: int,
     defer_seconds: float,
     blocked_identities: str,
@@ -125,6 +130,8 @@ def serve(
         backlog_mib=backlog_mib,
         max_connections=max_connections,
         query_timeout=query_timeout,
+        query_memory=query_memory,
+        query_spill=query_spill,
         segment_mib=segment_mib,
         defer_seconds=defer_seconds,
         blocked_identities=blocked_set(blocked_identities),
