@@ -1,16 +1,14 @@
 """Every report is bounded (docs/reports.md, "Limits"): lists of conditions,
-columns and filters, intervals in a series, the time a query may run, and the
-store's memory."""
+columns and filters, intervals in a series, and the store's memory. The time
+and concurrency of queries: test_query_pool, test_query_isolation."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-import duckdb
 import pytest
 
-from tally.errors import InvalidInput, QueryTooLarge, TimedOut
+from tally.errors import InvalidInput, QueryTooLarge
 from tally.reports import Product, parse
 from tally.reports.query import MAX_INTERVALS, MAX_ITEMS
 from tally.store import Store
@@ -58,24 +56,6 @@ def test_lists_longer_than_the_limit_are_refused(name: str) -> None:
     parse("people", body, PRODUCT)  # the limit itself is fine
     error = refused("people", {name: [item] * (MAX_ITEMS + 1)})
     assert (error.field, error.message) == (name, f"{name} has 51 items; the limit is 50")
-
-
-def test_a_query_past_its_time_is_stopped(tmp_path: Path) -> None:
-    store = Store(tmp_path / "store.duckdb")
-    try:
-        started = time.monotonic()
-        stopped = pytest.raises(TimedOut, match=r"longer than 0.2 s \(--query-timeout\)")
-        with stopped, store.reading(0.2) as cursor:
-            cursor.execute("SELECT count(*) FROM range(1000000000000) a").fetchall()
-        assert time.monotonic() - started < 5
-        # The store answers the next query as usual, and an error of the query
-        # itself is no timeout.
-        with store.reading(5) as cursor:
-            assert cursor.execute("SELECT 42").fetchone() == (42,)
-        with pytest.raises(duckdb.Error), store.reading(5) as cursor:
-            cursor.execute("SELECT * FROM no_such_table")
-    finally:
-        store.close()
 
 
 def test_a_query_past_the_memory_limit_is_its_own_error(tmp_path: Path) -> None:

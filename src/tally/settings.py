@@ -58,6 +58,12 @@ SETTINGS: tuple[Setting, ...] = (
         "Disk that DuckDB may spill to past --query-memory (DATA_DIR/store.duckdb.tmp).",
     ),
     Setting(
+        "query_concurrency",
+        None,
+        "Reports and API reads that run at once; others wait up to 5 s, then get 503. "
+        "Default: the number of CPUs, at least 2.",
+    ),
+    Setting(
         "segment_mib",
         64,
         "MiB after which a collector seals its log segment and starts a new one.",
@@ -90,9 +96,10 @@ class Settings:
     timeout: float = 30.0
     backlog_mib: int = 64
     max_connections: int = 10_000  # per collector
-    query_timeout: float = 30.0  # Store.reading
+    query_timeout: float = 30.0  # tally.query_pool
     query_memory: int = 1_000_000_000  # bytes ("1GB", as DuckDB counts it): Store.limit_memory
     query_spill: int = 4_000_000_000  # bytes
+    query_concurrency: int = 0  # 0: one per CPU, at least 2 (tally.query_pool)
     segment_mib: int = 64  # tally.log.writer
     defer_seconds: float = 30.0  # tally.pacing
     blocked_identities: frozenset[str] = DEFAULT_BLOCKED
@@ -103,6 +110,10 @@ class Settings:
     @property
     def worker_count(self) -> int:
         return self.workers or os.cpu_count() or 1
+
+    @property
+    def query_slots(self) -> int:
+        return self.query_concurrency or max(os.cpu_count() or 1, 2)
 
     @property
     def log_dir(self) -> Path:

@@ -92,6 +92,7 @@ def main() -> None:
 @setting_option("query_timeout", type=click.FloatRange(min=0.1))
 @setting_option("query_memory", callback=size(minimum="16MB"), metavar="SIZE")
 @setting_option("query_spill", callback=size(), metavar="SIZE")
+@setting_option("query_concurrency", type=click.IntRange(1, 1024))
 @setting_option("segment_mib", type=click.IntRange(1, 1024))
 @setting_option("defer_seconds", type=click.FloatRange(min=0))
 @pipeline_options
@@ -107,6 +108,7 @@ def serve(
     query_timeout: float,
     query_memory: int,
     query_spill: int,
+    query_concurrency: int | None,
     segment_mib: int,
     defer_seconds: float,
     blocked_identities: str,
@@ -132,6 +134,7 @@ def serve(
         query_timeout=query_timeout,
         query_memory=query_memory,
         query_spill=query_spill,
+        query_concurrency=query_concurrency or 0,
         segment_mib=segment_mib,
         defer_seconds=defer_seconds,
         blocked_identities=blocked_set(blocked_identities),

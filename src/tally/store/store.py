@@ -27,7 +27,7 @@ import duckdb
 
 from tally import identity_graph
 from tally.beacon import DEFAULT_BLOCKED, Beacon, KeyLookup, parse_record
-from tally.errors import QueryTooLarge, TimedOut, Unavailable
+from tally.errors import QueryTooLarge, Unavailable
 from tally.identity_graph import Edge, Order
 from tally.log.reader import Entry
 from tally.operations import parse_operator
@@ -294,43 +294,25 @@ class Store:
             return self.con.cursor()
 
     @contextlib.contextmanager
-    def reading(self, timeout: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A cursor for a reader (the API's threads). A failing store (see
         ``INFRASTRUCTURE_ERRORS``; a query begun before :meth:`recover`
         reconnected) is a :class:`StoreFailure`, answered 503, not a bug; a
         query that needs more memory than :meth:`limit_memory` allows is a
-        :class:`QueryTooLarge`, the query's own fault rather than the store's.
-        A query still running after ``timeout`` seconds is interrupted (DuckDB
-        stops it between its steps) and raises :class:`TimedOut`."""
+        :class:`QueryTooLarge`, the query's own fault rather than the store's."""
         try:
             cursor = self.cursor()
         except duckdb.Error as exc:
             raise StoreFailure(f"the store is failing, try again shortly: {exc}") from exc
-        timer = None
-        if timeout is not None:
-            timer = threading.Timer(timeout, cursor.interrupt)
-            timer.daemon = True
-            timer.start()
         try:
             yield cursor
         except duckdb.OutOfMemoryException as exc:
             raise QueryTooLarge(self._too_large(str(exc))) from exc
         except Exception as exc:
-            if (
-                timer is not None
-                and timer.finished.is_set()
-                and isinstance(exc, duckdb.InterruptException)
-            ):
-                raise TimedOut(
-                    f"the query ran longer than {timeout:g} s (--query-timeout) and was "
-                    "stopped: narrow its range or its conditions"
-                ) from exc
             if is_infrastructure(exc):
                 raise StoreFailure(f"the store is failing, try again shortly: {exc}") from exc
             raise
         finally:
-            if timer is not None:
-                timer.cancel()
             with contextlib.suppress(duckdb.Error):
                 cursor.close()
 
