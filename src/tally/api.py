@@ -2,7 +2,9 @@
 
 Every error leaves as ``{"error": {"code", "message", "field"?}}`` with the
 status of its class in :mod:`tally.errors`. Handlers are thin: each calls the
-view function that the CLI calls too, on its own DuckDB cursor, in a thread.
+view function that the CLI calls too, on its own DuckDB cursor, in a thread,
+through the pool of :mod:`tally.query_pool` (its limits: how many at once, how
+long, and its end when the client leaves).
 """
 
 from __future__ import annotations
@@ -44,32 +46,35 @@ log = logging.getLogger("tally.api")
 
 
 async def _in_thread(
+    request: Request,
     core: Core,
     view: Callable[..., dict[str, Any]],
     *args: Any,
+    pooled: bool = True,
     timed: bool = True,
     **kwargs: Any,
 ) -> Response:
-    """``view`` on a cursor of the store, in a thread; stopped after
-    ``--query-timeout`` unless ``timed`` is false."""
-    timeout = core.settings.query_timeout if timed else None
-
-    def run() -> dict[str, Any]:
-        with core.processor.store.reading(timeout) as cursor:
-            return view(cursor, *args, **kwargs)
-
-    return JSONResponse(await run_in_threadpool(run))
+    """``view`` on a cursor of the store, in a thread of the query pool; see
+    QueryPool.run for ``pooled`` and ``timed``."""
+    answer = await core.queries.run(
+        request, lambda cursor: view(cursor, *args, **kwargs), pooled=pooled, timed=timed
+    )
+    return JSONResponse(answer)
 
 
 async def status(request: Request) -> Response:
     core = authorise(request)
-    return await _in_thread(core, status_view, core.reader, core.processor_state())
+    # Outside the pool: monitoring must answer while reports take every slot.
+    return await _in_thread(
+        request, core, status_view, core.reader, core.processor_state(), pooled=False
+    )
 
 
 async def person(request: Request) -> Response:
     core = authorise(request)
     q = validated(Page, request.query_params)
     return await _in_thread(
+        request,
         core,
         person_view,
         product_of(core, request),
@@ -83,6 +88,7 @@ async def events(request: Request) -> Response:
     core = authorise(request)
     q = validated(models.EventsQuery, request.query_params)
     return await _in_thread(
+        request,
         core,
         events_view,
         product_of(core, request),
@@ -99,6 +105,7 @@ async def rejects(request: Request) -> Response:
     core = authorise(request)
     q = validated(models.RejectsQuery, request.query_params)
     return await _in_thread(
+        request,
         core,
         rejects_view,
         product_of(core, request),
@@ -128,21 +135,22 @@ async def report(request: Request) -> Response:
     if kind == "people" and "text/csv" in request.headers.get("accept", ""):
         query = parse(kind, body, product)  # a bad body is a 400 before any row is sent
         assert isinstance(query, People)
+        chunks = await core.queries.stream(
+            request, lambda cursor: _csv_chunks(cursor, query), all_threads=True
+        )
         return StreamingResponse(
-            _csv_lines(core, query),
+            chunks,
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="{name}-people.csv"'},
         )
 
-    def run() -> dict[str, Any]:
-        store = core.processor.store
+    def run(cursor: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         started = time.perf_counter()
-        with store.all_threads(), store.reading(core.settings.query_timeout) as cursor:
-            answer = run_report(cursor, product, kind, body)
+        answer = run_report(cursor, product, kind, body)
         core.report_durations.observe(kind, time.perf_counter() - started)
         return answer
 
-    return JSONResponse(await run_in_threadpool(run))
+    return JSONResponse(await core.queries.run(request, run, all_threads=True))
 
 
 async def metrics(request: Request) -> Response:
@@ -150,27 +158,27 @@ async def metrics(request: Request) -> Response:
     token (Prometheus sends one with ``authorization: {credentials: ...}``)."""
     core = authorise(request)
 
-    def run() -> bytes:
-        with core.processor.store.reading(core.settings.query_timeout) as cursor:
-            pipeline = Pipeline(core.settings.data_dir, core.reader, cursor,
-                                core.processor_state(), core.report_durations)  # fmt: skip
-            return render(pipeline)
+    def run(cursor: duckdb.DuckDBPyConnection) -> bytes:
+        pipeline = Pipeline(core.settings.data_dir, core.reader, cursor, core.processor_state(),
+                            core.report_durations, core.queries.counts())  # fmt: skip
+        return render(pipeline)
 
-    return Response(await run_in_threadpool(run), media_type=METRICS_CONTENT_TYPE)
+    # Outside the pool: monitoring must answer while reports take every slot.
+    answer = await core.queries.run(request, run, pooled=False)
+    return Response(answer, media_type=METRICS_CONTENT_TYPE)
 
 
-def _csv_lines(core: Core, query: People) -> Iterator[bytes]:
-    """The people search as CSV, row by row (Starlette runs this in a thread)."""
+def _csv_chunks(cursor: duckdb.DuckDBPyConnection, query: People) -> Iterator[bytes]:
+    """The people search as CSV, a thousand rows a chunk."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    with core.processor.store.all_threads(), core.processor.store.reading() as cursor:
-        for n, row in enumerate(people.csv_rows(cursor, query), 1):
-            writer.writerow(row)
-            if n % 1000 == 0:
-                yield out.getvalue().encode()
-                out.seek(0)
-                out.truncate()
-        yield out.getvalue().encode()
+    for n, row in enumerate(people.csv_rows(cursor, query), 1):
+        writer.writerow(row)
+        if n % 1000 == 0:
+            yield out.getvalue().encode()
+            out.seek(0)
+            out.truncate()
+    yield out.getvalue().encode()
 
 
 async def backup_snapshot(request: Request) -> Response:
@@ -184,7 +192,9 @@ async def backup_snapshot(request: Request) -> Response:
         made = snapshot_store(cursor, new_snapshot_path(core.settings))
         return {"path": str(made.path), "positions": made.positions, "records": made.records}
 
-    return await _in_thread(core, snapshot, timed=False)  # a whole store takes its time
+    # A whole store takes its time, and only the local CLI asks: outside the
+    # pool, untimed; stopped if the CLI goes away (the copy is then removed).
+    return await _in_thread(request, core, snapshot, pooled=False, timed=False)
 
 
 async def tokens(request: Request) -> Response:
@@ -212,7 +222,11 @@ async def openapi(request: Request) -> Response:
 
 async def _tally_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TallyError)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
+    # (A ClientGone's answer goes nowhere: uvicorn drops what is sent to a
+    # client that has gone.)
     return JSONResponse(exc.to_json(), status_code=exc.status, headers=headers)
 
 

@@ -19,6 +19,7 @@ from tally.errors import Unauthorized
 from tally.log.reader import LogReader
 from tally.metrics import REPORT_BUCKETS, Durations
 from tally.processor import Processor
+from tally.query_pool import QueryPool
 from tally.reports.query import json_object
 from tally.settings import Settings
 from tally.views.common import require_product
@@ -35,6 +36,12 @@ class Core:
     local_token_hash: str = ""
     #: How long reports took, by kind (for /metrics).
     report_durations: Durations = field(default_factory=lambda: Durations(REPORT_BUCKETS))
+    #: Where report and API queries run (tally.query_pool).
+    queries: QueryPool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.queries = QueryPool(self.processor.store, slots=self.settings.query_slots,
+                                 timeout=self.settings.query_timeout)  # fmt: skip
 
     @property
     def reader(self) -> LogReader:

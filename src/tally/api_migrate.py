@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import duckdb
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -50,12 +51,13 @@ async def export(request: Request) -> Response:
     check_export(kind, fmt)  # a bad request is a 400 before any byte is sent
     f = event_filter(q.from_, q.to, q.event)
 
-    def chunks() -> Iterator[bytes]:  # Starlette iterates it in a thread
-        with core.processor.store.reading() as cursor:
-            yield from export_bytes(cursor, product, kind, fmt, f)
-
+    # In a slot of the query pool (tally.query_pool), stopped if the client
+    # leaves; untimed: a whole history, sorted, may take minutes to begin.
+    chunks = await core.queries.stream(
+        request, lambda cursor: export_bytes(cursor, product, kind, fmt, f), timed=False
+    )
     return StreamingResponse(
-        chunks(),
+        chunks,
         media_type=MEDIA_TYPES[fmt],
         headers={"Content-Disposition": f'attachment; filename="{product}-{kind}.{fmt}"'},
     )
@@ -68,12 +70,13 @@ async def export_km_folder(request: Request) -> Response:
     if not Path(dest).is_absolute():  # the server's working folder means nothing to a client
         raise InvalidInput(f"dest is an absolute path, not {dest!r}", field="dest")
 
-    def run() -> dict[str, Any]:
-        with core.processor.store.reading() as cursor:
-            done = export_km(cursor, product, Path(dest))
+    def run(cursor: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+        done = export_km(cursor, product, Path(dest))
         return {"records": done.records, "files": len(done.files)}
 
-    return JSONResponse(await run_in_threadpool(run))
+    # As a backup's snapshot: only the local CLI asks, a whole product takes
+    # its time (outside the pool, untimed), stopped if the CLI goes away.
+    return JSONResponse(await core.queries.run(request, run, pooled=False, timed=False))
 
 
 async def import_records(request: Request) -> Response:

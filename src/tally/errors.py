@@ -5,8 +5,13 @@
     ├── Unauthorized            401  missing or wrong operator token
     ├── NotFound                404  no such product, key, person, …
     ├── Conflict                409  it exists already
+    ├── ClientGone              499  the client left before its answer: its query was
+    │                                stopped, and nothing is sent (nginx's code)
     ├── Unavailable             503  Tally cannot do it right now (retry)
-    └── TimedOut                504  a query ran past --query-timeout and was stopped
+    │   └── Busy                503  every query slot stayed taken (Retry-After)
+    ├── TimedOut                504  a query ran past --query-timeout and was stopped
+    └── QueryTooLarge           507  a query needed more than --query-memory and
+                                     --query-spill allow
 
 Domain code raises these; :mod:`tally.api` maps them to HTTP statuses and the one
 JSON error shape, ``{"error": {"code", "message", "field"?}}``; the CLI prints
@@ -21,6 +26,8 @@ from typing import Any, ClassVar
 class TallyError(Exception):
     status: ClassVar[int] = 500
     default_code: ClassVar[str] = "internal_error"
+    #: Seconds for the answer's ``Retry-After``, when there is one.
+    retry_after: ClassVar[int | None] = None
 
     def __init__(self, message: str, *, code: str | None = None, field: str | None = None) -> None:
         super().__init__(message)
@@ -55,11 +62,26 @@ class Conflict(TallyError):
     default_code = "conflict"
 
 
+class ClientGone(TallyError):
+    status = 499
+    default_code = "client_gone"
+
+
 class Unavailable(TallyError):
     status = 503
     default_code = "unavailable"
 
 
+class Busy(Unavailable):
+    default_code = "busy"
+    retry_after = 5
+
+
 class TimedOut(TallyError):
     status = 504
     default_code = "query_timeout"
+
+
+class QueryTooLarge(TallyError):
+    status = 507
+    default_code = "query_memory"

@@ -4,8 +4,8 @@ The core gathers at each scrape what every process knows: the collectors write
 their own counters (requests by endpoint and status, log sync times, open
 connections) to ``run/collectors/<slot>.json`` every second
 (:mod:`tally.collector.stats`); the log, the processor and the store are read
-here; report durations are kept by the API in this process. Formatting is
-prometheus_client's.
+here; report durations and the query pool's counts (tally.query_pool) are kept
+by the API in this process. Formatting is prometheus_client's.
 """
 
 from __future__ import annotations
@@ -86,12 +86,14 @@ class Pipeline(Collector):
         cursor: duckdb.DuckDBPyConnection,
         processor: dict[str, Any],
         reports: Durations,
+        queries: dict[str, Any],
     ) -> None:
         self.data_dir = data_dir
         self.reader = reader
         self.cursor = cursor
         self.processor = processor
         self.reports = reports
+        self.queries = queries  # QueryPool.counts
 
     def collect(self) -> Iterator[Metric]:
         yield from self._collectors()
@@ -103,6 +105,27 @@ class Pipeline(Collector):
         for kind, (counts, total) in sorted(self.reports.snapshot().items()):
             histogram(durations, [kind], self.reports.bounds, counts, total)
         yield durations
+        yield from self._queries()
+
+    def _queries(self) -> Iterator[Metric]:
+        q = self.queries
+        yield GaugeMetricFamily(
+            "tally_queries_running",
+            "Report and API queries holding a slot of --query-concurrency",
+            value=q["running"],
+        )
+        yield GaugeMetricFamily(
+            "tally_queries_waiting", "Queries waiting for a slot", value=q["waiting"]
+        )
+        stopped = CounterMetricFamily(
+            "tally_queries_stopped",
+            "Queries stopped or refused, by reason: disconnected (the client left), "
+            "query_timeout, query_memory, busy",
+            labels=["reason"],
+        )
+        for reason, count in sorted(q["stopped"].items()):
+            stopped.add_metric([reason], count)
+        yield stopped
 
     def _collectors(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(

@@ -32,7 +32,7 @@ from tally.log.writer import write_applied
 from tally.pacing import POLL_SECONDS, Load
 from tally.settings import Settings
 from tally.store import ApplyStats, Store
-from tally.store.store import Prepared, StoreFailure, prepare
+from tally.store.store import Prepared, StoreFailure, is_infrastructure, prepare
 from tally.views.rejects import replayable
 
 log = logging.getLogger("tally.processor")
@@ -45,8 +45,6 @@ GC_EVERY_SECONDS = 10.0
 #: statements a batch, and waited up to this long each time for the preparing
 #: thread to let go of it (measured: 35,000 -> 42,000 records/s).
 SWITCH_INTERVAL = 0.0005
-#: DuckDB's memory in `tally serve` (the issue's bound for the server is 2 GiB).
-MEMORY_LIMIT = "1GB"
 #: After the store fails, the processor retries after this long, doubling up to
 #: ``RETRY_MAX_SECONDS``: it resumes within that long of the cause going away.
 RETRY_FIRST_SECONDS = 0.25
@@ -342,9 +340,9 @@ class Processor:
         # processor's thread, which yields to them (see _run).
         self.store.threads = 1
         self.store.con.execute("SET threads = 1")
-        # Answers stay well within the server's memory (spilling to disk beyond).
-        self.store.memory_limit = MEMORY_LIMIT
-        self.store.con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+        # Answers stay well within the server's memory (spilling to disk beyond,
+        # within bounds too: --query-memory, --query-spill).
+        self.store.limit_memory(self.settings.query_memory, self.settings.query_spill)
         self._nice = True
         self._load = Load(self.reader.write_counts)
         # Before any collector opens its stream: none may write below these.
@@ -400,8 +398,11 @@ class Processor:
 
     def _failed(self, exc: Exception) -> None:
         message = str(exc) if isinstance(exc, StoreFailure) else f"{type(exc).__name__}: {exc}"
+        # The store's machinery failing outside a write is no bug either: its
+        # memory limit, shared with reports (--query-memory), can be met while
+        # a batch is staged or positions are read.
         if self.error is None:
-            if isinstance(exc, StoreFailure):
+            if isinstance(exc, StoreFailure) or is_infrastructure(exc):
                 log.error("the store cannot take records (%s); nothing is lost: the processor "
                           "retries until it can", message)  # fmt: skip
             else:  # a bug: say so loudly, with its traceback

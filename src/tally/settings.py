@@ -47,6 +47,23 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds a report or API query may run before it is stopped (answered 504).",
     ),
     Setting(
+        "query_memory",
+        "1GB",
+        "DuckDB's memory for the store, shared by reports, API reads and the processor; "
+        "a report that cannot fit, spilling included, is answered 507.",
+    ),
+    Setting(
+        "query_spill",
+        "4GB",
+        "Disk that DuckDB may spill to past --query-memory (DATA_DIR/store.duckdb.tmp).",
+    ),
+    Setting(
+        "query_concurrency",
+        None,
+        "Reports and API reads that run at once; others wait up to 5 s, then get 503. "
+        "Default: the number of CPUs, at least 2.",
+    ),
+    Setting(
         "segment_mib",
         64,
         "MiB after which a collector seals its log segment and starts a new one.",
@@ -86,7 +103,10 @@ class Settings:
     timeout: float = 30.0
     backlog_mib: int = 64
     max_connections: int = 10_000  # per collector
-    query_timeout: float = 30.0  # Store.reading
+    query_timeout: float = 30.0  # tally.query_pool
+    query_memory: int = 1_000_000_000  # bytes ("1GB", as DuckDB counts it): Store.limit_memory
+    query_spill: int = 4_000_000_000  # bytes
+    query_concurrency: int = 0  # 0: one per CPU, at least 2 (tally.query_pool)
     segment_mib: int = 64  # tally.log.writer
     defer_seconds: float = 30.0  # tally.pacing
     blocked_identities: frozenset[str] = DEFAULT_BLOCKED
@@ -99,6 +119,10 @@ class Settings:
     @property
     def worker_count(self) -> int:
         return self.workers or os.cpu_count() or 1
+
+    @property
+    def query_slots(self) -> int:
+        return self.query_concurrency or max(os.cpu_count() or 1, 2)
 
     @property
     def log_dir(self) -> Path:
@@ -123,3 +147,24 @@ class Settings:
     @property
     def store_path(self) -> Path:
         return self.data_dir / "store.duckdb"
+
+
+#: Units of a size as DuckDB reads them (``SET memory_limit``): KB is 1000 bytes, KiB 1024.
+_UNITS = {
+    "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
+    "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "TIB": 1024**4,
+}  # fmt: skip
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a size such as ``1GB``, ``512MiB`` or ``0.5GB`` (DuckDB's units);
+    ValueError for anything else."""
+    number = text.strip().upper().rstrip("BIKMGT")
+    unit = text.strip().upper()[len(number) :]
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size like 1GB or 512MiB") from None
+    if unit not in _UNITS or not value >= 0 or value == float("inf"):
+        raise ValueError(f"{text!r} is not a size like 1GB or 512MiB")
+    return int(value * _UNITS[unit])

@@ -23,6 +23,7 @@ from tally.cli.options import (
     pipeline_options,
     setting_option,
     show_time,
+    size,
 )
 from tally.errors import Unavailable
 from tally.permissions import restrict
@@ -92,6 +93,9 @@ def main() -> None:
 @setting_option("backlog_mib", type=click.IntRange(1, 65536))
 @setting_option("max_connections", type=click.IntRange(1, 1_000_000))
 @setting_option("query_timeout", type=click.FloatRange(min=0.1))
+@setting_option("query_memory", callback=size(minimum="16MB"), metavar="SIZE")
+@setting_option("query_spill", callback=size(), metavar="SIZE")
+@setting_option("query_concurrency", type=click.IntRange(1, 1024))
 @setting_option("segment_mib", type=click.IntRange(1, 1024))
 @setting_option("defer_seconds", type=click.FloatRange(min=0))
 @setting_option("import_dir", type=click.Path(file_okay=False, path_type=Path))
@@ -107,6 +111,9 @@ def serve(
     backlog_mib: int,
     max_connections: int,
     query_timeout: float,
+    query_memory: int,
+    query_spill: int,
+    query_concurrency: int | None,
     segment_mib: int,
     defer_seconds: float,
     import_dir: Path | None,
@@ -132,6 +139,9 @@ def serve(
         backlog_mib=backlog_mib,
         max_connections=max_connections,
         query_timeout=query_timeout,
+        query_memory=query_memory,
+        query_spill=query_spill,
+        query_concurrency=query_concurrency or 0,
         segment_mib=segment_mib,
         defer_seconds=defer_seconds,
         blocked_identities=blocked_set(blocked_identities),

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from tally.errors import TallyError
-from tally.settings import SETTINGS
+from tally.settings import SETTINGS, parse_size
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,6 +33,22 @@ def setting_option(name: str, **kwargs: Any) -> Callable[[F], F]:
         help=setting.help,
         **kwargs,
     )
+
+
+def size(minimum: str = "0B") -> Callable[[click.Context, click.Parameter, Any], int]:
+    """An option's callback: a size such as ``1GB`` or ``512MiB``
+    (tally.settings.parse_size), as bytes, at least ``minimum``."""
+
+    def convert(ctx: click.Context, param: click.Parameter, value: Any) -> int:
+        try:
+            found = parse_size(str(value))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+        if found < parse_size(minimum):
+            raise click.BadParameter(f"{value!r} is less than {minimum}", ctx, param)
+        return found
+
+    return convert
 
 
 data_dir_option = setting_option("data_dir", type=click.Path(file_okay=False, path_type=Path))

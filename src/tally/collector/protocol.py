@@ -100,6 +100,7 @@ class TrackingProtocol(asyncio.Protocol):
         # answer before its slot has gone out, then the queue goes on.
         self._proxied: deque[_Proxied] = deque()
         self._relaying = False
+        self._relay: asyncio.Task[bool] | None = None  # relaying the first of them
         # Where received bytes go instead of the strict parser: the lenient
         # reader, or nowhere once a request was refused (_fail).
         self._divert: Callable[[bytes], None] | None = None
@@ -142,6 +143,10 @@ class TrackingProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._abandon()
         self._worker.connections.discard(self)
+        if self._relay is not None:
+            # Closes the connection to the core, which then stops the query
+            # that the answer waits for (tally.query_pool): nobody would read it.
+            self._relay.cancel()
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self._worker.loop.time()
@@ -541,7 +546,12 @@ class TrackingProtocol(asyncio.Protocol):
         self._answers.append(slot)
         request = _proxied_request(method, url, headers, body, self._addr)
         self._proxied.append(_Proxied(slot, request, keep_alive, method == b"HEAD"))
-        self._pause_reading()  # what follows would only wait behind the core's answer
+        if len(self._proxied) > 1:
+            # A second request for the core would sit here whole (up to the
+            # body limit) while the first is answered: read no more until then.
+            # Up to it, reading goes on, so that a client that leaves while the
+            # core works (its end of file, or a reset) is noticed at once.
+            self._pause_reading()
         if len(self._answers) == 1:
             self._run_proxy()
 
@@ -560,6 +570,7 @@ class TrackingProtocol(asyncio.Protocol):
             timeout=self._worker.settings.timeout,
         )
         task = self._worker.loop.create_task(relay)
+        self._relay = task
         self._worker.tasks.add(task)
         task.add_done_callback(self._worker.tasks.discard)
         task.add_done_callback(functools.partial(self._relayed, proxied))
@@ -569,6 +580,7 @@ class TrackingProtocol(asyncio.Protocol):
         the connection cannot go on (the client or the answer said close, the
         core failed, the client stopped reading)."""
         self._relaying = False
+        self._relay = None
         if self._proxied and self._proxied[0] is proxied:
             self._proxied.popleft()
         if self._answers and self._answers[0] is proxied.slot:

@@ -7,6 +7,12 @@ sit in the collector's memory. Only its ``Connection`` header is rewritten: the
 core closes after every answer, the client's connection goes on to the requests
 it pipelined after this one when the answer's end can be told without a close
 (a ``Content-Length``, a chunked body, or none).
+
+A client that goes away before the answer (it closes or resets its connection;
+the collector reads on while the core works, to notice) has its relay
+cancelled, which closes the connection to the core: uvicorn then tells the API
+``http.disconnect``, and the query behind the answer is interrupted
+(tally.query_pool). As for nginx, a client's end of file counts as leaving.
 """
 
 from __future__ import annotations

@@ -75,23 +75,21 @@ def csv_rows(
 ) -> Iterator[list[str]]:
     """The whole result (every page) for ``Accept: text/csv``: the header
     ``person, identities, <column labels>``, then one row per person, fetched
-    ``chunk`` rows at a time on a cursor of its own (the result streams; only
-    a chunk is in Python's memory at once)."""
+    ``chunk`` rows at a time (the result streams; only a chunk is in Python's
+    memory at once). It runs on ``con`` itself, so that interrupting ``con``
+    stops it (the API's query pool): give it a cursor that nothing else uses
+    meanwhile."""
     yield ["person", "identities", *(c.label for c in q.columns)]
     search = _Search(q, d)
     shown, select, joins = search.shown("mn")
     query = (
         search.named("mn") + shown + " SELECT " + select + " FROM mn" + joins + " ORDER BY mn.name"
     )
-    cursor = con.cursor()
-    try:
-        result = cursor.execute(query.text, list(query.params))
-        while rows := result.fetchmany(chunk):
-            for person, *values, identities in rows:
-                cells = ("" if v is None else str(v) for v in search.values(values))
-                yield [person, " ".join(identities), *cells]
-    finally:
-        cursor.close()
+    result = con.execute(query.text, list(query.params))
+    while rows := result.fetchmany(chunk):
+        for person, *values, identities in rows:
+            cells = ("" if v is None else str(v) for v in search.values(values))
+            yield [person, " ".join(identities), *cells]
 
 
 class _Search:

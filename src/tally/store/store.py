@@ -27,7 +27,7 @@ import duckdb
 
 from tally import identity_graph
 from tally.beacon import DEFAULT_BLOCKED, Beacon, KeyLookup, parse_record
-from tally.errors import TimedOut, Unavailable
+from tally.errors import QueryTooLarge, Unavailable
 from tally.identity_graph import Edge, Order
 from tally.log.reader import Entry
 from tally.migrate.records import parse_import_reject
@@ -149,6 +149,14 @@ def is_infrastructure(exc: BaseException) -> bool:
     return isinstance(exc, duckdb.Error) and any(w in str(exc) for w in _INFRASTRUCTURE_WORDS)
 
 
+def _size(limit: int) -> str:
+    """A limit in bytes as the operator likely wrote it (1GB)."""
+    for unit, size in (("GB", 1000**3), ("MB", 1000**2), ("GiB", 1024**3), ("MiB", 1024**2)):
+        if limit % size == 0:
+            return f"{limit // size}{unit}"
+    return f"{limit:,} bytes"
+
+
 class StoreFailure(Unavailable):
     """The store could not write a batch; nothing of it was applied."""
 
@@ -162,7 +170,9 @@ class Store:
         self._known: set[tuple[str | None, str | None]] = set()
         self._staged = itertools.count()
         self.threads = os.cpu_count() or 1  # DuckDB's threads outside reports
-        self.memory_limit = ""  # DuckDB's default unless set (Processor.start)
+        #: DuckDB's memory and spill limits in bytes; its defaults unless set (limit_memory).
+        self.memory_limit = 0
+        self.spill_limit = 0
         self._connecting = threading.Lock()  # cursor() waits while recover() reconnects
         self._threads_lock = threading.Lock()
         self._reports = 0
@@ -227,10 +237,23 @@ class Store:
                 self.con.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {STAGING}")
                 self.con.execute(f"SET threads = {self.threads}")
                 if self.memory_limit:
-                    self.con.execute(f"SET memory_limit = '{self.memory_limit}'")
+                    self.limit_memory(self.memory_limit, self.spill_limit)
             except duckdb.Error as exc:
                 log.warning("cannot reconnect to the store yet: %s", exc)
         self._known.clear()
+
+    def limit_memory(self, memory: int, spill: int) -> None:
+        """At most ``memory`` bytes of DuckDB's buffer pool, and ``spill`` bytes
+        spilled to its temporary directory (``store.duckdb.tmp``) past it.
+
+        Both are settings of the whole database, shared by the processor and
+        every reader: DuckDB (2.0) bounds no connection or query on its own
+        (its ``operator_memory_limit`` only hints when some operators spill).
+        Without the spill limit DuckDB would fill 90% of the free disk, the
+        log's disk too."""
+        self.memory_limit, self.spill_limit = memory, spill
+        self.con.execute(f"SET memory_limit = '{memory}B'")
+        self.con.execute(f"SET max_temp_directory_size = '{spill}B'")
 
     @contextlib.contextmanager
     def all_threads(self) -> Iterator[None]:
@@ -274,41 +297,41 @@ class Store:
             return self.con.cursor()
 
     @contextlib.contextmanager
-    def reading(self, timeout: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A cursor for a reader (the API's threads). A failing store (see
         ``INFRASTRUCTURE_ERRORS``; a query begun before :meth:`recover`
-        reconnected) is a :class:`StoreFailure`, answered 503, not a bug. A
-        query still running after ``timeout`` seconds is interrupted (DuckDB
-        stops it between its steps) and raises :class:`TimedOut`."""
+        reconnected) is a :class:`StoreFailure`, answered 503, not a bug; a
+        query that needs more memory than :meth:`limit_memory` allows is a
+        :class:`QueryTooLarge`, the query's own fault rather than the store's."""
         try:
             cursor = self.cursor()
         except duckdb.Error as exc:
             raise StoreFailure(f"the store is failing, try again shortly: {exc}") from exc
-        timer = None
-        if timeout is not None:
-            timer = threading.Timer(timeout, cursor.interrupt)
-            timer.daemon = True
-            timer.start()
         try:
             yield cursor
+        except duckdb.OutOfMemoryException as exc:
+            raise QueryTooLarge(self._too_large(str(exc))) from exc
         except Exception as exc:
-            if (
-                timer is not None
-                and timer.finished.is_set()
-                and isinstance(exc, duckdb.InterruptException)
-            ):
-                raise TimedOut(
-                    f"the query ran longer than {timeout:g} s (--query-timeout) and was "
-                    "stopped: narrow its range or its conditions"
-                ) from exc
             if is_infrastructure(exc):
                 raise StoreFailure(f"the store is failing, try again shortly: {exc}") from exc
             raise
         finally:
-            if timer is not None:
-                timer.cancel()
             with contextlib.suppress(duckdb.Error):
                 cursor.close()
+
+    def _too_large(self, error: str) -> str:
+        # DuckDB names max_temp_directory_size when the spill, not memory, ran out.
+        if not self.memory_limit:  # not `tally serve`: DuckDB's own limits
+            limit = "more memory than DuckDB"
+        elif "max_temp_directory_size" in error:
+            limit = f"more disk to spill to than --query-spill ({_size(self.spill_limit)})"
+        else:
+            limit = f"more memory than --query-memory ({_size(self.memory_limit)})"
+        return (
+            f"the query needed {limit} allows, a limit shared with every other query "
+            "and the processor: narrow its range or its conditions, try again when fewer "
+            "reports run, or raise the limit"
+        )
 
     def positions(self) -> dict[str, int]:
         return dict(self.con.execute("SELECT stream, position FROM positions").fetchall())
