@@ -549,7 +549,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=10, help="seconds per case (and of wrk)")
-    parser.add_argument("--settle", type=float, default=2.5, help="seconds after a case to RSS")
+    parser.add_argument("--settle", type=float, default=2.0, help="seconds after a case to RSS")
     parser.add_argument("--only", action="append", choices=list(CASES), metavar="CASE",
                         help=f"only this case (repeatable): {', '.join(CASES)}")  # fmt: skip
     parser.add_argument("--preload", type=int, default=20_000, help="events tracked first")
