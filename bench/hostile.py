@@ -575,6 +575,9 @@ def main() -> int:
     except KeyboardInterrupt:
         print("interrupted; the server and wrk are stopped", file=sys.stderr)
         return 130
+    except (RuntimeError, OSError, ValueError) as exc:  # e.g. the server died: it is stopped
+        print(f"bench failed: {exc!r}", file=sys.stderr)
+        return 1
     info = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
             "minutes": round((time.time() - started) / 60, 1), "nproc": os.cpu_count(),
             "loadavg_start": load, "loadavg_end": os.getloadavg(), "args": vars(args)}  # fmt: skip
