@@ -11,7 +11,7 @@ import pytest
 from tally.errors import InvalidInput, QueryTooLarge
 from tally.reports import Product, parse
 from tally.reports.bodies import MAX_ITEMS
-from tally.reports.query import MAX_INTERVALS
+from tally.reports.query import MAX_COHORT_CELLS, MAX_INTERVALS
 from tally.store import Store
 
 PRODUCT = Product("default")
@@ -57,6 +57,17 @@ def test_lists_longer_than_the_limit_are_refused(name: str) -> None:
     parse("people", body, PRODUCT)  # the limit itself is fine
     error = refused("people", {name: [item] * (MAX_ITEMS + 1)})
     assert (error.field, error.message) == (name, f"{name} has 51 items; the limit is 50")
+
+
+def test_a_cohort_table_of_more_cells_than_the_limit_is_refused_naming_buckets() -> None:
+    body = {"first_event": "a", "return_event": "b", "from": "2020-01-01", "to": "2025-01-01"}
+    assert parse("cohort", {**body, "buckets": 100}, PRODUCT)  # 1,827 days x 100
+    error = refused("cohort", {**body, "to": "2030-01-01", "buckets": 100})
+    assert error.field == "buckets"
+    assert error.message.startswith("buckets make 365,300 cells with the daily cohorts")
+    assert f"the limit is {MAX_COHORT_CELLS:,}" in error.message
+    weekly = {**body, "to": "2030-01-01", "buckets": 100, "interval": "week"}
+    assert parse("cohort", weekly, PRODUCT)  # 522 weeks x 100
 
 
 def test_a_query_past_the_memory_limit_is_its_own_error(tmp_path: Path) -> None:

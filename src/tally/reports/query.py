@@ -34,6 +34,11 @@ FILTER_OPS = STRING_OPS + PRESENCE_OPS + NUMBER_OPS
 #: At most this many intervals in a series (a metrics line, cohorts, revenue):
 #: 100 years by day, 11 years by hour.
 MAX_INTERVALS = 100_000
+#: At most this many cells (cohorts times buckets) in a cohort table: each is four
+#: numbers of the answer, built in Python beside DuckDB's memory (measured on
+#: bench/hostile.py: 83,000 daily cohorts of 40 buckets made a 57 MB answer,
+#: and ten of them took the core past 1 GB).
+MAX_COHORT_CELLS = 200_000
 _INTERVAL_SECONDS = {"hour": 3600, "day": 86400, "week": 7 * 86400, "month": 28 * 86400}
 _INTERVALLY = {"hour": "hourly", "day": "daily", "week": "weekly", "month": "monthly"}
 #: How deep arrays and objects may nest in a JSON body. A report needs 5 (the
@@ -341,9 +346,14 @@ def _key(name: str, field: str) -> str:
     return key
 
 
+def _intervals(interval: Interval, common: Common) -> int:
+    """How many intervals the range makes, at most (a month counted as 28 days)."""
+    return -(-(common.end - common.start) // _INTERVAL_SECONDS[interval])
+
+
 def _interval(interval: Interval, common: Common) -> Interval:
     """The series' interval, if the range holds no more than MAX_INTERVALS."""
-    count = -(-(common.end - common.start) // _INTERVAL_SECONDS[interval])
+    count = _intervals(interval, common)
     if count > MAX_INTERVALS:
         raise _fail(
             "interval",
@@ -440,7 +450,15 @@ def _funnel(b: Any, common: Common, product: Product) -> Funnel:
 def _cohort(b: Any, common: Common, product: Product) -> Cohort:
     assert isinstance(b, bodies.Cohort)
     first, back = _key(b.first_event, "first_event"), _key(b.return_event, "return_event")
-    return Cohort(common, first, back, _interval(b.interval, common), b.count, b.buckets)
+    interval = _interval(b.interval, common)
+    cells = _intervals(interval, common) * b.buckets
+    if cells > MAX_COHORT_CELLS:
+        raise _fail(
+            "buckets",
+            f"make {cells:,} cells with the {_INTERVALLY[interval]} cohorts of this range; the "
+            f"limit is {MAX_COHORT_CELLS:,}: fewer buckets, a longer interval or a shorter range",
+        )
+    return Cohort(common, first, back, interval, b.count, b.buckets)
 
 
 def _revenue(b: Any, common: Common, product: Product) -> Revenue:
