@@ -30,8 +30,19 @@ ERRORS = {
     400: "The request is invalid; `field` names what is wrong.",
     401: "No operator token, or one that is unknown or revoked.",
     404: "No such product, person or route.",
+    409: "It exists already (a product, a key, an active token of that name).",
     503: "The store or the core cannot answer right now: retry.",
     504: "The query ran longer than `--query-timeout`.",
+}
+#: One event of a Server-Sent Events stream, as its fields.
+SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
 }
 _PATH_PARAM = re.compile(r"{(\w+)(?::\w+)?}")
 
@@ -117,7 +128,9 @@ def _operation(op: Operation, path: str, refs: dict[type[BaseModel], str]) -> di
             parameters.append({"name": name, "in": "query", "required": False,
                                "schema": prop} | ({"description": description}
                                                   if description else {}))  # fmt: skip
-    if op.media_type is not None:
+    if op.media_type == "text/event-stream":
+        content = {op.media_type: {"schema": SSE_EVENT}}
+    elif op.media_type is not None:
         content = {op.media_type: {"schema": {"type": "string"}}}
     else:
         content = {"application/json": {"schema": ref(op.answer) if op.answer else {}}}

@@ -47,6 +47,11 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds a report or API query may run before it is stopped (answered 504).",
     ),
     Setting(
+        "session_idle_minutes",
+        120,
+        "Minutes without a request after which a dashboard session ends.",
+    ),
+    Setting(
         "segment_mib",
         64,
         "MiB after which a collector seals its log segment and starts a new one.",
@@ -80,6 +85,7 @@ class Settings:
     backlog_mib: int = 64
     max_connections: int = 10_000  # per collector
     query_timeout: float = 30.0  # Store.reading
+    session_idle_minutes: float = 120.0  # tally.accounts
     segment_mib: int = 64  # tally.log.writer
     defer_seconds: float = 30.0  # tally.pacing
     blocked_identities: frozenset[str] = DEFAULT_BLOCKED
