@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: serve test lint compat faults chromium bench clean
+.PHONY: serve test lint compat faults chromium screenshots bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
@@ -41,6 +41,10 @@ chromium:
 
 test: $(STAMP) compat faults chromium lint
 	$(BIN)/pytest
+
+# Every page of the browser tests' demo shop, as docs/screenshots/*.png.
+screenshots: $(STAMP) chromium
+	$(BIN)/python docs/screenshots.py
 
 bench: $(STAMP)
 	bash bench/install.sh
