@@ -379,3 +379,19 @@ def test_a_viewer_reads_but_cannot_reach_admin_actions(browser: Any, server: Run
     assert refused.status == 403
     assert "viewer" in refused.text()
     context.close()
+
+
+def test_the_people_search_pages_through_its_answer(page: Any, server: RunningServer) -> None:
+    body = {**BODIES["people"], "page_size": 4}
+    page.goto(report_url(server, "people", body))
+    assert page.get_by_role("link", name="Previous page").count() == 0
+    page.get_by_role("link", name="Next page").click()
+    page.wait_for_load_state()
+    second = answer_of(server, "people", {**body, "page": 2})
+    assert [row[0] for row in table_cells(page)] == [p["display"] for p in second["people"]]
+    page.go_back()
+    first = answer_of(server, "people", body)
+    assert [row[0] for row in table_cells(page)] == [p["display"] for p in first["people"]]
+    # Each name opens the person's page.
+    page.get_by_role("link", name=first["people"][0]["display"]).click()
+    assert page.get_by_role("heading", name=re.compile(first["people"][0]["display"])).is_visible()

@@ -138,6 +138,7 @@ async def _page(request: Request, web: Web, session: Session, kind: str, q: str 
     names = await in_thread(web, names_view, product.name)
     table = TABLES[kind](answer) if answer is not None else None
     status = 400 if error is not None else 200
+    turn = _page_turns(product.name, body, answer) if kind == "people" and answer else {}
     steps = body.get("steps")
     error_at_q = error is not None and not shown_at_field(
         kind, error.field, len(steps) if isinstance(steps, list) else 0
@@ -148,8 +149,19 @@ async def _page(request: Request, web: Web, session: Session, kind: str, q: str 
         body_text=json.dumps(body, ensure_ascii=False, indent=2),
         error=error, error_at_q=error_at_q, answer=answer, table=table, names=names,
         presets=presets(product.timezone), timezone=product.timezone,
-        url=report_url(product.name, kind, body), saved=saved,
+        url=report_url(product.name, kind, body), saved=saved, turn=turn,
     )  # fmt: skip
+
+
+def _page_turns(product: str, body: dict[str, Any], answer: dict[str, Any]) -> dict[str, str]:
+    """The people search's previous and next pages, as report URLs."""
+    page, size, total = answer["page"], answer["page_size"], answer["total"]
+    turns = {}
+    if page > 1:
+        turns["Previous page"] = report_url(product, "people", {**body, "page": page - 1})
+    if page * size < total:
+        turns["Next page"] = report_url(product, "people", {**body, "page": page + 1})
+    return turns
 
 
 async def report(request: Request) -> Response:
