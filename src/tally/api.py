@@ -261,23 +261,31 @@ async def live_feed(
                 return until, []
             return live_between(con, product, since, until)
 
-    cursor, _ = await run_in_threadpool(read, since)
-    ready = json.dumps({"cursor": format_cursor(cursor)})
-    yield f"retry: 1000\nevent: ready\ndata: {ready}\n\n".encode()
-    deadline = time.monotonic() + seconds
-    quiet_since = time.monotonic()
-    while time.monotonic() < deadline and not await disconnected():
-        cursor, records = await run_in_threadpool(read, cursor)
-        said = format_cursor(cursor)
-        for record in records:
-            data = json.dumps(record, ensure_ascii=False)
-            yield f"id: {said}\nevent: record\ndata: {data}\n\n".encode()
-        if records:
-            quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since > LIVE_KEEPALIVE_SECONDS:
-            yield b": still here\n\n"
-            quiet_since = time.monotonic()
-        await asyncio.sleep(LIVE_POLL_SECONDS)
+    try:
+        cursor, _ = await run_in_threadpool(read, since)
+        ready = json.dumps({"cursor": format_cursor(cursor)})
+        yield f"retry: 1000\nevent: ready\ndata: {ready}\n\n".encode()
+        deadline = time.monotonic() + seconds
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline and not await disconnected():
+            cursor, records = await run_in_threadpool(read, cursor)
+            said = format_cursor(cursor)
+            for record in records:
+                data = json.dumps(record, ensure_ascii=False)
+                yield f"id: {said}\nevent: record\ndata: {data}\n\n".encode()
+            if records:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > LIVE_KEEPALIVE_SECONDS:
+                yield b": still here\n\n"
+                quiet_since = time.monotonic()
+            await asyncio.sleep(LIVE_POLL_SECONDS)
+    except (TallyError, duckdb.Error) as exc:
+        # The answer has started: the error is an event, and the stream ends
+        # (an EventSource reconnects and goes on from its last id).
+        failure = exc.to_json() if isinstance(exc, TallyError) else {
+            "error": {"code": "store_failing", "message": str(exc).splitlines()[0]}}  # fmt: skip
+        log.warning("the live feed of %s stopped: %s", product, failure["error"]["message"])
+        yield f"event: error\ndata: {json.dumps(failure)}\n\n".encode()
 
 
 def live_since(request: Request, after: str | None) -> dict[str, int] | None:
