@@ -232,3 +232,26 @@ def test_the_session_cookie_is_secure_behind_a_tls_proxy(server: RunningServer) 
     assert "HttpOnly" in cookie
     assert "Secure" in cookie
     assert "SameSite=lax" in cookie.replace("Lax", "lax")
+
+
+def test_the_live_feed_goes_on_from_a_cursor_and_refuses_a_bad_one(
+    server: RunningServer,
+) -> None:
+    url = f"/api/v1/products/{PRODUCT}/live"
+    with api(server) as client:
+        with client.stream("GET", url, params={"seconds": 1}) as stream:
+            data = next(line for line in stream.iter_lines() if line.startswith("data: "))
+        cursor = json.loads(data[len("data: ") :])["cursor"]
+        assert re.fullmatch(r"[\w.-]+:\d+(,[\w.-]+:\d+)*", cursor)
+        sent = httpx.get(server.base_url + "/e", params={"_k": KEY, "_p": "while-away",
+                                                         "_n": "Missed"})  # fmt: skip
+        assert sent.status_code == 200
+        # What was applied while no one listened comes first on reconnecting.
+        with client.stream("GET", url, params={"seconds": 5},
+                           headers={"Last-Event-ID": cursor}) as stream:  # fmt: skip
+            record = next(json.loads(line[len("data: ") :]) for line in stream.iter_lines()
+                          if line.startswith("data: ") and "while-away" in line)  # fmt: skip
+        assert record["name"] == "Missed"
+        bad = client.get(url, headers={"Last-Event-ID": "not a cursor"})
+    assert bad.status_code == 400
+    assert bad.json()["error"]["field"] == "after"
