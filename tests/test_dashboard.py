@@ -219,6 +219,8 @@ def test_each_report_page_shows_the_apis_answer_in_its_table(
     assert embedded == expected
     table = TABLES[kind](expected)
     assert table_cells(page) == [[cell(v) for v in row] for row in table.rows]
+    figures = page.eval_on_selector_all("#report-summary dd", "ds => ds.map(d => d.textContent)")
+    assert figures == [cell(value) for _, value in table.summary]
     if kind != "people":
         page.wait_for_selector("#chart .main-svg")
 

@@ -17,6 +17,8 @@ class Table:
     rows: list[list[Any]]
     #: Per row, a person to link to (the people search), else empty.
     people: list[str | None]
+    #: The answer's figures that are not rows (lifetime value, the winner…).
+    summary: tuple[tuple[str, Any], ...] = ()
 
 
 #: How a missing value (``null``) is shown: an en dash.
@@ -75,7 +77,7 @@ def _revenue(a: dict[str, Any]) -> Table:
     rows = [[p["start"], p["revenue"], p["paying"], p["new"], p["churned"],
              p["average_per_customer"]] for p in a["series"]]  # fmt: skip
     rows.append(["Total", a["total_revenue"], a["paying"], None, None, None])
-    return Table(headers, rows, [None] * len(rows))
+    return Table(headers, rows, [None] * len(rows), (("Lifetime value", a["lifetime_value"]),))
 
 
 def _abtest(a: dict[str, Any]) -> Table:
@@ -83,14 +85,15 @@ def _abtest(a: dict[str, Any]) -> Table:
                "Winner"]  # fmt: skip
     rows = [[v["name"], v["participants"], v["conversions"], v["rate"], v["improvement"],
              v["certainty"], v["name"] == a["winner"]] for v in a["variants"]]  # fmt: skip
-    return Table(headers, rows, [None] * len(rows))
+    summary = (("Baseline", a["baseline"]), ("Winner", a["winner"]))
+    return Table(headers, rows, [None] * len(rows), summary)
 
 
 def _path(a: dict[str, Any]) -> Table:
     headers = ["Path", "People", "Median seconds"]
     rows = [[" → ".join(p["steps"]) or "(direct)", p["people"], p["median_seconds"]]
             for p in a["paths"]]  # fmt: skip
-    return Table(headers, rows, [None] * len(rows))
+    return Table(headers, rows, [None] * len(rows), (("People who converted", a["converted"]),))
 
 
 def _people(a: dict[str, Any]) -> Table:
