@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: serve test lint compat faults bench clean
+.PHONY: serve test lint compat faults chromium screenshots bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
@@ -33,8 +33,18 @@ faults:
 	@command -v strace >/dev/null && command -v chattr >/dev/null && command -v mkfs.ext4 >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace e2fsprogs)
 
-test: $(STAMP) compat faults lint
+# The dashboard's browser tests (tests/test_dashboard.py) drive Debian's
+# Chromium through Playwright; never `playwright install` (no browser CDN).
+chromium:
+	@test -x /usr/bin/chromium || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+test: $(STAMP) compat faults chromium lint
 	$(BIN)/pytest
+
+# Every page of the browser tests' demo shop, as docs/screenshots/*.png.
+screenshots: $(STAMP) chromium
+	$(BIN)/python docs/screenshots.py
 
 bench: $(STAMP)
 	bash bench/install.sh

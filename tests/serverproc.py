@@ -56,6 +56,7 @@ class RunningServer:
         self.extra_args = list(extra_args)
         self.api_key = ""
         self.token = ""
+        self.admin_password = ""
         self.process: subprocess.Popen[bytes] | None = None
         self.stdout = ""
         self._stderr_path = data_dir.parent / f"{data_dir.name}-stderr.txt"
@@ -97,6 +98,8 @@ class RunningServer:
                     self.api_key = match.group(1)
                 if match := re.search(r"Operator token .*:\s+(\S+)", line):
                     self.token = match.group(1)
+                if match := re.search(r"one-time password:\s+(\S+)", line):
+                    self.admin_password = match.group(1)
                 if "/api/v1/status" in line:
                     break
             (self.data_dir / ".started-once").write_text("")

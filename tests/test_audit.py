@@ -186,6 +186,7 @@ def test_the_api_names_the_acting_token(server: RunningServer) -> None:
             ("token ops", "token.revoke", "leaked"),
             (LOCAL, "token.create", "leaked"),
             (LOCAL, "token.create", "ops"),
+            (FIRST_START, "user.create", "admin"),
             (FIRST_START, "token.create", "initial"),
             (FIRST_START, "product.create", "default"),
         ]

@@ -163,7 +163,8 @@ def test_reads_are_the_same_through_the_server_and_from_the_store(tmp_path: Path
         "Plan": ("free", "team"),
         "page": ("pricing", "pricing"),
     }
-    assert f"Person {ANON} in default" in bob_table
+    # Shown by the identity a human recognises, named by the smallest (docs/reports.md).
+    assert f"Person {BOB} in default (named {ANON})" in bob_table
     assert f"Identities: {ANON}, {BOB}" in bob_table
     assert re.search(
         rf"{BOB} ~ {ANON}: {ANON} ~ {BOB} at \d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ", bob_table

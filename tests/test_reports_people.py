@@ -264,7 +264,7 @@ def test_aliases_make_one_person_named_by_its_smallest_identity(store: Store) ->
                     {"type": "property", "property": "plan", "op": "equals", "value": "pro"}],
     )  # fmt: skip
     assert answer["people"] == [
-        {"person": "anon-7", "identities": ["anon-7", "zoe"], "columns": []},
+        {"person": "anon-7", "display": "zoe", "identities": ["anon-7", "zoe"], "columns": []},
     ]
     everyone = search(store)["people"]
     assert [(p["person"], p["identities"]) for p in everyone] == [

@@ -9,11 +9,13 @@ long, and its end when the client leaves).
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import duckdb
@@ -28,16 +30,21 @@ from tally import api_migrate, audit
 from tally import api_models as models
 from tally.api_core import Core, authorise, json_body, operator, product_of
 from tally.backup.snapshot import new_snapshot_path, snapshot_store
-from tally.errors import TallyError
+from tally.errors import NotFound, TallyError
 from tally.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tally.metrics import Pipeline, render
 from tally.openapi import Operation, document
+from tally.operations import revoke_alias
 from tally.reports import KINDS, Product, parse, people, run_report
 from tally.reports.bodies import BODIES
 from tally.reports.query import People
+from tally.saved import SavedReport, SavedReports
 from tally.validation import validated
 from tally.views.common import Page
 from tally.views.events import events_view
+from tally.views.live import applied_positions, format_cursor, live_between, parse_cursor
+from tally.views.names import names_view
+from tally.views.overview import overview_view
 from tally.views.person import person_view
 from tally.views.rejects import rejects_view
 from tally.views.status import status_view
@@ -129,14 +136,13 @@ async def report(request: Request) -> Response:
     core = authorise(request)
     name = product_of(core, request)
     body = await json_body(request)
-    found = core.catalog.product(name)
-    product = Product(found.name, found.timezone, found.revenue_property)
+    product = report_product(core, name)
     kind = request.path_params["kind"]
     if kind == "people" and "text/csv" in request.headers.get("accept", ""):
         query = parse(kind, body, product)  # a bad body is a 400 before any row is sent
         assert isinstance(query, People)
         chunks = await core.queries.stream(
-            request, lambda cursor: _csv_chunks(cursor, query), all_threads=True
+            request, lambda cursor: people_csv_chunks(cursor, query), all_threads=True
         )
         return StreamingResponse(
             chunks,
@@ -151,6 +157,200 @@ async def report(request: Request) -> Response:
         return answer
 
     return JSONResponse(await core.queries.run(request, run, all_threads=True))
+
+
+def report_product(core: Core, name: str) -> Product:
+    """The product as the reports read it (its time zone, its revenue property)."""
+    found = core.catalog.product(name)
+    return Product(found.name, found.timezone, found.revenue_property)
+
+
+async def overview(request: Request) -> Response:
+    core = authorise(request)
+    product = report_product(core, product_of(core, request))
+    return await _in_thread(request, core, overview_view, product.name, product.timezone,
+                            core.reader, core.settings.data_dir)  # fmt: skip
+
+
+async def names(request: Request) -> Response:
+    core = authorise(request)
+    return await _in_thread(request, core, names_view, product_of(core, request))
+
+
+#: How often the live feed looks for newly applied records, and how long it
+#: stays silent before it sends a comment (the collectors close a connection
+#: idle for --timeout seconds).
+LIVE_POLL_SECONDS = 0.25
+LIVE_KEEPALIVE_SECONDS = 10.0
+
+
+async def live_feed(
+    core: Core,
+    product: str,
+    since: dict[str, int] | None,
+    seconds: float,
+    disconnected: Callable[[], Awaitable[bool]],
+) -> AsyncIterator[bytes]:
+    """Server-Sent Events: one ``record`` event a record applied (views.live),
+    each with the cursor to resume after as its ``id`` (an EventSource sends
+    it back as ``Last-Event-ID``); from ``since`` (a parsed cursor), else from now."""
+
+    def read(since: dict[str, int] | None) -> tuple[dict[str, int], list[dict[str, Any]]]:
+        # Small reads a poll, outside the query pool as /status is: the feed
+        # goes on while reports take every slot.
+        with core.processor.store.reading() as con:
+            until = applied_positions(con)
+            if since is None:
+                return until, []
+            return live_between(con, product, since, until)
+
+    try:
+        cursor, _ = await run_in_threadpool(read, since)
+        ready = json.dumps({"cursor": format_cursor(cursor)})
+        yield f"retry: 1000\nevent: ready\ndata: {ready}\n\n".encode()
+        deadline = time.monotonic() + seconds
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline and not await disconnected():
+            cursor, records = await run_in_threadpool(read, cursor)
+            said = format_cursor(cursor)
+            for record in records:
+                data = json.dumps(record, ensure_ascii=False)
+                yield f"id: {said}\nevent: record\ndata: {data}\n\n".encode()
+            if records:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > LIVE_KEEPALIVE_SECONDS:
+                yield b": still here\n\n"
+                quiet_since = time.monotonic()
+            await asyncio.sleep(LIVE_POLL_SECONDS)
+    except (TallyError, duckdb.Error) as exc:
+        # The answer has started: the error is an event, and the stream ends
+        # (an EventSource reconnects and goes on from its last id).
+        failure = exc.to_json() if isinstance(exc, TallyError) else {
+            "error": {"code": "store_failing", "message": str(exc).splitlines()[0]}}  # fmt: skip
+        log.warning("the live feed of %s stopped: %s", product, failure["error"]["message"])
+        yield f"event: error\ndata: {json.dumps(failure)}\n\n".encode()
+
+
+def live_since(request: Request, after: str | None) -> dict[str, int] | None:
+    """Where a reconnecting EventSource left off (``Last-Event-ID``), else
+    ``after``, checked before the stream starts (a 400 names what is wrong)."""
+    given = request.headers.get("last-event-id") or after
+    return parse_cursor(given) if given else None
+
+
+async def live(request: Request) -> Response:
+    core = authorise(request)
+    product = product_of(core, request)
+    q = validated(models.LiveQuery, request.query_params)
+    return StreamingResponse(
+        live_feed(core, product, live_since(request, q.after), q.seconds,
+                  request.is_disconnected),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )  # fmt: skip
+
+
+async def products(request: Request) -> Response:
+    core = authorise(request)
+    return JSONResponse({"products": [p.to_json() for p in core.catalog.products()]})
+
+
+async def create_product(request: Request) -> Response:
+    core, actor = operator(request)
+    body = validated(models.NewProduct, await json_body(request))
+    made = core.catalog.create_product(body.name, key=body.key, timezone=body.timezone,
+                                       actor=actor)  # fmt: skip
+    return JSONResponse(made.to_json())
+
+
+async def update_product(request: Request) -> Response:
+    core, actor = operator(request)
+    body = validated(models.ProductSettings, await json_body(request))
+    changed = core.catalog.update_product(
+        product_of(core, request),
+        timezone=body.timezone,
+        revenue_property=body.revenue_property,
+        actor=actor,
+    )
+    return JSONResponse(changed.to_json())
+
+
+async def add_key(request: Request) -> Response:
+    core, actor = operator(request)
+    body = validated(models.NewKey, await json_body(request))
+    core.catalog.add_key(product_of(core, request), key=body.key, actor=actor)
+    return JSONResponse(core.catalog.product(request.path_params["product"]).to_json())
+
+
+async def revoke_key(request: Request) -> Response:
+    core, actor = operator(request)
+    revoked = core.catalog.revoke_key(request.path_params["key"], actor=actor)
+    return JSONResponse(core.catalog.product(revoked.product).to_json())
+
+
+async def create_token(request: Request) -> Response:
+    core, actor = operator(request)
+    name = validated(models.NewToken, await json_body(request)).name
+    return JSONResponse({"name": name, "token": core.catalog.create_token(name, actor=actor)})
+
+
+async def saved_list(request: Request) -> Response:
+    core = authorise(request)
+    found = SavedReports(core.catalog).list(product_of(core, request))
+    return JSONResponse({"saved": [r.to_json() for r in found]})
+
+
+def save_report(core: Core, product: str, name: str, kind: str, body: dict[str, Any],
+                actor: str) -> SavedReport:  # fmt: skip
+    """Check the body as the report would, then save it (the API and the pages)."""
+    parse(kind, body, report_product(core, product))
+    return SavedReports(core.catalog).save(product, name, kind, body, actor=actor)
+
+
+async def saved_create(request: Request) -> Response:
+    core, actor = operator(request)
+    product = product_of(core, request)
+    body = validated(models.NewSaved, await json_body(request))
+    return JSONResponse(
+        save_report(core, product, body.name, body.kind, body.body, actor).to_json()
+    )
+
+
+def _saved_id(request: Request) -> int:
+    given = request.path_params["id"]
+    if not given.isdigit() or len(given) > 18:
+        raise NotFound(f"no saved report {given!r}", field="id")
+    return int(given)
+
+
+async def saved_get(request: Request) -> Response:
+    core = authorise(request)
+    found = SavedReports(core.catalog).get(product_of(core, request), _saved_id(request))
+    return JSONResponse(found.to_json())
+
+
+async def saved_delete(request: Request) -> Response:
+    core, actor = operator(request)
+    product = product_of(core, request)
+    saved = SavedReports(core.catalog)
+    found = saved.get(product, _saved_id(request))
+    saved.delete(product, found.id, actor=actor)
+    return JSONResponse(found.to_json())
+
+
+def revoke_alias_as(core: Core, product: str, a: str, b: str, actor: str) -> dict[str, str]:
+    """Append the revocation to the log and note who asked (the API and the pages)."""
+    done = revoke_alias(core.settings.log_dir, product, a, b)
+    core.catalog.record(actor, audit.ALIAS_REVOKE, product, {"a": done.a, "b": done.b})
+    return {"product": product, "a": done.a, "b": done.b}
+
+
+async def alias_revoke(request: Request) -> Response:
+    core, actor = operator(request)
+    product = product_of(core, request)
+    body = validated(models.AliasRevocation, await json_body(request))
+    return JSONResponse(await run_in_threadpool(revoke_alias_as, core, product, body.a, body.b,
+                                                actor))  # fmt: skip
 
 
 async def metrics(request: Request) -> Response:
@@ -168,7 +368,7 @@ async def metrics(request: Request) -> Response:
     return Response(answer, media_type=METRICS_CONTENT_TYPE)
 
 
-def _csv_chunks(cursor: duckdb.DuckDBPyConnection, query: People) -> Iterator[bytes]:
+def people_csv_chunks(cursor: duckdb.DuckDBPyConnection, query: People) -> Iterator[bytes]:
     """The people search as CSV, a thousand rows a chunk."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -277,20 +477,76 @@ OPERATIONS = [
     Operation("GET", "/api/v1/audit", audit_log, "What operators changed, newest first",
               query=audit.AuditQuery, answer=models.Audit),
     *api_migrate.operations(PRODUCT),
+    Operation("GET", PRODUCT + "/overview", overview,
+              "Events per day over 30 days, people, top events, pipeline health",
+              answer=models.Overview),
+    Operation("GET", PRODUCT + "/names", names,
+              "Event and property names with their counts (for pickers)", answer=models.Names),
+    Operation("GET", PRODUCT + "/live", live, "Records as they are applied (Server-Sent Events)",
+              query=models.LiveQuery, media_types=("text/event-stream",)),
+    Operation("POST", PRODUCT + "/aliases/revoke", alias_revoke,
+              "Revoke the aliases between two identities", body=models.AliasRevocation,
+              answer=models.AliasRevoked),
+    Operation("GET", "/api/v1/products", products, "Products with their API keys",
+              answer=models.Products),
+    Operation("POST", "/api/v1/products", create_product, "Create a product",
+              body=models.NewProduct, answer=models.ProductAnswer),
+    Operation("POST", PRODUCT + "/settings", update_product,
+              "Change a product's time zone or revenue property", body=models.ProductSettings,
+              answer=models.ProductAnswer),
+    Operation("POST", PRODUCT + "/keys", add_key, "Add an API key", body=models.NewKey,
+              answer=models.ProductAnswer),
+    Operation("POST", "/api/v1/keys/{key}/revoke", revoke_key, "Revoke an API key",
+              answer=models.ProductAnswer),
+    Operation("POST", "/api/v1/tokens", create_token, "Create an operator token (shown once)",
+              body=models.NewToken, answer=models.CreatedToken),
+    Operation("GET", PRODUCT + "/saved", saved_list, "Saved reports", answer=models.SavedList),
+    Operation("POST", PRODUCT + "/saved", saved_create, "Save a report", body=models.NewSaved,
+              answer=models.Saved),
+    Operation("GET", PRODUCT + "/saved/{id}", saved_get, "A saved report", answer=models.Saved),
+    Operation("POST", PRODUCT + "/saved/{id}/delete", saved_delete, "Delete a saved report",
+              answer=models.Saved),
     Operation("GET", "/metrics", metrics, "The pipeline in Prometheus' text format",
               media_types=(METRICS_CONTENT_TYPE,)),
 ]  # fmt: skip
 
 
+def is_api(request: Request) -> bool:
+    """Whether the request is the API's (JSON errors), not a page's."""
+    path = request.url.path
+    return path.startswith("/api/") or path == "/metrics"
+
+
 def build_app(core: Core) -> Starlette:
+    """The API's routes and the dashboard's pages (tally.web), in one app:
+    one router, so that a path's methods answer 405 across both; errors
+    answer in JSON under /api/ and as pages elsewhere."""
+    from tally.web.app import PAGE_ERRORS, ROUTES, attach
+
+    api_errors: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+        TallyError: _tally_error,
+        HTTPException: _http_error,
+        Exception: _unexpected,
+    }
+
+    def either(kind: Any) -> Callable[[Request, Exception], Awaitable[Response]]:
+        api_handler, page_handler = api_errors.get(kind), PAGE_ERRORS[kind]
+
+        async def handle(request: Request, exc: Exception) -> Response:
+            if api_handler is not None and is_api(request):
+                return await api_handler(request, exc)
+            return await page_handler(request, exc)
+
+        return handle
+
     app = Starlette(
-        routes=[Route(op.path, op.endpoint, methods=[op.method]) for op in OPERATIONS],
-        exception_handlers={
-            TallyError: _tally_error,
-            HTTPException: _http_error,
-            Exception: _unexpected,
-        },
+        routes=[
+            *(Route(op.path, op.endpoint, methods=[op.method]) for op in OPERATIONS),
+            *ROUTES,
+        ],
+        exception_handlers={kind: either(kind) for kind in PAGE_ERRORS},
     )
     app.state.openapi = document(OPERATIONS)
     app.state.core = core
+    attach(app, core)
     return app

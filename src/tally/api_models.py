@@ -61,6 +61,56 @@ class Revoke(Body):
     all: bool = Field(False, description="Revoke every token of that name, not just one.")
 
 
+class NewProduct(Body):
+    name: str = Field(description="1 to 64 letters, digits, '.', '_' or '-'.")
+    timezone: str = Field("UTC", description="An IANA time zone, e.g. America/New_York.")
+    key: str | None = Field(None, description="Its first API key; default: a new one.")
+
+
+class ProductSettings(Body):
+    timezone: str | None = Field(None, description="An IANA time zone.")
+    revenue_property: str | None = Field(None, description="The revenue property (SPEC §8).")
+
+
+class NewKey(Body):
+    key: str | None = Field(None, description="Use this key; default: a new one.")
+
+
+class NewToken(Body):
+    name: str = Field("operator", description="Unique among active tokens.")
+
+
+class NewSaved(Body):
+    name: str = Field(description="What the report is called in the list.")
+    kind: str = Field(description="metrics, funnel, cohort, revenue, abtest, path or people.")
+    body: dict[str, Any] = Field(description="The report's body (docs/reports.md).")
+
+
+class AliasRevocation(Body):
+    a: str = Field(description="One identity of the alias.")
+    b: str = Field(description="The other.")
+
+
+class LiveQuery(Params):
+    after: Annotated[
+        str | None,
+        Field(
+            description="A cursor the feed gave (an event's `id`, `ready`'s `cursor`): go on "
+            "from there (default: from now).",
+            pattern=r"^[A-Za-z0-9_.-]+:[0-9]+(,[A-Za-z0-9_.-]+:[0-9]+)*$",
+            max_length=1_000,  # encoded, well within the 16 KiB of a request's head
+        ),
+    ] = None
+    seconds: Annotated[
+        float,
+        Field(
+            ge=0.1,
+            le=600,
+            description="Close the stream after this long (an EventSource reconnects).",
+        ),
+    ] = 60.0
+
+
 # -- answers --------------------------------------------------------------------------------
 
 
@@ -107,11 +157,83 @@ class Rejects(Listing):
 class Person(Answer):
     product: str
     person: str
+    display: str = Field(description='The identity to show (docs/reports.md, "People").')
     identity: str
     identities: list[str]
     properties: list[dict[str, Any]] | dict[str, Any]
     aliases: dict[str, Any]
     events: Listing
+
+
+class Day(Answer):
+    start: str
+    events: int
+
+
+class Overview(Answer):
+    product: str
+    timezone: str
+    days: list[Day]
+    events: int
+    people: int
+    top_events: list[dict[str, Any]]
+    health: dict[str, Any]
+
+
+class Name(Answer):
+    name: str
+    key: str
+    count: int
+
+
+class Names(Answer):
+    product: str
+    events: list[Name]
+    properties: list[Name]
+
+
+class ApiKey(Answer):
+    key: str
+    product: str
+    created: str | None
+    revoked: bool
+
+
+class ProductAnswer(Answer):
+    name: str
+    timezone: str
+    revenue_property: str
+    created: str | None
+    keys: list[ApiKey]
+
+
+class Products(Answer):
+    products: list[ProductAnswer]
+
+
+class CreatedToken(Answer):
+    name: str
+    token: str = Field(description="The secret: shown this once.")
+
+
+class Saved(Answer):
+    id: int
+    product: str
+    name: str
+    kind: str
+    body: dict[str, Any]
+    created: str
+    created_by: str
+
+
+class SavedList(Answer):
+    saved: list[Saved]
+
+
+class AliasRevoked(Answer):
+    product: str
+    a: str
+    b: str
 
 
 class Replayed(Answer):
@@ -238,6 +360,7 @@ class PathAnswer(Answer):
 
 class Found(Answer):
     person: str
+    display: str = Field(description='The identity to show (docs/reports.md, "People").')
     identities: list[str]
     columns: list[Any]
 

@@ -26,15 +26,23 @@ from pydantic import Field
 from tally.validation import Params
 
 PRODUCT_CREATE = "product.create"
+PRODUCT_UPDATE = "product.update"
 KEY_ADD = "key.add"
 KEY_REVOKE = "key.revoke"
 TOKEN_CREATE = "token.create"
 TOKEN_REVOKE = "token.revoke"
 ALIAS_REVOKE = "alias.revoke"
 REJECTS_REPLAY = "rejects.replay"
+USER_CREATE = "user.create"
+USER_DELETE = "user.delete"
+USER_PASSWORD = "user.password"
+SAVED_CREATE = "saved.create"
+SAVED_DELETE = "saved.delete"
 #: Every action, as documented (docs/http-api.md); the names are stable.
 ACTIONS = (
-    PRODUCT_CREATE, KEY_ADD, KEY_REVOKE, TOKEN_CREATE, TOKEN_REVOKE, ALIAS_REVOKE, REJECTS_REPLAY,
+    PRODUCT_CREATE, PRODUCT_UPDATE, KEY_ADD, KEY_REVOKE, TOKEN_CREATE, TOKEN_REVOKE,
+    ALIAS_REVOKE, REJECTS_REPLAY, USER_CREATE, USER_DELETE, USER_PASSWORD, SAVED_CREATE,
+    SAVED_DELETE,
 )  # fmt: skip
 
 #: The CLI through a running server, with the token the server left it
@@ -84,7 +92,7 @@ class AuditEntry:
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
-            "time": _iso(self.time_ns),
+            "time": iso(self.time_ns),
             "actor": self.actor,
             "action": self.action,
             "target": self.target,
@@ -92,6 +100,6 @@ class AuditEntry:
         }
 
 
-def _iso(ns: int) -> str:
+def iso(ns: int) -> str:
     when = datetime.fromtimestamp(ns / 1e9, UTC)
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")

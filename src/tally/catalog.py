@@ -14,6 +14,7 @@ names (the API: the operator token; unnamed: this process's unix user, the CLI's
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from tally import audit
+from tally import accounts, audit, saved
 from tally.audit import AuditEntry, local_actor
 from tally.errors import Conflict, InvalidInput, NotFound, Unauthorized, Unavailable
 
@@ -99,6 +100,16 @@ class Product:
     created_ns: int
     keys: tuple[ApiKey, ...]
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "timezone": self.timezone,
+            "revenue_property": self.revenue_property,
+            "created": _iso(self.created_ns),
+            "keys": [{"key": k.key, "product": k.product, "created": _iso(k.created_ns),
+                      "revoked": k.revoked_ns is not None} for k in self.keys],
+        }  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class Token:
@@ -166,7 +177,7 @@ class Catalog:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(_SCHEMA + accounts.SCHEMA + saved.SCHEMA)
             self._add_missing_columns()
         except sqlite3.DatabaseError as exc:  # e.g. "file is not a database"
             raise Unavailable(
@@ -177,6 +188,20 @@ class Catalog:
 
     def close(self) -> None:
         self._db.close()
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """For the catalog's other tables (tally.accounts, tally.saved)."""
+        return self._db
+
+    def changing(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A write transaction, for the catalog's other tables."""
+        return self._transaction()
+
+    def write_audit(self, db: sqlite3.Connection, actor: str | None, action: str, target: str,
+                    details: dict[str, Any], now_ns: int) -> None:  # fmt: skip
+        """An audit entry inside the transaction ``db`` of ``changing``."""
+        self._audit(db, actor, action, target, details, now_ns)
 
     def _missing_columns(self) -> list[str]:
         return [
@@ -279,6 +304,36 @@ class Catalog:
             db.execute("INSERT INTO api_keys VALUES (?, ?, ?, NULL)", (key, name, now))
             details = {"key": key, "timezone": timezone}
             self._audit(db, actor, audit.PRODUCT_CREATE, name, details, now)
+        return self.product(name)
+
+    def update_product(
+        self,
+        name: str,
+        *,
+        timezone: str | None = None,
+        revenue_property: str | None = None,
+        actor: str | None = None,
+    ) -> Product:
+        """Change a product's time zone or revenue property (SPEC §8); every
+        report reads them when it runs, so the change applies to the past too."""
+        found = self.product(name)
+        changes: dict[str, str] = {}
+        if timezone is not None and timezone != found.timezone:
+            changes["timezone"] = check_timezone(timezone)
+        if revenue_property is not None:
+            revenue_property = revenue_property.strip()
+            if not revenue_property or len(revenue_property) > 255:
+                raise InvalidInput("a revenue property is 1 to 255 characters",
+                                   field="revenue_property")  # fmt: skip
+            if revenue_property != found.revenue_property:
+                changes["revenue_property"] = revenue_property
+        if not changes:
+            return found
+        now = time.time_ns()
+        with self._transaction() as db:
+            for column, value in changes.items():  # column: one of two fixed names above
+                db.execute(f"UPDATE products SET {column} = ? WHERE name = ?", (value, name))
+            self._audit(db, actor, audit.PRODUCT_UPDATE, name, changes, now)
         return self.product(name)
 
     def products(self) -> list[Product]:
@@ -464,12 +519,29 @@ class Catalog:
 
     # -- first start ----------------------------------------------------------------------
 
-    def initialise(self) -> tuple[Product, str] | None:
-        """On first start: the ``default`` product and an operator token.
+    def initialise(self) -> FirstStart | None:
+        """On first start: the ``default`` product, an operator token and an
+        admin account with a one-time password (tally.accounts).
 
         ``None`` when the catalog had products already.
         """
         if self._db.execute("SELECT 1 FROM products LIMIT 1").fetchone():
             return None
         product = self.create_product(DEFAULT_PRODUCT, actor=audit.FIRST_START)
-        return product, self.create_token("initial", actor=audit.FIRST_START)
+        token = self.create_token("initial", actor=audit.FIRST_START)
+        password = secrets.token_urlsafe(12)
+        admin = accounts.Accounts(self).create(
+            accounts.FIRST_ADMIN, password, role="admin", must_change=True,
+            actor=audit.FIRST_START,
+        )  # fmt: skip
+        return FirstStart(product, token, admin.name, password)
+
+
+@dataclass(frozen=True, slots=True)
+class FirstStart:
+    """What the first start made, to be shown once."""
+
+    product: Product
+    token: str
+    admin: str
+    password: str

@@ -2,7 +2,8 @@
 
     TallyError                  base; ``code`` is stable, ``message`` is one line
     ├── InvalidInput            400  a value the caller sent is wrong (``field`` names it)
-    ├── Unauthorized            401  missing or wrong operator token
+    ├── Unauthorized            401  missing or wrong operator token (or password)
+    ├── Forbidden               403  not allowed: a viewer's change, a form without its CSRF token
     ├── NotFound                404  no such product, key, person, …
     ├── Conflict                409  it exists already
     ├── ClientGone              499  the client left before its answer: its query was
@@ -50,6 +51,11 @@ class InvalidInput(TallyError):
 class Unauthorized(TallyError):
     status = 401
     default_code = "unauthorized"
+
+
+class Forbidden(TallyError):
+    status = 403
+    default_code = "forbidden"
 
 
 class NotFound(TallyError):

@@ -30,10 +30,21 @@ ERRORS = {
     400: "The request is invalid; `field` names what is wrong.",
     401: "No operator token, or one that is unknown or revoked.",
     404: "No such product, person or route.",
-    409: "In conflict with what is there (a name taken, a folder not empty).",
+    409: "In conflict with what is there (a product, a key or an active token of that name, "
+    "a folder not empty).",
     503: "The store or the core cannot answer right now: retry.",
     504: "The query ran longer than `--query-timeout`.",
     507: "The query needed more memory than `--query-memory` allows.",
+}
+#: One event of a Server-Sent Events stream, as its fields.
+SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
 }
 _PATH_PARAM = re.compile(r"{(\w+)(?::\w+)?}")
 
@@ -124,7 +135,8 @@ def _operation(op: Operation, path: str, refs: dict[type[BaseModel], str]) -> di
                                "schema": prop} | ({"description": description}
                                                   if description else {}))  # fmt: skip
     if op.media_types:
-        content = {media: {"schema": {"type": "string"}} for media in op.media_types}
+        content = {media: {"schema": SSE_EVENT if media == "text/event-stream" else
+                           {"type": "string"}} for media in op.media_types}  # fmt: skip
     else:
         content = {"application/json": {"schema": ref(op.answer) if op.answer else {}}}
     if op.csv_values:

@@ -30,7 +30,7 @@ import uvicorn
 from tally.api import build_app
 from tally.api_core import Core
 from tally.backup.snapshot import remove_stale_snapshots
-from tally.catalog import Catalog, Product
+from tally.catalog import Catalog, FirstStart
 from tally.collector.worker import run_collector, stream_name
 from tally.errors import Unavailable
 from tally.log.writer import SegmentWriter, StreamLocked, check_format
@@ -118,7 +118,7 @@ class Started:
     """What ``serve`` tells the person who started it."""
 
     url: str
-    first_start: tuple[Product, str] | None
+    first_start: FirstStart | None
 
 
 def serve(settings: Settings, announce: Callable[[Started], None]) -> None:
@@ -200,7 +200,7 @@ def write_local_token(settings: Settings) -> str:
 async def _supervise(
     settings: Settings,
     core: Core,
-    first_start: tuple[Product, str] | None,
+    first_start: FirstStart | None,
     announce: Callable[[Started], None],
 ) -> None:
     loop = asyncio.get_running_loop()

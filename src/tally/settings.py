@@ -64,6 +64,11 @@ SETTINGS: tuple[Setting, ...] = (
         "Default: the number of CPUs, at least 2.",
     ),
     Setting(
+        "session_idle_minutes",
+        120,
+        "Minutes without a request after which a dashboard session ends.",
+    ),
+    Setting(
         "segment_mib",
         64,
         "MiB after which a collector seals its log segment and starts a new one.",
@@ -107,6 +112,7 @@ class Settings:
     query_memory: int = 1_000_000_000  # bytes ("1GB", as DuckDB counts it): Store.limit_memory
     query_spill: int = 4_000_000_000  # bytes
     query_concurrency: int = 0  # 0: one per CPU, at least 2 (tally.query_pool)
+    session_idle_minutes: float = 120.0  # tally.accounts
     segment_mib: int = 64  # tally.log.writer
     defer_seconds: float = 30.0  # tally.pacing
     blocked_identities: frozenset[str] = DEFAULT_BLOCKED

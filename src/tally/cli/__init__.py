@@ -53,6 +53,7 @@ class _LazyGroup(click.Group):
         "import": "tally.cli.migrate:import_",
         "imports": "tally.cli.migrate:imports",
         "export": "tally.cli.export:export",
+        "users": "tally.cli.users:users",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -96,6 +97,7 @@ def main() -> None:
 @setting_option("query_memory", callback=size(minimum="16MB"), metavar="SIZE")
 @setting_option("query_spill", callback=size(), metavar="SIZE")
 @setting_option("query_concurrency", type=click.IntRange(1, 1024))
+@setting_option("session_idle_minutes", type=click.FloatRange(min=0.01))
 @setting_option("segment_mib", type=click.IntRange(1, 1024))
 @setting_option("defer_seconds", type=click.FloatRange(min=0))
 @setting_option("import_dir", type=click.Path(file_okay=False, path_type=Path))
@@ -114,6 +116,7 @@ def serve(
     query_memory: int,
     query_spill: int,
     query_concurrency: int | None,
+    session_idle_minutes: float,
     segment_mib: int,
     defer_seconds: float,
     import_dir: Path | None,
@@ -121,10 +124,11 @@ def serve(
     blocked_identities: str,
     max_identities_per_person: int,
 ) -> None:
-    """Run Tally: tracking endpoints, the JSON API and the log, on one port.
+    """Run Tally: tracking endpoints, the JSON API, the dashboard and the log, on one port.
 
-    On first start it creates the product `default` with an API key and an
-    operator token, and prints them. SIGTERM or Ctrl-C stop it cleanly: every
+    On first start it creates the product `default` with an API key, an
+    operator token and the dashboard account `admin` with a one-time password,
+    and prints them. SIGTERM or Ctrl-C stop it cleanly: every
     request already answered is on disk.
     """
     from tally.server import Started
@@ -142,6 +146,7 @@ def serve(
         query_memory=query_memory,
         query_spill=query_spill,
         query_concurrency=query_concurrency or 0,
+        session_idle_minutes=session_idle_minutes,
         segment_mib=segment_mib,
         defer_seconds=defer_seconds,
         blocked_identities=blocked_set(blocked_identities),
@@ -154,10 +159,13 @@ def serve(
         click.echo(f"Tally {__version__} listening on {started.url} (data in {data_dir})")
         if started.first_start is None:
             return
-        product, token = started.first_start
+        first = started.first_start
+        product, token = first.product, first.token
         key = product.keys[0].key
         click.echo(f"\nCreated product '{product.name}' with API key:  {key}")
         click.echo(f"Operator token (shown once, keep it):   {token}")
+        click.echo(f"Dashboard:  {started.url}/  account: {first.admin}  "
+                   f"one-time password: {first.password}")  # fmt: skip
         click.echo("\nRecord an event:")
         click.echo(f"  curl '{started.url}/e?_k={key}&_p={quote('bob@example.com')}&_n=Signed+Up'")
         click.echo("See the log:")
@@ -327,8 +335,10 @@ def audit_log(limit: int, as_json: bool, data_dir: Path) -> None:
     revocation and every replay of rejects, from the CLI or the API. The actor
     is "token NAME" for the API, "cli" for this CLI through a running server,
     "cli (unix user NAME)" for a command that wrote the catalog itself. Never
-    a token's secret. Actions: product.create, key.add, key.revoke,
-    token.create, token.revoke, alias.revoke, rejects.replay.
+    a token's secret; "user NAME" for the dashboard account NAME. Actions:
+    product.create, product.update, key.add, key.revoke, token.create,
+    token.revoke, alias.revoke, rejects.replay, user.create, user.delete,
+    user.password, saved.create, saved.delete.
     """
     entries = _catalog(data_dir).audit_entries(limit)
     if as_json:

@@ -160,7 +160,7 @@ def person(
     if as_json:
         echo_json(doc)
         return
-    click.echo(f"Person {doc['person']} in {doc['product']}")
+    click.echo(f"Person {doc['display']} in {doc['product']} (named {doc['person']})")
     click.echo(f"Identities: {', '.join(doc['identities'])}")
     for explanation in doc["aliases"]["explanations"]:
         steps = "; ".join(f"{e['a']} ~ {e['b']} at {e['time']}" for e in explanation["path"])
@@ -248,7 +248,7 @@ def events(
             (
                 e["time"],
                 e["event"],
-                e["person"],
+                e["display"],
                 e["identity"],
                 ", ".join(f"{k}={v}" for k, v in e["properties"].items()),
             )

@@ -398,8 +398,9 @@ def people(did: tuple[str, ...], did_not: tuple[str, ...], has: tuple[str, ...],
         _people_csv(data_dir, product, body)
         return
     answer = ask(data_dir, product, "people", body)
-    headers = ["person", "identities", *answer["columns"]]
-    rows = [(p["person"], " ".join(p["identities"]), *p["columns"]) for p in answer["people"]]
+    headers = ["person", "shown as", "identities", *answer["columns"]]
+    rows = [(p["person"], p["display"], " ".join(p["identities"]), *p["columns"])
+            for p in answer["people"]]  # fmt: skip
 
     def show() -> None:
         echo_table(headers, rows, empty="(nobody)")

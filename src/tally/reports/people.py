@@ -18,6 +18,7 @@ from typing import Any
 
 import duckdb
 
+from tally.display import display_name
 from tally.reports.query import EventCondition, Filter, IdentityCondition, People, PropertyCondition
 from tally.reports.sql import (
     DIALECT,
@@ -59,7 +60,12 @@ def run(con: duckdb.DuckDBPyConnection, q: People, d: Dialect = DIALECT) -> dict
     rows = con.execute(query.text, list(query.params)).fetchall()
     return {
         "people": [
-            {"person": person, "identities": list(identities), "columns": search.values(values)}
+            {
+                "person": person,
+                "display": display_name(person, identities),
+                "identities": list(identities),
+                "columns": search.values(values),
+            }
             for _, person, *values, identities in rows
             if person is not None
         ],

@@ -6,6 +6,7 @@ from typing import Any
 
 import duckdb
 
+from tally.display import display_name
 from tally.names import name_key, normalise_name
 from tally.views.common import (
     hashed_in,
@@ -25,6 +26,23 @@ def property_names(con: duckdb.DuckDBPyConnection, product: str) -> dict[str, st
         "SELECT key, display FROM names WHERE product = ? AND kind = 'property'", [product]
     ).fetchall()
     return dict(rows)
+
+
+def displays(con: duckdb.DuckDBPyConnection, product: str, persons: list[str]) -> dict[str, str]:
+    """How each of ``persons`` is shown (tally.display), from their identities."""
+    found: dict[str, list[str]] = {p: [p] for p in persons}
+    if persons:
+        hashes = identity_hashes(con, persons)
+        condition, params = hashed_in("ph", hashes)
+        rows = con.execute(
+            f"SELECT person, list(identity) FROM identities WHERE product = ? AND {condition} "
+            "GROUP BY person",
+            [product, *params],
+        ).fetchall()
+        for person, identities in rows:
+            if person in found:
+                found[person] = [*identities, person]
+    return {p: display_name(p, ids) for p, ids in found.items()}
 
 
 def events_view(
@@ -78,6 +96,7 @@ def events_view(
         [*params, size, (page_number - 1) * size],
     ).fetchall()
     names = property_names(con, product)
+    shown = displays(con, product, sorted({row[3] for row in rows}))
     return {
         "product": product,
         "total": total,
@@ -89,6 +108,7 @@ def events_view(
                 "key": key,
                 "identity": sent_as,
                 "person": person,
+                "display": shown[person],
                 "time": iso(time),
                 "received": iso_ns(recv_ns),
                 "properties": {names.get(p["key"], p["key"]): p["value"] for p in props},

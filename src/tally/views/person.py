@@ -7,6 +7,7 @@ from typing import Any
 import duckdb
 
 from tally import identity_graph
+from tally.display import display_name
 from tally.identity_graph import Edge
 from tally.store.schema import IDENTITY_HASH
 from tally.views.common import (
@@ -44,6 +45,7 @@ def person_view(
         return {
             "product": product,
             "person": person,
+            "display": display_name(person, identities),
             "identity": identity.strip(),
             "identities": identities,
             "properties": _properties(con, product, hashes),
