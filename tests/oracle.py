@@ -868,6 +868,7 @@ def people(ask: Ask) -> Answer:
         "people": [
             {
                 "person": p,
+                "display": _display(p, w.identities[p]),
                 "identities": w.identities[p],
                 "columns": [_column(ask, p, c) for c in columns],
             }
@@ -925,3 +926,27 @@ def differences(got: Any, expected: Any, where: str = "answer") -> list[str]:
     else:
         same = type(got) is type(expected) and got == expected
     return [] if same else [f"{where}: {got!r} != {expected!r}"]
+
+
+def _display(person: str, identities: Sequence[str]) -> str:
+    """docs/reports.md "People": the smallest e-mail-like identity, else the
+    smallest that does not look anonymous, else the person."""
+
+    def email(i: str) -> bool:
+        local, at, domain = i.partition("@")
+        name, dot, top = domain.rpartition(".")
+        return bool(at and local and name and dot and top) and not any(
+            c.isspace() or c == "@" for c in local + domain
+        )
+
+    def anonymous(i: str) -> bool:
+        hexed = i.replace("-", "")
+        uuid = len(hexed) == 32 and all(c in "0123456789abcdefABCDEF" for c in hexed)
+        token = (len(i) >= 16 and all(c.isascii() and (c.isalnum() or c in "+/=_-") for c in i)
+                 and any(c.isdigit() for c in i) and any(c.isalpha() for c in i))  # fmt: skip
+        return i.lower().startswith("anon") or uuid or token
+
+    ordered = sorted({*identities, person})
+    return next((i for i in ordered if email(i)), None) or next(
+        (i for i in ordered if not anonymous(i)), person
+    )

@@ -1115,9 +1115,9 @@ PEOPLE_CASES = [
         },
         {
             "people": [
-                {"person": "ben", "identities": ["ben"], "columns": [1, "free"]},
-                {"person": "cy", "identities": ["cy"], "columns": [0, "pro"]},
-                {"person": "dee", "identities": ["dee"], "columns": [0, None]},
+                {"person": "ben", "display": "ben", "identities": ["ben"], "columns": [1, "free"]},
+                {"person": "cy", "display": "cy", "identities": ["cy"], "columns": [0, "pro"]},
+                {"person": "dee", "display": "dee", "identities": ["dee"], "columns": [0, None]},
             ],
             "total": 3,
             "page": 1,
@@ -1139,7 +1139,12 @@ PEOPLE_CASES = [
         },
         {
             "people": [
-                {"person": "ann", "identities": ["ann", "ann@mail"], "columns": [2, "pro"]},
+                {
+                    "person": "ann",
+                    "display": "ann",
+                    "identities": ["ann", "ann@mail"],
+                    "columns": [2, "pro"],
+                },
             ],
             "total": 1,
             "page": 1,
@@ -1162,7 +1167,7 @@ PEOPLE_CASES = [
             "page_size": 2,
         },
         {
-            "people": [{"person": "cy", "identities": ["cy"], "columns": []}],
+            "people": [{"person": "cy", "display": "cy", "identities": ["cy"], "columns": []}],
             "total": 3,
             "page": 2,
             "page_size": 2,
@@ -1190,6 +1195,7 @@ PEOPLE_CASES = [
             "people": [
                 {
                     "person": "ann",
+                    "display": "ann",  # "ann@mail" has no dot after the @: not an address
                     "identities": ["ann", "ann@mail"],
                     "columns": [
                         "2024-01-15T09:00:00+00:00",
@@ -1210,7 +1216,14 @@ PEOPLE_CASES = [
         PEOPLE_FACTS,
         {**JAN, "person_where": [{"property": "Plan", "op": "begins_with", "value": "b"}]},
         {
-            "people": [{"person": "ann", "identities": ["ann", "ann@mail"], "columns": []}],
+            "people": [
+                {
+                    "person": "ann",
+                    "display": "ann",
+                    "identities": ["ann", "ann@mail"],
+                    "columns": [],
+                }
+            ],
             "total": 1,
             "page": 1,
             "page_size": 50,

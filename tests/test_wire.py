@@ -180,7 +180,10 @@ def test_pipelined_requests_closed_without_reading_are_all_recorded(server):
 def test_pipelined_requests_are_answered_in_order(server):
     with connect(server.port) as sock:
         sock.sendall(
-            get("/e?_k=k&_p=a&_n=x") + get("/healthz") + get("/s?_k=k&_p=b") + get("/nowhere")
+            get("/e?_k=k&_p=a&_n=x")
+            + get("/healthz")
+            + get("/s?_k=k&_p=b")
+            + get("/api/v1/nowhere")
         )
         # The unknown path goes to the core, in its turn; the connection stays open.
         first, health, second, not_found = read_responses(sock, 4)

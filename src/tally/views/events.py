@@ -86,12 +86,19 @@ def events_view(
         f"""
         SELECT coalesce(n.display, e.event), e.event, e.identity,
                coalesce(i.person, e.identity), e.time, e.recv_ns, map_entries(e.properties)
-        FROM events e
+        FROM (
+            -- The page first, from the narrow columns; then its rows' names,
+            -- people and properties (joining first cost 1.6 s on 10M events).
+            SELECT e.product, e.event, e.identity, e.ih, e.time, e.recv_ns, e.stream,
+                   e.position, e.properties
+            FROM events e
+            WHERE {condition}
+            ORDER BY e.time DESC, e.recv_ns DESC, e.stream DESC, e.position DESC
+            LIMIT ? OFFSET ?
+        ) e
         LEFT JOIN names n ON n.product = e.product AND n.kind = 'event' AND n.key = e.event
         LEFT JOIN identities i ON i.product = e.product AND i.ih = e.ih
-        WHERE {condition}
         ORDER BY e.time DESC, e.recv_ns DESC, e.stream DESC, e.position DESC
-        LIMIT ? OFFSET ?
         """,
         [*params, size, (page_number - 1) * size],
     ).fetchall()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from starlette.templating import Jinja2Templates
 from tally.accounts import Accounts, Session
 from tally.api_core import Core
 from tally.reports import KINDS
+from tally.views.names import names_view
 from tally.web import sessions
 from tally.web.tables import cell
 
@@ -34,11 +36,27 @@ KIND_TITLES = {
 assert set(KIND_TITLES) == set(KINDS)
 
 
+#: How long the pickers' names of a product are reused before they are read again.
+NAMES_SECONDS = 30.0
+
+
 @dataclass
 class Web:
     core: Core
     accounts: Accounts
     throttle: sessions.Throttle = field(default_factory=sessions.Throttle)
+    #: Product -> (when read, its names): the pickers of every report page
+    #: read them, and on ten million events that costs a quarter second.
+    names_read: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
+
+    async def names(self, request: Request, product: str) -> dict[str, Any]:
+        """The product's event and property names (views.names), at most
+        ``NAMES_SECONDS`` old, read in the query pool (tally.query_pool)."""
+        read_at, found = self.names_read.get(product, (0.0, {}))
+        if time.monotonic() - read_at > NAMES_SECONDS:
+            found = await self.core.queries.run(request, lambda con: names_view(con, product))
+            self.names_read[product] = (time.monotonic(), found)
+        return found
 
     def session(self, request: Request, *, password_page: bool = False) -> Session:
         idle = self.core.settings.session_idle_minutes * 60

@@ -27,9 +27,8 @@ from tally.errors import InvalidInput, NotFound, TallyError
 from tally.reports import KINDS, run_report
 from tally.reports.query import People, json_object, parse
 from tally.saved import SavedReport, SavedReports
-from tally.views.names import names_view
 from tally.web import sessions
-from tally.web.pages import in_thread, product_of, signed_in
+from tally.web.pages import product_of, signed_in
 from tally.web.render import KIND_TITLES, Web, render
 from tally.web.tables import TABLES, cell
 
@@ -131,7 +130,7 @@ async def _page(request: Request, web: Web, session: Session, kind: str, q: str 
     if "from" not in body or "to" not in body:
         last30 = presets(product.timezone)[2]
         body = {"from": last30["from"], "to": last30["to"], **body}
-    names = await in_thread(request, web, names_view, product.name)
+    names = await web.names(request, product.name)
     table = TABLES[kind](answer) if answer is not None else None
     status = 400 if error is not None else 200
     turn = _page_turns(product.name, body, answer) if kind == "people" and answer else {}
