@@ -124,6 +124,17 @@ def start_site(data_dir: Path) -> RunningServer:
     return server
 
 
+def site(data_dir: Path) -> Iterator[RunningServer]:
+    """The site for a module's fixture: stopped after, cleanly and without a traceback."""
+    running = start_site(data_dir)
+    try:
+        yield running
+    finally:
+        code = running.stop()
+    assert code == 0, running.stderr
+    assert "Traceback" not in running.stderr, running.stderr
+
+
 def api(server: RunningServer) -> httpx.Client:
     return httpx.Client(base_url=server.base_url, timeout=30,
                         headers={"Authorization": f"Bearer {server.token}"})  # fmt: skip

@@ -32,7 +32,7 @@ from dashboard_site import (
     api,
     chromium,
     sign_in,
-    start_site,
+    site,
 )
 from serverproc import RunningServer
 from tally.web.tables import TABLES, cell
@@ -43,13 +43,7 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_site(tmp_path_factory.mktemp("dashboard") / "data")
-    try:
-        yield running
-    finally:
-        code = running.stop()
-    assert code == 0, running.stderr
-    assert "Traceback" not in running.stderr, running.stderr
+    yield from site(tmp_path_factory.mktemp("dashboard") / "data")
 
 
 @pytest.fixture(scope="module")

@@ -12,19 +12,13 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from dashboard_site import ADMIN, BODIES, KEY, PASSWORD, PRODUCT, VIEWER, api, start_site
+from dashboard_site import ADMIN, BODIES, KEY, PASSWORD, PRODUCT, VIEWER, api, site
 from serverproc import RunningServer
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_site(tmp_path_factory.mktemp("dashboard-http") / "data")
-    try:
-        yield running
-    finally:
-        code = running.stop()
-    assert code == 0, running.stderr
-    assert "Traceback" not in running.stderr, running.stderr
+    yield from site(tmp_path_factory.mktemp("dashboard-http") / "data")
 
 
 def signed_in(server: RunningServer, name: str = ADMIN) -> tuple[httpx.Client, str]:

@@ -65,13 +65,7 @@ def request(
     timeout: float = 600,
 ) -> Any:
     """Call the running server's API; its JSON answer, or its error raised."""
-    try:
-        token = settings.local_token_path.read_text().strip()
-    except OSError as exc:
-        raise Unavailable("tally serve is not running for this data directory") from exc
-    query = {k: v for k, v in (params or {}).items() if v is not None}
-    target = path + ("?" + urlencode(query) if query else "")
-    connection = _UnixConnection(str(settings.core_socket), timeout)
+    connection, target, token = _connect(settings, path, params, timeout)
     try:
         payload = json.dumps(body).encode() if body is not None else None
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
@@ -83,12 +77,7 @@ def request(
     finally:
         connection.close()
     if response.status >= 400:
-        error = data.get("error", {})
-        raise _ERRORS.get(response.status, TallyError)(
-            str(error.get("message", f"tally serve answered {response.status}")),
-            code=error.get("code"),
-            field=error.get("field"),
-        )
+        raise _error(response.status, data)
     return data
 
 
@@ -97,32 +86,45 @@ def stream(
 ) -> Iterator[bytes]:
     """A ``GET`` of the running server's API whose answer is read as it comes
     (an export), chunk by chunk; its error raised as :func:`request` does."""
-    try:
-        token = settings.local_token_path.read_text().strip()
-    except OSError as exc:
-        raise Unavailable("tally serve is not running for this data directory") from exc
-    query = {k: v for k, v in (params or {}).items() if v is not None}
-    target = path + ("?" + urlencode(query) if query else "")
-    connection = _UnixConnection(str(settings.core_socket), timeout)
+    connection, target, token = _connect(settings, path, params, timeout)
     try:
         connection.request("GET", target, headers={"Authorization": f"Bearer {token}"})
         response = connection.getresponse()
         if response.status >= 400:
             try:
-                error = json.loads(response.read() or b"{}").get("error", {})
+                data = json.loads(response.read() or b"{}")
             except ValueError:
-                error = {}
-            raise _ERRORS.get(response.status, TallyError)(
-                str(error.get("message", f"tally serve answered {response.status}")),
-                code=error.get("code"),
-                field=error.get("field"),
-            )
+                data = {}
+            raise _error(response.status, data)
         while chunk := response.read(64 * 1024):
             yield chunk
     except OSError as exc:
         raise Unavailable(f"cannot talk to tally serve: {exc}") from exc
     finally:
         connection.close()
+
+
+def _connect(
+    settings: Settings, path: str, params: dict[str, Any] | None, timeout: float
+) -> tuple[_UnixConnection, str, str]:
+    """A connection to the core, the request target, and the CLI's token."""
+    try:
+        token = settings.local_token_path.read_text().strip()
+    except OSError as exc:
+        raise Unavailable("tally serve is not running for this data directory") from exc
+    query = {k: v for k, v in (params or {}).items() if v is not None}
+    target = path + ("?" + urlencode(query) if query else "")
+    return _UnixConnection(str(settings.core_socket), timeout), target, token
+
+
+def _error(status: int, data: Any) -> TallyError:
+    """The API's one error shape as the exception of its status."""
+    error = data.get("error", {}) if isinstance(data, dict) else {}
+    return _ERRORS.get(status, TallyError)(
+        str(error.get("message", f"tally serve answered {status}")),
+        code=error.get("code"),
+        field=error.get("field"),
+    )
 
 
 def product_path(product: str, *rest: str) -> str:

@@ -11,8 +11,7 @@ from starlette.responses import RedirectResponse, Response
 
 from tally.accounts import ROLES, user_actor
 from tally.errors import InvalidInput
-from tally.web import sessions
-from tally.web.pages import signed_in
+from tally.web.pages import admin_form, signed_in
 from tally.web.render import TEMPLATES, render
 
 
@@ -43,10 +42,7 @@ async def products_page(request: Request) -> Response:
 
 
 async def _admin_form(request: Request) -> tuple[str, dict[str, str]]:
-    _, session = signed_in(request)
-    sessions.require_admin(session)
-    form = await request.form()
-    sessions.check_csrf(form, session.csrf)
+    _, session, form = await admin_form(request)
     return user_actor(session.user.name), {k: str(v) for k, v in form.items()}
 
 

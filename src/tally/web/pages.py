@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
@@ -47,6 +48,15 @@ async def in_thread(request: Request, web: Web, view: Callable[..., dict[str, An
 def signed_in(request: Request) -> tuple[Web, Session]:
     web = web_of(request)
     return web, web.session(request)
+
+
+async def admin_form(request: Request) -> tuple[Web, Session, FormData]:
+    """A form that changes something: an admin's session, its CSRF token checked."""
+    web, session = signed_in(request)
+    sessions.require_admin(session)
+    form = await request.form()
+    sessions.check_csrf(form, session.csrf)
+    return web, session, form
 
 
 async def home(request: Request) -> Response:
@@ -107,11 +117,8 @@ async def rejects(request: Request) -> Response:
 
 
 async def replay(request: Request) -> Response:
-    web, session = signed_in(request)
-    sessions.require_admin(session)
+    web, session, form = await admin_form(request)
     product = product_of(web, request)
-    form = await request.form()
-    sessions.check_csrf(form, session.csrf)
     reason = str(form.get("reason") or "") or None
     result = await run_in_threadpool(web.core.processor.replay, product.name, reason)
     web.core.catalog.record(user_actor(session.user.name), audit.REJECTS_REPLAY, product.name,
@@ -131,11 +138,8 @@ async def person(request: Request) -> Response:
 
 
 async def revoke(request: Request) -> Response:
-    web, session = signed_in(request)
-    sessions.require_admin(session)
+    web, session, form = await admin_form(request)
     product = product_of(web, request)
-    form = await request.form()
-    sessions.check_csrf(form, session.csrf)
     a, b = str(form.get("a") or ""), str(form.get("b") or "")
     done = await run_in_threadpool(revoke_alias_as, web.core, product.name, a, b,
                                    user_actor(session.user.name))  # fmt: skip

@@ -27,8 +27,7 @@ from tally.errors import InvalidInput, NotFound, TallyError
 from tally.reports import KINDS, run_report
 from tally.reports.query import People, json_object, parse
 from tally.saved import SavedReport, SavedReports
-from tally.web import sessions
-from tally.web.pages import product_of, signed_in
+from tally.web.pages import admin_form, product_of, signed_in
 from tally.web.render import KIND_TITLES, Web, render
 from tally.web.tables import TABLES, cell
 
@@ -217,11 +216,8 @@ async def saved_report(request: Request) -> Response:
 
 
 async def save(request: Request) -> Response:
-    web, session = signed_in(request)
-    sessions.require_admin(session)
+    web, session, form = await admin_form(request)
     product = product_of(web, request)
-    form = await request.form()
-    sessions.check_csrf(form, session.csrf)
     kind = str(form.get("kind") or "")
     if kind not in KINDS:
         raise InvalidInput("kind is one of " + ", ".join(KINDS), field="kind")
@@ -232,10 +228,8 @@ async def save(request: Request) -> Response:
 
 
 async def delete_saved(request: Request) -> Response:
-    web, session = signed_in(request)
-    sessions.require_admin(session)
+    web, session, _ = await admin_form(request)
     product = product_of(web, request)
-    sessions.check_csrf(await request.form(), session.csrf)
     SavedReports(web.core.catalog).delete(product.name, _saved_id(request),
                                           actor=user_actor(session.user.name))  # fmt: skip
     return RedirectResponse(f"/products/{product.name}/saved", 303)
