@@ -28,7 +28,15 @@ from starlette.routing import Route
 
 from tally import api_migrate, audit
 from tally import api_models as models
-from tally.api_core import Core, authorise, json_body, operator, product_of
+from tally.api_core import (
+    Core,
+    authorise,
+    encoded,
+    json_answer,
+    json_body,
+    operator,
+    product_of,
+)
 from tally.backup.snapshot import new_snapshot_path, snapshot_store
 from tally.errors import NotFound, TallyError
 from tally.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -64,9 +72,9 @@ async def _in_thread(
     """``view`` on a cursor of the store, in a thread of the query pool; see
     QueryPool.run for ``pooled`` and ``timed``."""
     answer = await core.queries.run(
-        request, lambda cursor: view(cursor, *args, **kwargs), pooled=pooled, timed=timed
+        request, lambda cursor: encoded(view(cursor, *args, **kwargs)), pooled=pooled, timed=timed
     )
-    return JSONResponse(answer)
+    return json_answer(answer)
 
 
 async def status(request: Request) -> Response:
@@ -150,13 +158,13 @@ async def report(request: Request) -> Response:
             headers={"Content-Disposition": f'attachment; filename="{name}-people.csv"'},
         )
 
-    def run(cursor: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    def run(cursor: duckdb.DuckDBPyConnection) -> bytes:
         started = time.perf_counter()
         answer = run_report(cursor, product, kind, body)
         core.report_durations.observe(kind, time.perf_counter() - started)
-        return answer
+        return encoded(answer)
 
-    return JSONResponse(await core.queries.run(request, run, all_threads=True))
+    return json_answer(await core.queries.run(request, run, all_threads=True))
 
 
 def report_product(core: Core, name: str) -> Product:

@@ -11,7 +11,9 @@ import hmac
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from starlette.requests import Request
+from starlette.responses import Response
 
 from tally import audit
 from tally.catalog import Catalog
@@ -95,3 +97,16 @@ def product_of(core: Core, request: Request) -> str:
 async def json_body(request: Request) -> dict[str, Any]:
     raw = await request.body()
     return json_object(raw, "body", "the body") if raw.strip() else {}
+
+
+def encoded(answer: Any) -> bytes:
+    """An answer as JSON, encoded in the query's thread: a long answer (a
+    daily series of 84,006 points is 4 MB of JSON) holds up neither the event
+    loop nor the API's other requests while it is written. orjson writes one
+    buffer, several times faster than the standard library."""
+    return orjson.dumps(answer, option=orjson.OPT_NON_STR_KEYS)
+
+
+def json_answer(body: bytes, status_code: int = 200) -> Response:
+    """An answer :func:`encoded` already."""
+    return Response(body, status_code=status_code, media_type="application/json")
