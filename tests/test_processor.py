@@ -14,7 +14,7 @@ from serverproc import wait_until
 from tally.log.reader import LogReader
 from tally.log.record import encode_record
 from tally.log.writer import SegmentWriter
-from tally.processor import Processor, gc_paused
+from tally.processor import BATCH_BYTES, Processor, gc_paused
 from tally.settings import Settings
 from tally.store import Store
 from tally.store.store import StoreFailure
@@ -47,6 +47,40 @@ def test_catch_up_stops_after_the_batch_in_hand(ten_logged: Processor) -> None:
     assert events(ten_logged) == 3
     assert ten_logged.catch_up(limit=3) == 7  # and resumes where it stopped
     assert events(ten_logged) == 10
+
+
+def test_a_batch_of_large_records_is_bounded_by_bytes_and_shared_by_streams(
+    tmp_path: Path,
+) -> None:
+    """A backlog of large records (a property value may be most of a 1 MiB
+    body) is read a bounded slice at a time, not 50,000 records at once, and
+    still in equal shares of the streams."""
+    config = Settings(data_dir=tmp_path)
+    big = "x" * (256 * 1024)
+    rows = [
+        event(f"{stream}-{i}", "Uploaded", 1_700_000_000 + i, {"Blob": big}, stream=stream)
+        for stream in ("c0", "c1")
+        for i in range(3 * BATCH_BYTES // len(big) // 2)
+    ]
+    for stream in ("c0", "c1"):
+        writer = SegmentWriter(config.log_dir / stream)
+        for entry in build(rows):
+            if entry.stream == stream:
+                writer.write_durable(encode_record(entry.record))
+        writer.close()
+    store = Store(config.store_path)
+    try:
+        processor = Processor(config, store, keys=Keys)
+        batch = processor.read_batch()
+        size = sum(e.next_position - e.position for e in batch)
+        assert BATCH_BYTES <= size < BATCH_BYTES + 2 * (len(big) + 1024)
+        by_stream = {s: sum(e.stream == s for e in batch) for s in ("c0", "c1")}
+        assert abs(by_stream["c0"] - by_stream["c1"]) <= 1, by_stream
+        # Every record is still applied, batch after batch.
+        assert processor.catch_up() == len(rows)
+        assert events(processor) == len(rows)
+    finally:
+        store.close()
 
 
 def test_catch_up_pauses_when_asked_before_a_batch(ten_logged: Processor) -> None:
