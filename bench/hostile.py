@@ -7,12 +7,16 @@ and waits until they are applied, then runs ``wrk -t1 -c16 --latency`` with
 valid tracking calls (bench/ingest.lua) alone (the baseline, first and last)
 and beside each hostile case. For each: wrk's p50, p99 and requests/s, the
 peak RSS of the server's process tree (sampled every 50 ms), its RSS before
-and after a settle, whether the hostile client got the answer it should, and
-the CPU that other programs took ("other %": the machine may be shared).
+and after (once the processor has applied what the case left behind, and a
+settle), whether the hostile client got the answer it should, and the CPU that
+other programs took ("other %": the machine may be shared). ``--rounds 2``
+runs the cases twice over in one server: the second round shows where a server
+that has seen each case once stays.
 Targets (issue 14): tracking p99 < 50 ms, peak < 1 GiB, RSS after within 10%
 of before. Misses are reported, not failed (exit 0).
 
     .venv/bin/python bench/hostile.py                      # about 4 minutes
+    .venv/bin/python bench/hostile.py --rounds 2           # about 8 minutes
     .venv/bin/python bench/hostile.py --only slowloris-1000 --seconds 5
     .venv/bin/python bench/hostile.py --json > bench/out/hostile.json
 """
@@ -421,6 +425,19 @@ async def preload(ctx: Ctx, count: int) -> None:
     raise RuntimeError("the preload was not applied within 120 s")
 
 
+async def drain(ctx: Ctx, limit: float = 60.0) -> float:
+    """Waits until the processor has applied what the case left in the log
+    (the memory "after" is the server's once it has done the case's work);
+    how long that took."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        status = json.loads((await call(ctx, "GET", "/api/v1/status"))[1])
+        if status["pipeline"]["lag_records"] == 0:
+            break
+        await asyncio.sleep(0.1)
+    return time.monotonic() - start
+
+
 async def run_wrk(ctx: Ctx, seconds: int) -> dict[str, Any]:
     wrk = await asyncio.create_subprocess_exec(
         shutil.which("wrk") or "wrk", "-t1", "-c16", f"-d{seconds}s", "--latency",
@@ -471,6 +488,7 @@ async def measure(
     wrk, seen = await asyncio.gather(run_wrk(ctx, seconds), hostile())
     end, cpu = time.monotonic(), cpu_seconds(server)
     used = {k: 100 * (cpu[k] - cpu_start[k]) / (end - start) / (os.cpu_count() or 1) for k in cpu}
+    drained = await drain(ctx)
     await asyncio.sleep(settle)
     settled = time.monotonic()
     await asyncio.sleep(0.5)
@@ -488,7 +506,7 @@ async def measure(
         "answers_500": await metric(ctx, fivehundreds) - errors_before,
         "tracebacks": text.count("Traceback"),
         "error_lines": [line for line in text.splitlines() if " ERROR " in line][:3],
-        "loadavg": os.getloadavg(),
+        "loadavg": os.getloadavg(), "drain_s": drained,
     }  # fmt: skip
     row["misses"] = [what for what, missed in (
         (f"p99 ≥ {P99_MS:g} ms", row["p99_ms"] >= P99_MS or wrk["errors"]["timeout"]),
@@ -537,9 +555,15 @@ async def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
         print(f"tracking {args.preload:,} events ...", file=sys.stderr, flush=True)
         await preload(ctx, args.preload)
         await run_wrk(ctx, 2)  # warm-up
-        names = ["baseline", *(args.only or CASES), "baseline again"]
-        rows = [await measure(ctx, server, sampler, name, CASES.get(name), args.seconds,
-                              args.settle) for name in names]  # fmt: skip
+        cases = list(args.only or CASES)
+        names = ["baseline", *cases, *(cases * (args.rounds - 1)), "baseline again"]
+        rows = []
+        for i, name in enumerate(names):
+            row = await measure(ctx, server, sampler, name, CASES.get(name), args.seconds,
+                                args.settle)  # fmt: skip
+            if args.rounds > 1 and 0 < i < len(names) - 1:
+                row["case"] += f" (round {1 + (i - 1) // len(cases)})"
+            rows.append(row)
         for row in rows:  # judged at the end of the run (api-disconnect: what finished)
             if (later := row.pop("later")) is not None:
                 seen = await later()
@@ -556,7 +580,15 @@ async def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=10, help="seconds per case (and of wrk)")
-    parser.add_argument("--settle", type=float, default=2.0, help="seconds after a case to RSS")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=2.0,
+        help="seconds to RSS once the processor has applied the case's records",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run the cases this many times over in one server"
+    )
     parser.add_argument("--only", action="append", choices=list(CASES), metavar="CASE",
                         help=f"only this case (repeatable): {', '.join(CASES)}")  # fmt: skip
     parser.add_argument("--preload", type=int, default=20_000, help="events tracked first")
