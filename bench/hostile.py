@@ -351,7 +351,7 @@ async def disconnect(ctx: Ctx, deadline: float) -> Seen:
 
     async def later() -> Seen:
         finished = await metric(ctx, done) - before
-        detail = f"{left} left after 0.2 s; {finished} ran to the end anyway (by the run's end)"
+        detail = f"{left} left after 0.2 s; {finished} ran to the end anyway (by the round's end)"
         return Seen(finished == 0, detail)
 
     return Seen(True, "", later)
@@ -557,17 +557,23 @@ async def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
         await run_wrk(ctx, 2)  # warm-up
         cases = list(args.only or CASES)
         names = ["baseline", *cases, *(cases * (args.rounds - 1)), "baseline again"]
-        rows = []
+        rows: list[dict[str, Any]] = []
+
+        async def judge() -> None:  # api-disconnect: what finished by the round's end
+            for row in rows:
+                if (later := row.pop("later", None)) is not None:
+                    seen = await later()
+                    row["expected_seen"], row["seen"] = seen.ok, seen.detail
+
         for i, name in enumerate(names):
             row = await measure(ctx, server, sampler, name, CASES.get(name), args.seconds,
                                 args.settle)  # fmt: skip
             if args.rounds > 1 and 0 < i < len(names) - 1:
                 row["case"] += f" (round {1 + (i - 1) // len(cases)})"
             rows.append(row)
-        for row in rows:  # judged at the end of the run (api-disconnect: what finished)
-            if (later := row.pop("later")) is not None:
-                seen = await later()
-                row["expected_seen"], row["seen"] = seen.ok, seen.detail
+            if i % len(cases) == 0:  # a round's last case (or the first baseline)
+                await judge()
+        await judge()
         return rows
     finally:
         sampler.done.set()
