@@ -57,20 +57,21 @@ def run(con: duckdb.DuckDBPyConnection, q: Cohort, d: Dialect = DIALECT) -> dict
     selects = ["SELECT 'size', bucket, NULL, count(*) FROM ca GROUP BY bucket"]
     per_person = c.unit == "people" or q.count == "first_time"
     if per_person:
-        # Each person's buckets with a return, as the bits of one number (a
-        # HUGEINT holds the 100 buckets a body may ask for); people are then
-        # counted per cohort and set of buckets, and each set's buckets are
-        # spread out. A person's first return is in the lowest bucket set.
+        # Each person's buckets with a return, as the bits of one number (bit
+        # 0: a return in bucket 0 besides the defining occurrence; a body asks
+        # for at most 100 buckets). People are then counted per cohort and set
+        # of buckets, and each set spread out into its buckets: grouping a
+        # million people once, by person, rather than by person and bucket.
+        # A person's first return is in the lowest bucket of the set.
         returns += (
-            ", m AS (SELECT bucket, bits, count(*) AS n FROM (SELECT bucket, "
-            + "coalesce(bit_or(CASE WHEN idx > 0 THEN 1::HUGEINT << idx END), 0) | "
-            + sql("CASE WHEN count(*) FILTER (WHERE idx = 0) > ? THEN 1 ELSE 0 END AS bits ",
+            ", m AS (SELECT bucket, bits, count(*) AS n FROM (SELECT bucket, coalesce("
+            + d.bit_or(f"CASE WHEN idx > 0 THEN {d.bit('idx')} END")
+            + sql(", 0) | CASE WHEN count(*) FILTER (WHERE idx = 0) > ? THEN 1 ELSE 0 END "
+                  "AS bits FROM j GROUP BY person, bucket) WHERE bits <> 0 GROUP BY ALL), ",
                   defining)
-            + "FROM j GROUP BY person, bucket) WHERE bits <> 0 GROUP BY ALL), "
             + sql("x AS (SELECT bucket, k AS idx, n, bits FROM m, range(?) r(k) ", q.buckets)
-            + "WHERE ((bits >> k) & 1) = 1), "
-            + "firsts AS (SELECT bucket, idx, sum(n) AS v FROM x "
-            + "WHERE (bits & ((1::HUGEINT << idx) - 1)) = 0 GROUP BY ALL)"
+            + f"WHERE {d.has_bit('bits', 'k')}), firsts AS (SELECT bucket, idx, sum(n) AS v "
+            + f"FROM x WHERE {d.below_bit('bits', 'idx')} = 0 GROUP BY ALL)"
         )  # fmt: skip
         if q.count == "first_time":
             value = "SELECT 'value', bucket, idx, v FROM firsts"
