@@ -97,13 +97,15 @@ class Watch:
         self.pids = pids
 
     def _ours(self) -> float:
+        procs: dict[int, psutil.Process] = {}
+        for root in [psutil.Process(), *(psutil.Process(pid) for pid in self.pids)]:
+            # (the server is a child of this process: each process counted once)
+            procs.update((p.pid, p) for p in [root, *root.children(recursive=True)])
         total = 0.0
-        roots = [psutil.Process(), *(psutil.Process(pid) for pid in self.pids)]
-        for root in roots:
-            for proc in [root, *root.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):
-                    t = proc.cpu_times()
-                    total += t.user + t.system
+        for proc in procs.values():
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                total += t.user + t.system
         return total
 
     def start(self) -> None:
