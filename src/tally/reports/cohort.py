@@ -31,47 +31,60 @@ def run(con: duckdb.DuckDBPyConnection, q: Cohort, d: Dialect = DIALECT) -> dict
     c = q.common
     starts = interval_starts(c.start, c.end, q.interval, c.tz)
     size = SIZES[q.interval]
-    first = (
-        Sql("a AS (SELECT person, min(time) AS t0 FROM (")
-        + events_of(c.product, [q.first_event], c.start, c.end, d, filters=c.where)
-        + ") e WHERE "
+    # One read of the events: the first event's occurrences in range give each
+    # person's t0 and cohort; the return event's, from `from` on (even after
+    # `to`), are each in bucket (time - t0) // size; past the last one they
+    # count for nothing.
+    events = sorted({q.first_event, q.return_event})
+    returns = (
+        Sql("WITH ev AS (SELECT person, event, time FROM (")
+        + events_of(c.product, events, c.start, None, d, filters=c.where)
+        + sql(") e), a AS (SELECT person, min(time) AS t0 FROM ev WHERE event = ? AND time < ?",
+              q.first_event, c.end)
+        + " AND "
         + person_restriction(c, "person", d)
         + " GROUP BY person), ca AS (SELECT a.*, b.bucket FROM a"
         + d.bucket_join("a.t0", starts)
-        + ")"
-    )
-    # Returns at or after t0 (even after `to`), counted per person and bucket.
-    # The cohort-defining occurrence is not its own return (SPEC §12): when the
-    # two events are one, it is one of the occurrences counted in bucket 0 (at
-    # t0, and it passes the same filters), so one is taken off there. Counting
-    # needs no order keys, and a person's first return is then in the lowest
-    # bucket with an occurrence left.
-    defining = 1 if q.first_event == q.return_event else 0
-    back = (
-        Sql(", r AS (SELECT person, bucket, idx, c - CASE WHEN idx = 0 THEN ")
-        + sql("? ELSE 0 END AS c FROM (SELECT a.person, a.bucket, (e.time - a.t0) // ? AS idx, ",
-              defining, size)
-        + "count(*) AS c FROM ("
-        + events_of(c.product, [q.return_event], c.start, None, d, filters=c.where)
-        + ") e JOIN ca a ON e.person = a.person AND e.time >= a.t0 GROUP BY ALL)), "
-        + "firsts AS (SELECT person, bucket, min(idx) AS idx FROM r WHERE c > 0 GROUP BY ALL)"
+        + sql("), j AS (SELECT a.person, a.bucket, (e.time - a.t0) // ? AS idx FROM ev e ", size)
+        + sql("JOIN ca a ON e.person = a.person AND e.time >= a.t0 AND e.time < a.t0 + ? ",
+              size * q.buckets)
+        + sql("WHERE e.event = ?)", q.return_event)
     )  # fmt: skip
-    if q.count == "first_time":
-        value = "SELECT bucket, idx, count(*) AS v FROM firsts"
-    elif c.unit == "people":
-        value = "SELECT bucket, idx, count(*) AS v FROM r WHERE c > 0"
+    # The cohort-defining occurrence is not its own return (SPEC §12): when the
+    # two events are one, it is one of the occurrences in bucket 0 (at t0, and
+    # it passes the same filters), so one is taken off there.
+    defining = 1 if q.first_event == q.return_event else 0
+    selects = ["SELECT 'size', bucket, NULL, count(*) FROM ca GROUP BY bucket"]
+    per_person = c.unit == "people" or q.count == "first_time"
+    if per_person:
+        # Each person's buckets with a return, as the bits of one number (bit
+        # 0: a return in bucket 0 besides the defining occurrence; a body asks
+        # for at most 100 buckets). People are then counted per cohort and set
+        # of buckets, and each set spread out into its buckets: grouping a
+        # million people once, by person, rather than by person and bucket.
+        # A person's first return is in the lowest bucket of the set.
+        returns += (
+            ", m AS (SELECT bucket, bits, count(*) AS n FROM (SELECT bucket, coalesce("
+            + d.bit_or(f"CASE WHEN idx > 0 THEN {d.bit('idx')} END")
+            + sql(", 0) | CASE WHEN count(*) FILTER (WHERE idx = 0) > ? THEN 1 ELSE 0 END "
+                  "AS bits FROM j GROUP BY person, bucket) WHERE bits <> 0 GROUP BY ALL), ",
+                  defining)
+            + sql("x AS (SELECT bucket, k AS idx, n, bits FROM m, range(?) r(k) ", q.buckets)
+            + f"WHERE {d.has_bit('bits', 'k')}), firsts AS (SELECT bucket, idx, sum(n) AS v "
+            + f"FROM x WHERE {d.below_bit('bits', 'idx')} = 0 GROUP BY ALL)"
+        )  # fmt: skip
+        if q.count == "first_time":
+            value = "SELECT 'value', bucket, idx, v FROM firsts"
+        else:
+            value = "SELECT 'value', bucket, idx, sum(n) FROM x GROUP BY ALL"
+        selects.append(value)
+        if c.unit == "people":
+            selects.append("SELECT 'reached', bucket, idx, v FROM firsts")
     else:
-        value = "SELECT bucket, idx, sum(c) AS v FROM r WHERE c > 0"
-    query = (
-        Sql("WITH ")
-        + first
-        + back
-        + " SELECT 'size', bucket, NULL, count(*) FROM ca GROUP BY bucket"
-        + f" UNION ALL SELECT 'value', * FROM ({value}"
-        + sql(" GROUP BY bucket, idx) WHERE idx < ?", q.buckets)
-        + " UNION ALL SELECT 'reached', bucket, idx, count(*) FROM firsts"
-        + sql(" WHERE idx < ? GROUP BY bucket, idx", q.buckets)
-    )
+        # Every return counted: per cohort and bucket, less the defining
+        # occurrence of each person of the cohort in bucket 0 (below).
+        selects.append("SELECT 'value', bucket, idx, count(*) FROM j GROUP BY ALL")
+    query = returns + " " + " UNION ALL ".join(selects)
     sizes: dict[int, int] = {}
     values: dict[tuple[int, int], int] = {}
     reached: dict[tuple[int, int], int] = {}
@@ -79,9 +92,12 @@ def run(con: duckdb.DuckDBPyConnection, q: Cohort, d: Dialect = DIALECT) -> dict
         if what == "size":
             sizes[bucket] = count
         elif what == "value":
-            values[bucket, idx] = count
+            values[bucket, idx] = int(count)
         else:
-            reached[bucket, idx] = count
+            reached[bucket, idx] = int(count)
+    if not per_person and defining:
+        for bucket, count in sizes.items():
+            values[bucket, 0] -= count
     cohorts = []
     for start in starts:
         people = sizes.get(start, 0)

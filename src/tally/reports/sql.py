@@ -168,6 +168,21 @@ class Dialect:
         """An aggregate: the group's values as a list, in ``order``."""
         return f"list({value} ORDER BY {order})"
 
+    def bit(self, n: str) -> str:
+        """A number with bit ``n`` (0 to 126) set, and bits of such numbers."""
+        return f"(1::HUGEINT << {n})"
+
+    def bit_or(self, value: str) -> str:
+        """An aggregate: the bits set in any of the group's values."""
+        return f"bit_or({value})"
+
+    def has_bit(self, bits: str, n: str) -> str:
+        return f"(({bits} >> {n}) & 1) = 1"
+
+    def below_bit(self, bits: str, n: str) -> str:
+        """The bits of ``bits`` under bit ``n``."""
+        return f"({bits} & ({self.bit(n)} - 1))"
+
     def bucket_join(self, time_expr: str, starts: Sequence[int]) -> Sql:
         """A join that gives each row the start of its interval as ``b.bucket``:
         the greatest start at or before ``time_expr``.
