@@ -20,6 +20,7 @@ from tally.cli.options import (
 )
 from tally.cli.progress import progress_bar
 from tally.errors import Unavailable
+from tally.migrate.blocks import framed_blocks
 from tally.migrate.checkpoint import (
     ImportState,
     check_name,
@@ -138,10 +139,12 @@ def _run(
         jobs = 1  # a quoted cell can span lines: one process reads them in order
     try:
         with progress_bar(f"Importing {name}", state.total) as bar:
-            if jobs > 1:
-                chunks = framed_in_parallel(source, state.position, key, jobs)
-            else:
+            if fmt == "csv":
                 chunks = frame_items(source.items(state.position), key, state.position)
+            elif jobs > 1:
+                chunks = framed_in_parallel(source.files, state.position, key, jobs)
+            else:
+                chunks = framed_blocks(source.files, state.position, key)
             state = write_chunks(settings.log_dir, state, chunks,
                                  lambda s: bar.update(s.position.done, s.records))  # fmt: skip
     except KeyboardInterrupt:

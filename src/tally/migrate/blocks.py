@@ -1,0 +1,347 @@
+"""JSON lines framed a block of lines at a time: the importer's fast path.
+
+:func:`tally.migrate.kmjson.parse_line` then :func:`tally.migrate.records.frame`
+cost one core about 12 µs a record in Python (docs/benchmarks.md). Here the
+same log records are made with most of that work done once a block (about
+2 MiB of lines) instead of once a line:
+
+- **Plans.** Records of one export have few shapes: the same keys in the same
+  order. What :func:`~tally.migrate.kmjson.row_of` decides from the keys
+  alone (which are reserved, the path, the order of the parameters) is decided
+  once a shape, as a *plan*: a ``%`` template of the parameters' names and an
+  ``itemgetter`` of the values in the template's order. A line then costs
+  ``orjson.loads``, the shape's lookup and one ``%``.
+- **The block's text.** The records' parameters are laid out as ``_query``
+  lays them out (names and values joined by NUL and SOH), records separated
+  by STX, in one string: octal escapes are decoded, and the query string is
+  escaped, in one pass over the whole block (C speed), then split per record.
+- **Framing** with the payload's constant parts (path, user agent, receive
+  time) made once a block.
+
+Anything a plan does not cover exactly goes through the per-line path, so the
+records are byte for byte those :func:`parse_line` and :func:`frame` make
+(``tests/test_migrate_blocks.py``): a line that is not a JSON object or is
+blank, a value that is ``null``, ``true``, ``false``, an array or an object
+(tested on the line's bytes: such a value needs one of those words or a
+bracket outside a string), an event whose name is blank or not text, a key
+with a backslash or a control character, reserved names repeated in another
+case, octal escapes that are not UTF-8 or spell control characters. A block
+whose bytes or text the one pass cannot take (a ``\\u0000`` escape, bare
+octal escapes that are not UTF-8) is framed line by line.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from operator import itemgetter
+from typing import Any, NamedTuple
+
+import orjson
+
+from tally import wire
+from tally.log.record import FRAME_HEADER, MAGIC, VERSION
+from tally.migrate.importer import Framed, next_time
+from tally.migrate.kmjson import BadEscape, decode_octal, parse_line, unescape_raw
+from tally.migrate.records import GET, SOURCE, USER_AGENT, Bad, escape_query, frame
+from tally.migrate.sources import Block, Position, SourceFile, line_blocks
+
+_BARE_OCTAL = re.compile(rb"\\[0-7]{3}")
+#: Words and brackets a value other than text or a number needs.
+_NOT_PLAIN = (b"null", b"true", b"false", b"[")
+_SEPARATORS = frozenset("\x00\x01\x02")
+#: What follows the backslash of an octal escape kmjson decodes in a string.
+_OCTAL_ESCAPES = frozenset(f"{a}{b}{c}" for a in "0123" for b in "01234567" for c in "01234567")
+_PATHS = (wire.EVENT_PATH, wire.SET_PATH, wire.ALIAS_PATH)
+_PAYLOAD_START = struct.Struct("<BBqHHHHH")  # record.py's payload header, up to the query
+_U32 = struct.Struct("<I")
+_NOT_PASSED = frozenset({wire.KEY, wire.TIME_IS_EVENT_TIME, wire.ALIAS_IN_EXPORT})
+
+
+def framed_blocks(files: list[SourceFile], start: Position, key: str) -> Iterator[Framed]:
+    """The records of JSON-lines files from ``start`` on, framed a block at a
+    time (a receive time a block), in one process."""
+    framer = BlockFramer(key)
+    recv_ns = next_time(0)
+    for block in line_blocks(files, start):
+        yield framer.framed(block, recv_ns)
+        recv_ns = next_time(recv_ns)
+
+
+class Plan(NamedTuple):
+    """How records of one shape (their keys, in order) become a query."""
+
+    template: str  # "%d" for the line, then "%s" a value; NUL, SOH separators
+    values: Callable[[dict[str, Any]], tuple[Any, ...]]
+    path: int  # index in _PATHS
+    pairs: int  # parameters, _src and _k among them
+    event_name: str | None  # the key of an event's name, checked not blank
+
+
+class BlockFramer:
+    """Frames blocks of JSON lines of one source; keeps its plans between blocks."""
+
+    def __init__(self, key: str) -> None:
+        self._key = key
+        self._plans: dict[tuple[str, ...], Plan | None] = {}
+        self._decoded: dict[str, str] = {}
+        #: A payload's bytes before its query, by path and query length, with
+        #: their length and CRC-32, for the current receive time.
+        self._start: dict[tuple[int, int], tuple[bytes, int, int]] = {}
+        self._recv_ns = -1
+
+    def framed(self, block: Block, recv_ns: int) -> Framed:
+        """A block of lines framed, with the position after it; a last line
+        cut short is a reject that says so when it is not a record."""
+        data, records, rejected = b"", 0, dict[str, int]()
+        if block.lines is not None:
+            data, records, rejected = self.frame_block(block.file.name, block.first, block.lines,
+                                                       recv_ns)  # fmt: skip
+        if block.cut:
+            parsed = parse_line(block.cut, f"{block.file.name}:{block.first}")
+            if parsed is not None:
+                if isinstance(parsed, Bad):
+                    parsed = parsed._replace(why=f"truncated last line ({parsed.why})")
+                    rejected[parsed.reason] = rejected.get(parsed.reason, 0) + 1
+                data += frame(parsed, self._key, recv_ns)
+                records += 1
+        return Framed(data, records, rejected, block.position)
+
+    def frame_block(
+        self, name: str, first: int, block: bytes, recv_ns: int
+    ) -> tuple[bytes, int, dict[str, int]]:
+        """Frame ``block``, whole lines of the source file ``name`` joined by
+        newlines (the first of them its line ``first``): the frames, how many,
+        and the rejects among them by reason."""
+        raws = block.split(b"\n")
+        if not _plain_text(name) or not _plain_text(self._key):
+            return self._by_line(name, first, raws, recv_ns)
+        parsed = raws
+        if b"\\" in block and _BARE_OCTAL.search(block.replace(b"\\\\", b"")):
+            # Bare octal escapes (not JSON), decoded before parsing as
+            # parse_line does. (Without the escaped backslashes, a backslash
+            # before an octal digit is one: the search is then a plain scan.)
+            try:
+                parsed = [unescape_raw(raw) if b"\\" in raw else raw for raw in raws]
+            except BadEscape:
+                return self._by_line(name, first, raws, recv_ns)
+            block = b"\n".join(parsed)
+        try:
+            return self._fast(name, first, raws, parsed, block, recv_ns)
+        except _Slow:
+            return self._by_line(name, first, raws, recv_ns)
+
+    def _fast(
+        self,
+        name: str,
+        first: int,
+        raws: list[bytes],
+        parsed: list[bytes],
+        block: bytes,
+        recv_ns: int,
+    ) -> tuple[bytes, int, dict[str, int]]:
+        loads = orjson.loads
+        plans = self._plans
+        decode_error = orjson.JSONDecodeError
+        check = any(word in block for word in _NOT_PLAIN) or block.count(b"{") != len(parsed)
+        texts: list[str] = []
+        items: list[int | bytes] = []  # the path of a record framed here, else its frame
+        pairs = 0
+        rejected: dict[str, int] = {}
+        for index, raw in enumerate(parsed):
+            line = first + index
+            try:
+                obj = loads(raw)
+            except decode_error:
+                obj = None
+            if type(obj) is dict:
+                shape = tuple(obj)
+                plan = plans.get(shape, _UNKNOWN)
+                if plan is _UNKNOWN:
+                    plan = plans[shape] = make_plan(shape, name, self._key)
+                if plan is not None and not (check and _not_plain(raw)):
+                    event_name = plan.event_name
+                    if event_name is None or (
+                        type(obj[event_name]) is str and obj[event_name].strip()
+                    ):
+                        texts.append(plan.template % (line, *plan.values(obj)))
+                        items.append(plan.path)
+                        pairs += plan.pairs
+                        continue
+            data = self._line(raws[index], f"{name}:{line}", recv_ns, rejected)
+            if data:
+                items.append(data)
+        text = "\x02".join(texts)
+        if "\\" in text:
+            text = self._unescape(text)
+        if (text.count("\x00"), text.count("\x01"), text.count("\x02")) != (
+            pairs,
+            pairs - len(texts),
+            max(len(texts) - 1, 0),
+        ):
+            raise _Slow  # a NUL, SOH or STX of the records' own
+        queries = iter(escape_query(text.encode()).split(b"\x02") if texts else ())
+        frames: list[bytes] = []
+        append = frames.append
+        pack_header = FRAME_HEADER.pack
+        crc32 = zlib.crc32
+        starts = self._starts(recv_ns)
+        records = 0
+        for item in items:
+            records += 1
+            if type(item) is int:
+                query = next(queries)
+                size = len(query)
+                start = starts.get((item, size))
+                if start is None:
+                    start = starts[item, size] = _payload_start(item, recv_ns, size)
+                append(pack_header(MAGIC, start[1] + size, crc32(query, start[2])))
+                append(start[0])
+                append(query)
+            else:
+                append(item)  # type: ignore[arg-type]
+        return b"".join(frames), records, rejected
+
+    def _starts(self, recv_ns: int) -> dict[tuple[int, int], tuple[bytes, int, int]]:
+        if recv_ns != self._recv_ns:
+            self._recv_ns, self._start = recv_ns, {}
+        return self._start
+
+    def _unescape(self, text: str) -> str:
+        """``TEXT_OCTAL.sub(decode, text)`` (kmjson's decoding of the octal
+        escapes left in strings), by splitting at backslashes: in C but for a
+        step a backslash, where the regular expression steps a character."""
+        pieces = text.split("\\")
+        out = [pieces[0]]
+        run: list[str] = []  # the escapes of a run, while it lasts
+        for piece in pieces[1:]:
+            if piece[:3] in _OCTAL_ESCAPES:
+                run.append(piece[:3])
+                if len(piece) == 3:
+                    continue  # the run may go on at the next backslash
+                out.append(self._decode("\\" + "\\".join(run)))
+                out.append(piece[3:])
+                run = []
+                continue
+            if run:
+                out.append(self._decode("\\" + "\\".join(run)))
+                run = []
+            out.append("\\")
+            out.append(piece)
+        if run:
+            out.append(self._decode("\\" + "\\".join(run)))
+        return "".join(out)
+
+    def _decode(self, found: str) -> str:
+        text = self._decoded.get(found)
+        if text is None:
+            try:
+                text = decode_octal(found)
+            except BadEscape as exc:
+                raise _Slow from exc
+            if not _SEPARATORS.isdisjoint(text):
+                raise _Slow
+            if len(self._decoded) < 100_000:
+                self._decoded[found] = text
+        return text
+
+    def _line(self, raw: bytes, source: str, recv_ns: int, rejected: dict[str, int]) -> bytes:
+        item = parse_line(raw + b"\n", source)
+        if item is None:
+            return b""
+        if isinstance(item, Bad):
+            rejected[item.reason] = rejected.get(item.reason, 0) + 1
+        return frame(item, self._key, recv_ns)
+
+    def _by_line(
+        self, name: str, first: int, raws: list[bytes], recv_ns: int
+    ) -> tuple[bytes, int, dict[str, int]]:
+        rejected: dict[str, int] = {}
+        frames = [self._line(raw, f"{name}:{first + i}", recv_ns, rejected)
+                  for i, raw in enumerate(raws)]  # fmt: skip
+        frames = [f for f in frames if f]
+        return b"".join(frames), len(frames), rejected
+
+
+def _not_plain(raw: bytes) -> bool:
+    return any(word in raw for word in _NOT_PLAIN) or raw.count(b"{") != 1
+
+
+class _Slow(Exception):
+    """The block cannot be framed in one pass: frame it line by line."""
+
+
+_UNKNOWN: Any = object()
+
+
+def make_plan(shape: tuple[str, ...], name: str, key: str) -> Plan | None:
+    """The plan of records with the keys ``shape``, in this order (as
+    :func:`~tally.migrate.kmjson.row_of` orders their parameters); ``None``
+    when the per-line path must decide."""
+    reserved: dict[str, str] = {}  # lower-case name: the key
+    props: list[str] = []
+    for raw_name in shape:
+        if "\\" in raw_name or not _plain_text(raw_name):
+            return None
+        if raw_name[:1] == wire.RESERVED_PREFIX:
+            lower = raw_name.lower()
+            if lower in reserved:
+                return None  # _p and _P: the per-line path keeps the last
+            reserved[lower] = raw_name
+        else:
+            props.append(raw_name)
+    params: list[tuple[str, str]] = []  # parameter name, key
+    if wire.PERSON in reserved:
+        params.append((wire.PERSON, reserved[wire.PERSON]))
+    event_name = None
+    if wire.ALIAS_IN_EXPORT in reserved:
+        params.append((wire.NAME, reserved[wire.ALIAS_IN_EXPORT]))
+        path = wire.ALIAS_PATH
+    elif wire.NAME in reserved:
+        event_name = reserved[wire.NAME]
+        params.append((wire.NAME, event_name))
+        path = wire.EVENT_PATH
+    else:
+        path = wire.SET_PATH
+    params.extend(
+        (lower, raw_name)
+        for lower, raw_name in reserved.items()
+        if lower not in _NOT_PASSED and lower not in (wire.PERSON, wire.NAME)
+    )
+    if path != wire.ALIAS_PATH:
+        params.extend((raw_name, raw_name) for raw_name in props)
+    if not params:
+        return None
+    parts = [f"{SOURCE}\x00{_literal(name)}:%d", f"{wire.KEY}\x00{_literal(key)}"]
+    parts.extend(f"{_literal(param)}\x00%s" for param, _ in params)
+    if wire.TIME not in reserved:
+        parts.append(f"{wire.TIME}\x00")  # no time: bad_time, never a guess (SPEC §10)
+    parts.append(f"{wire.TIME_IS_EVENT_TIME}\x00{wire.EVENT_TIME_GIVEN}")
+    template = "\x01".join(parts)
+    keys = [raw_name for _, raw_name in params]
+    getter = itemgetter(*keys)
+    values = getter if len(keys) > 1 else lambda obj: (getter(obj),)
+    return Plan(template, values, _PATHS.index(path), len(parts), event_name)
+
+
+def _payload_start(path: int, recv_ns: int, query_size: int) -> tuple[bytes, int, int]:
+    """What encode_frame puts before an imported record's query in its payload
+    (the query and an empty body end it), its length and its CRC-32."""
+    path_bytes = _PATHS[path].encode()
+    start = b"".join((
+        _PAYLOAD_START.pack(VERSION, GET, recv_ns, len(path_bytes), 0, len(USER_AGENT), 0, 0),
+        _U32.pack(query_size), _U32.pack(0), path_bytes, USER_AGENT,
+    ))  # fmt: skip
+    return start, len(start), zlib.crc32(start)
+
+
+def _literal(text: str) -> str:
+    return text.replace("%", "%%")
+
+
+def _plain_text(text: str) -> bool:
+    """No backslash (the block's octal decoding would read it) and no control
+    character (NUL, SOH and STX lay the block out)."""
+    return "\\" not in text and not any(ord(c) < 0x20 for c in text)
