@@ -29,7 +29,13 @@ from tally.migrate.checkpoint import (
     read_state,
 )
 from tally.migrate.formats import open_source
-from tally.migrate.importer import check_resumable, frame_items, product_key, write_chunks
+from tally.migrate.importer import (
+    ReadAhead,
+    check_resumable,
+    frame_items,
+    product_key,
+    write_chunks,
+)
 from tally.migrate.parallel import framed_in_parallel
 from tally.migrate.sources import Position
 from tally.settings import Settings
@@ -140,13 +146,14 @@ def _run(
     try:
         with progress_bar(f"Importing {name}", state.total) as bar:
             if fmt == "csv":
-                chunks = frame_items(source.items(state.position), key, state.position)
+                made = frame_items(source.items(state.position), key, state.position)
             elif jobs > 1:
-                chunks = framed_in_parallel(source.files, state.position, key, jobs)
+                made = framed_in_parallel(source.files, state.position, key, jobs)
             else:
-                chunks = framed_blocks(source.files, state.position, key)
-            state = write_chunks(settings.log_dir, state, chunks,
-                                 lambda s: bar.update(s.position.done, s.records))  # fmt: skip
+                made = framed_blocks(source.files, state.position, key)
+            with ReadAhead(made) as chunks:
+                state = write_chunks(settings.log_dir, state, chunks,
+                                     lambda s: bar.update(s.position.done, s.records))  # fmt: skip
     except KeyboardInterrupt:
         saved = read_state(settings.log_dir, name) or state
         click.echo(f"Interrupted after {saved.records:,} records: run the same command again "

@@ -36,6 +36,7 @@ import re
 import struct
 import zlib
 from collections.abc import Callable, Iterator
+from itertools import count
 from operator import itemgetter
 from typing import Any, NamedTuple
 
@@ -44,7 +45,7 @@ import orjson
 from tally import wire
 from tally.log.record import FRAME_HEADER, MAGIC, VERSION
 from tally.migrate.importer import Framed, next_time
-from tally.migrate.kmjson import BadEscape, decode_octal, parse_line, unescape_raw
+from tally.migrate.kmjson import TEXT_OCTAL, BadEscape, decode_octal, parse_line, unescape_raw
 from tally.migrate.records import GET, SOURCE, USER_AGENT, Bad, escape_query, frame
 from tally.migrate.sources import Block, Position, SourceFile, line_blocks
 
@@ -52,8 +53,6 @@ _BARE_OCTAL = re.compile(rb"\\[0-7]{3}")
 #: Words and brackets a value other than text or a number needs.
 _NOT_PLAIN = (b"null", b"true", b"false", b"[")
 _SEPARATORS = frozenset("\x00\x01\x02")
-#: What follows the backslash of an octal escape kmjson decodes in a string.
-_OCTAL_ESCAPES = frozenset(f"{a}{b}{c}" for a in "0123" for b in "01234567" for c in "01234567")
 _PATHS = (wire.EVENT_PATH, wire.SET_PATH, wire.ALIAS_PATH)
 _PAYLOAD_START = struct.Struct("<BBqHHHHH")  # record.py's payload header, up to the query
 _U32 = struct.Struct("<I")
@@ -76,8 +75,10 @@ class Plan(NamedTuple):
     template: str  # "%d" for the line, then "%s" a value; NUL, SOH separators
     values: Callable[[dict[str, Any]], tuple[Any, ...]]
     path: int  # index in _PATHS
-    pairs: int  # parameters, _src and _k among them
     event_name: str | None  # the key of an event's name, checked not blank
+    #: The values the query leaves out, if any: the per-line path decodes
+    #: them all the same, so one with an escape may make the line a reject.
+    dropped: Callable[[dict[str, Any]], tuple[Any, ...]] | None
 
 
 class BlockFramer:
@@ -85,11 +86,13 @@ class BlockFramer:
 
     def __init__(self, key: str) -> None:
         self._key = key
-        self._plans: dict[tuple[str, ...], Plan | None] = {}
+        self._plans: dict[tuple[str, ...], Plan | None] = {}  # of the file _plans_of
+        self._plans_of = ""
         self._decoded: dict[str, str] = {}
-        #: A payload's bytes before its query, by path and query length, with
-        #: their length and CRC-32, for the current receive time.
-        self._start: dict[tuple[int, int], tuple[bytes, int, int]] = {}
+        #: A payload's bytes before its query, by query length and path
+        #: (length << 2 | path), with their length and CRC-32, for the
+        #: current receive time.
+        self._start: dict[int, tuple[bytes, int, int]] = {}
         self._recv_ns = -1
 
     def framed(self, block: Block, recv_ns: int) -> Framed:
@@ -142,16 +145,21 @@ class BlockFramer:
         block: bytes,
         recv_ns: int,
     ) -> tuple[bytes, int, dict[str, int]]:
+        if b"\\u000" in block:
+            raise _Slow  # a \u0000-\u0009 escape: text with a NUL, SOH or STX of its own?
         loads = orjson.loads
+        if name != self._plans_of:  # a file's plans: its name is in their templates
+            self._plans_of, self._plans = name, {}
         plans = self._plans
         decode_error = orjson.JSONDecodeError
         check = any(word in block for word in _NOT_PLAIN) or block.count(b"{") != len(parsed)
         texts: list[str] = []
-        items: list[int | bytes] = []  # the path of a record framed here, else its frame
-        pairs = 0
+        append_text = texts.append
+        paths: list[int] = []  # of the records framed here
+        append_path = paths.append
+        slow: list[tuple[int, bytes]] = []  # (records before it, frame) of the others
         rejected: dict[str, int] = {}
-        for index, raw in enumerate(parsed):
-            line = first + index
+        for line, raw in zip(count(first), parsed, strict=False):
             try:
                 obj = loads(raw)
             except decode_error:
@@ -162,79 +170,47 @@ class BlockFramer:
                 if plan is _UNKNOWN:
                     plan = plans[shape] = make_plan(shape, name, self._key)
                 if plan is not None and not (check and _not_plain(raw)):
-                    event_name = plan.event_name
-                    if event_name is None or (
-                        type(obj[event_name]) is str and obj[event_name].strip()
-                    ):
-                        texts.append(plan.template % (line, *plan.values(obj)))
-                        items.append(plan.path)
-                        pairs += plan.pairs
+                    template, values, path, event_name, dropped = plan
+                    if (
+                        event_name is None
+                        or (type(event := obj[event_name]) is str and event.strip())
+                    ) and (dropped is None or not _escaped(dropped(obj))):
+                        append_text(template % (line, *values(obj)))
+                        append_path(path)
                         continue
-            data = self._line(raws[index], f"{name}:{line}", recv_ns, rejected)
+            data = self._line(raws[line - first], f"{name}:{line}", recv_ns, rejected)
             if data:
-                items.append(data)
+                slow.append((len(paths), data))
         text = "\x02".join(texts)
         if "\\" in text:
-            text = self._unescape(text)
-        if (text.count("\x00"), text.count("\x01"), text.count("\x02")) != (
-            pairs,
-            pairs - len(texts),
-            max(len(texts) - 1, 0),
-        ):
-            raise _Slow  # a NUL, SOH or STX of the records' own
-        queries = iter(escape_query(text.encode()).split(b"\x02") if texts else ())
+            text = TEXT_OCTAL.sub(self._decode, text)
+        queries = escape_query(text.encode()).split(b"\x02") if texts else []
         frames: list[bytes] = []
         append = frames.append
         pack_header = FRAME_HEADER.pack
         crc32 = zlib.crc32
         starts = self._starts(recv_ns)
-        records = 0
-        for item in items:
-            records += 1
-            if type(item) is int:
-                query = next(queries)
+        done = 0
+        for before, data in [*slow, (len(paths), b"")]:
+            for path, query in zip(paths[done:before], queries[done:before], strict=True):
                 size = len(query)
-                start = starts.get((item, size))
+                start = starts.get(size << 2 | path)
                 if start is None:
-                    start = starts[item, size] = _payload_start(item, recv_ns, size)
+                    start = starts[size << 2 | path] = _payload_start(path, recv_ns, size)
                 append(pack_header(MAGIC, start[1] + size, crc32(query, start[2])))
                 append(start[0])
                 append(query)
-            else:
-                append(item)  # type: ignore[arg-type]
-        return b"".join(frames), records, rejected
+            append(data)
+            done = before
+        return b"".join(frames), len(paths) + len(slow), rejected
 
-    def _starts(self, recv_ns: int) -> dict[tuple[int, int], tuple[bytes, int, int]]:
+    def _starts(self, recv_ns: int) -> dict[int, tuple[bytes, int, int]]:
         if recv_ns != self._recv_ns:
             self._recv_ns, self._start = recv_ns, {}
         return self._start
 
-    def _unescape(self, text: str) -> str:
-        """``TEXT_OCTAL.sub(decode, text)`` (kmjson's decoding of the octal
-        escapes left in strings), by splitting at backslashes: in C but for a
-        step a backslash, where the regular expression steps a character."""
-        pieces = text.split("\\")
-        out = [pieces[0]]
-        run: list[str] = []  # the escapes of a run, while it lasts
-        for piece in pieces[1:]:
-            if piece[:3] in _OCTAL_ESCAPES:
-                run.append(piece[:3])
-                if len(piece) == 3:
-                    continue  # the run may go on at the next backslash
-                out.append(self._decode("\\" + "\\".join(run)))
-                out.append(piece[3:])
-                run = []
-                continue
-            if run:
-                out.append(self._decode("\\" + "\\".join(run)))
-                run = []
-            out.append("\\")
-            out.append(piece)
-        if run:
-            out.append(self._decode("\\" + "\\".join(run)))
-        return "".join(out)
-
-    def _decode(self, found: str) -> str:
+    def _decode(self, match: re.Match[str]) -> str:
+        found = match.group()
         text = self._decoded.get(found)
         if text is None:
             try:
@@ -321,9 +297,18 @@ def make_plan(shape: tuple[str, ...], name: str, key: str) -> Plan | None:
     parts.append(f"{wire.TIME_IS_EVENT_TIME}\x00{wire.EVENT_TIME_GIVEN}")
     template = "\x01".join(parts)
     keys = [raw_name for _, raw_name in params]
+    others = [raw_name for raw_name in shape if raw_name not in keys]
+    return Plan(template, _getter(keys), _PATHS.index(path), event_name,
+                _getter(others) if others else None)  # fmt: skip
+
+
+def _getter(keys: list[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
     getter = itemgetter(*keys)
-    values = getter if len(keys) > 1 else lambda obj: (getter(obj),)
-    return Plan(template, values, _PATHS.index(path), len(parts), event_name)
+    return getter if len(keys) > 1 else lambda obj: (getter(obj),)
+
+
+def _escaped(values: tuple[Any, ...]) -> bool:
+    return any(type(value) is str and "\\" in value for value in values)
 
 
 def _payload_start(path: int, recv_ns: int, query_size: int) -> tuple[bytes, int, int]:
