@@ -35,9 +35,9 @@ from __future__ import annotations
 import re
 import struct
 import zlib
-from collections.abc import Callable, Iterator
-from itertools import count
-from operator import itemgetter
+from collections.abc import Callable, Iterable, Iterator
+from itertools import chain, compress, count, repeat
+from operator import add, is_, itemgetter, lshift, or_
 from typing import Any, NamedTuple
 
 import orjson
@@ -52,6 +52,9 @@ from tally.migrate.sources import Block, Position, SourceFile, line_blocks
 _BARE_OCTAL = re.compile(rb"\\[0-7]{3}")
 #: Words and brackets a value other than text or a number needs.
 _NOT_PLAIN = (b"null", b"true", b"false", b"[")
+#: The types of the values a plan's template takes as the per-line path does
+#: (%s is str() for them, as kmjson's _text is).
+_PLAIN = frozenset({str, int, float})
 _SEPARATORS = frozenset("\x00\x01\x02")
 _PATHS = (wire.EVENT_PATH, wire.SET_PATH, wire.ALIAS_PATH)
 _PAYLOAD_START = struct.Struct("<BBqHHHHH")  # record.py's payload header, up to the query
@@ -59,20 +62,40 @@ _U32 = struct.Struct("<I")
 _NOT_PASSED = frozenset({wire.KEY, wire.TIME_IS_EVENT_TIME, wire.ALIAS_IN_EXPORT})
 
 
+#: Source bytes a chunk (one write, one sync, one checkpoint) is made of.
+CHUNK_SOURCE_BYTES = 2 * 1024 * 1024
+
+
 def framed_blocks(files: list[SourceFile], start: Position, key: str) -> Iterator[Framed]:
     """The records of JSON-lines files from ``start`` on, framed a block at a
-    time (a receive time a block), in one process."""
+    time, in chunks of :func:`chunk_blocks` (a receive time a chunk), in one
+    process."""
     framer = BlockFramer(key)
     recv_ns = next_time(0)
-    for block in line_blocks(files, start):
-        yield framer.framed(block, recv_ns)
+    for blocks in chunk_blocks(line_blocks(files, start)):
+        yield framer.framed(blocks, recv_ns)
         recv_ns = next_time(recv_ns)
+
+
+def chunk_blocks(blocks: Iterable[Block]) -> Iterator[list[Block]]:
+    """Blocks in chunks of about :data:`CHUNK_SOURCE_BYTES` of lines."""
+    chunk: list[Block] = []
+    size = 0
+    for block in blocks:
+        chunk.append(block)
+        size += len(block.lines or b"") + len(block.cut)
+        if size >= CHUNK_SOURCE_BYTES:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
 
 
 class Plan(NamedTuple):
     """How records of one shape (their keys, in order) become a query."""
 
     template: str  # "%d" for the line, then "%s" a value; NUL, SOH separators
+    rest: str  # the template after _src (from the SOH before _k)
     values: Callable[[dict[str, Any]], tuple[Any, ...]]
     path: int  # index in _PATHS
     event_name: str | None  # the key of an event's name, checked not blank
@@ -95,22 +118,29 @@ class BlockFramer:
         self._start: dict[int, tuple[bytes, int, int]] = {}
         self._recv_ns = -1
 
-    def framed(self, block: Block, recv_ns: int) -> Framed:
-        """A block of lines framed, with the position after it; a last line
-        cut short is a reject that says so when it is not a record."""
-        data, records, rejected = b"", 0, dict[str, int]()
-        if block.lines is not None:
-            data, records, rejected = self.frame_block(block.file.name, block.first, block.lines,
-                                                       recv_ns)  # fmt: skip
-        if block.cut:
-            parsed = parse_line(block.cut, f"{block.file.name}:{block.first}")
-            if parsed is not None:
-                if isinstance(parsed, Bad):
-                    parsed = parsed._replace(why=f"truncated last line ({parsed.why})")
-                    rejected[parsed.reason] = rejected.get(parsed.reason, 0) + 1
-                data += frame(parsed, self._key, recv_ns)
-                records += 1
-        return Framed(data, records, rejected, block.position)
+    def framed(self, blocks: list[Block], recv_ns: int) -> Framed:
+        """Blocks of lines framed, with the position after the last; a last
+        line cut short is a reject that says so when it is not a record."""
+        frames: list[bytes] = []
+        records = 0
+        rejected: dict[str, int] = {}
+        for block in blocks:
+            if block.lines is not None:
+                data, n, bad = self.frame_block(block.file.name, block.first, block.lines,
+                                                recv_ns)  # fmt: skip
+                frames.append(data)
+                records += n
+                for reason, count in bad.items():
+                    rejected[reason] = rejected.get(reason, 0) + count
+            if block.cut:
+                parsed = parse_line(block.cut, f"{block.file.name}:{block.first}")
+                if parsed is not None:
+                    if isinstance(parsed, Bad):
+                        parsed = parsed._replace(why=f"truncated last line ({parsed.why})")
+                        rejected[parsed.reason] = rejected.get(parsed.reason, 0) + 1
+                    frames.append(frame(parsed, self._key, recv_ns))
+                    records += 1
+        return Framed(b"".join(frames), records, rejected, blocks[-1].position)
 
     def frame_block(
         self, name: str, first: int, block: bytes, recv_ns: int
@@ -122,19 +152,91 @@ class BlockFramer:
         if not _plain_text(name) or not _plain_text(self._key):
             return self._by_line(name, first, raws, recv_ns)
         parsed = raws
-        if b"\\" in block and _BARE_OCTAL.search(block.replace(b"\\\\", b"")):
+        if b"\\" in block and _bare_octal(block):
             # Bare octal escapes (not JSON), decoded before parsing as
-            # parse_line does. (Without the escaped backslashes, a backslash
-            # before an octal digit is one: the search is then a plain scan.)
+            # parse_line does.
             try:
                 parsed = [unescape_raw(raw) if b"\\" in raw else raw for raw in raws]
             except BadEscape:
                 return self._by_line(name, first, raws, recv_ns)
             block = b"\n".join(parsed)
         try:
+            done = self._vectorised(name, first, parsed, block, recv_ns)
+            if done is not None:
+                return done
             return self._fast(name, first, raws, parsed, block, recv_ns)
         except _Slow:
             return self._by_line(name, first, raws, recv_ns)
+
+    def _vectorised(
+        self, name: str, first: int, parsed: list[bytes], block: bytes, recv_ns: int
+    ) -> tuple[bytes, int, dict[str, int]] | None:
+        """The block framed with no Python step a record (map and zip over C
+        functions, a Python step a shape), when every line of it is a record
+        a plan covers, with no value but text and numbers; else ``None``."""
+        if b"\\u000" in block:
+            return None
+        try:
+            objs = list(map(orjson.loads, parsed))
+        except orjson.JSONDecodeError:
+            return None
+        if set(map(type, objs)) != {dict}:
+            return None
+        if not _PLAIN.issuperset(map(type, chain.from_iterable(map(dict.values, objs)))):
+            return None  # null, true, false, an array or an object
+        if name != self._plans_of:
+            self._plans_of, self._plans = name, {}
+        plans = self._plans
+        shapes = list(map(tuple, objs))
+        for shape in set(shapes).difference(plans):
+            plans[shape] = make_plan(shape, name, self._key)
+        used = list(map(plans.__getitem__, shapes))
+        kinds = [plan for plan in set(used) if plan is not None]
+        if len(kinds) != len(set(used)):
+            return None  # a shape the per-line path must decide
+        count_ = len(objs)
+        rests: list[str] = [""] * count_
+        paths: list[int] = [0] * count_
+        for plan in kinds:
+            if len(kinds) == 1:
+                index: list[int] = list(range(count_))
+                some = objs
+            else:
+                index = list(compress(range(count_), map(is_, used, repeat(plan))))
+                some = list(map(objs.__getitem__, index))
+            if plan.event_name is not None:
+                names = list(map(itemgetter(plan.event_name), some))
+                if set(map(type, names)) != {str} or not all(map(str.strip, names)):
+                    return None
+            if (
+                plan.dropped is not None
+                and b"\\" in block
+                and any(map(_escaped, map(plan.dropped, some)))
+            ):
+                return None
+            list(map(rests.__setitem__, index, map(plan.rest.__mod__, map(plan.values, some))))
+            if plan.path:
+                list(map(paths.__setitem__, index, repeat(plan.path)))
+        source = f"{SOURCE}\x00{_literal(name)}:%d".__mod__
+        text = "\x02".join(map(add, map(source, range(first, first + count_)), rests))
+        if "\\" in text:
+            text = TEXT_OCTAL.sub(self._decode, text)
+        queries = escape_query(text.encode()).split(b"\x02")
+        sizes = list(map(len, queries))
+        keys = list(map(or_, map(lshift, sizes, repeat(2)), paths))
+        starts = self._starts(recv_ns)
+        for key in set(keys).difference(starts):
+            starts[key] = _payload_start(key & 3, recv_ns, key >> 2)
+        found = list(map(starts.__getitem__, keys))
+        headers = map(
+            FRAME_HEADER.pack,
+            repeat(MAGIC),
+            map(add, map(itemgetter(1), found), sizes),
+            map(zlib.crc32, queries, map(itemgetter(2), found)),
+        )
+        frames = zip(headers, map(itemgetter(0), found), queries, strict=True)
+        data = b"".join(chain.from_iterable(frames))
+        return data, count_, {}
 
     def _fast(
         self,
@@ -170,7 +272,7 @@ class BlockFramer:
                 if plan is _UNKNOWN:
                     plan = plans[shape] = make_plan(shape, name, self._key)
                 if plan is not None and not (check and _not_plain(raw)):
-                    template, values, path, event_name, dropped = plan
+                    template, _, values, path, event_name, dropped = plan
                     if (
                         event_name is None
                         or (type(event := obj[event_name]) is str and event.strip())
@@ -298,8 +400,8 @@ def make_plan(shape: tuple[str, ...], name: str, key: str) -> Plan | None:
     template = "\x01".join(parts)
     keys = [raw_name for _, raw_name in params]
     others = [raw_name for raw_name in shape if raw_name not in keys]
-    return Plan(template, _getter(keys), _PATHS.index(path), event_name,
-                _getter(others) if others else None)  # fmt: skip
+    return Plan(template, "\x01" + "\x01".join(parts[1:]), _getter(keys), _PATHS.index(path),
+                event_name, _getter(others) if others else None)  # fmt: skip
 
 
 def _getter(keys: list[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
@@ -320,6 +422,14 @@ def _payload_start(path: int, recv_ns: int, query_size: int) -> tuple[bytes, int
         _U32.pack(query_size), _U32.pack(0), path_bytes, USER_AGENT,
     ))  # fmt: skip
     return start, len(start), zlib.crc32(start)
+
+
+def _bare_octal(block: bytes) -> bool:
+    """Whether ``block`` holds an octal escape that is not in JSON's escaped
+    form: without the escaped backslashes (pairs), a backslash before three
+    octal digits is one (and no backslash at all is the common case)."""
+    rest = block.replace(b"\\\\", b"")
+    return b"\\" in rest and _BARE_OCTAL.search(rest) is not None
 
 
 def _literal(text: str) -> str:

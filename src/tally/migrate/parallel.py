@@ -1,9 +1,9 @@
 """Parsing and framing a JSON-lines source on several cores.
 
-JSON lines are independent of each other, so worker processes frame blocks
+JSON lines are independent of each other, so worker processes frame chunks
 of lines (tally.migrate.blocks) while this process reads the source and
-writes the blocks' records, in the source's order, as they come back. At most
-two blocks a worker are in flight, so memory stays bounded whatever the size.
+writes the chunks' records, in the source's order, as they come back. At most
+two chunks a worker are in flight, so memory stays bounded whatever the size.
 (CSV keeps to one process: a quoted cell can span lines.)
 """
 
@@ -15,12 +15,12 @@ from collections import deque
 from collections.abc import Iterator
 from multiprocessing.pool import AsyncResult
 
-from tally.migrate.blocks import BlockFramer
+from tally.migrate.blocks import BlockFramer, chunk_blocks
 from tally.migrate.importer import Framed, next_time
 from tally.migrate.sources import Block, Position, SourceFile, line_blocks
 
-#: (a block of lines, the API key, its receive time)
-_Task = tuple[Block, str, int]
+#: (a chunk's blocks of lines, the API key, its receive time)
+_Task = tuple[list[Block], str, int]
 
 
 def framed_in_parallel(
@@ -31,8 +31,8 @@ def framed_in_parallel(
     with context.Pool(jobs, initializer=_ignore_interrupts) as pool:
         pending: deque[AsyncResult[Framed]] = deque()
         recv_ns = next_time(0)
-        for block in line_blocks(files, start):
-            pending.append(pool.apply_async(_frame_block, ((block, key, recv_ns),)))
+        for blocks in chunk_blocks(line_blocks(files, start)):
+            pending.append(pool.apply_async(_frame_blocks, ((blocks, key, recv_ns),)))
             recv_ns = next_time(recv_ns)
             if len(pending) >= 2 * jobs:
                 yield pending.popleft().get()
@@ -44,12 +44,12 @@ def framed_in_parallel(
 _framers: dict[str, BlockFramer] = {}
 
 
-def _frame_block(task: _Task) -> Framed:
-    block, key, recv_ns = task
+def _frame_blocks(task: _Task) -> Framed:
+    blocks, key, recv_ns = task
     framer = _framers.get(key)
     if framer is None:
         framer = _framers[key] = BlockFramer(key)
-    return framer.framed(block, recv_ns)
+    return framer.framed(blocks, recv_ns)
 
 
 def _ignore_interrupts() -> None:
