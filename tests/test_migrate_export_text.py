@@ -129,15 +129,15 @@ def reference_km(store: Store, dest: Path, file_bytes: int) -> None:
         out.write(data)
         size += len(data)
         t = row["time"]
-        files[-1][1] = t if files[-1][1] is None else min(files[-1][1], t)  # type: ignore[call-overload]
-        files[-1][2] = t if files[-1][2] is None else max(files[-1][2], t)  # type: ignore[call-overload]
+        files[-1][1] = t if files[-1][1] is None else min(files[-1][1], t)
+        files[-1][2] = t if files[-1][2] is None else max(files[-1][2], t)
     if out is not None:
         out.close()
 
     def utc(t: int) -> str:
         return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
-    index = "".join(f"{n},{lo},{hi},{utc(lo)},{utc(hi)}\n" for n, lo, hi in files)  # type: ignore[arg-type]
+    index = "".join(f"{n},{lo},{hi},{utc(lo)},{utc(hi)}\n" for n, lo, hi in files)
     (dest / "index.csv").write_text(
         "filename,min_timestamp,max_timestamp,min_utc_date,max_utc_date\n" + index
     )
