@@ -20,7 +20,6 @@ from tally.cli.options import (
 )
 from tally.cli.progress import progress_bar
 from tally.errors import Unavailable
-from tally.migrate.blocks import framed_blocks
 from tally.migrate.checkpoint import (
     ImportState,
     check_name,
@@ -32,7 +31,6 @@ from tally.migrate.formats import open_source
 from tally.migrate.importer import (
     ReadAhead,
     check_resumable,
-    frame_items,
     product_key,
     write_chunks,
 )
@@ -145,12 +143,10 @@ def _run(
         jobs = 1  # a quoted cell can span lines: one process reads them in order
     try:
         with progress_bar(f"Importing {name}", state.total) as bar:
-            if fmt == "csv":
-                made = frame_items(source.items(state.position), key, state.position)
-            elif jobs > 1:
+            if jobs > 1:
                 made = framed_in_parallel(source.files, state.position, key, jobs)
             else:
-                made = framed_blocks(source.files, state.position, key)
+                made = source.chunks(state.position, key)
             with ReadAhead(made) as chunks:
                 state = write_chunks(settings.log_dir, state, chunks,
                                      lambda s: bar.update(s.position.done, s.records))  # fmt: skip

@@ -1,33 +1,37 @@
-"""JSON lines framed a block of lines at a time: the importer's fast path.
+"""JSON lines framed as log records a block of lines at a time: the
+importer's fast path (`tally import km|json`).
 
-:func:`tally.migrate.kmjson.parse_line` then :func:`tally.migrate.records.frame`
+:func:`~tally.migrate.kmjson.parse_line` then :func:`~tally.migrate.records.frame`
 cost one core about 12 µs a record in Python (docs/benchmarks.md). Here the
-same log records are made with most of that work done once a block (about
-2 MiB of lines) instead of once a line:
+same log records, byte for byte, are made with most of the work done once a
+block (256 KiB of lines: what is made of it stays in the CPU's caches)
+instead of once a line:
 
 - **Plans.** Records of one export have few shapes: the same keys in the same
-  order. What :func:`~tally.migrate.kmjson.row_of` decides from the keys
-  alone (which are reserved, the path, the order of the parameters) is decided
-  once a shape, as a *plan*: a ``%`` template of the parameters' names and an
-  ``itemgetter`` of the values in the template's order. A line then costs
-  ``orjson.loads``, the shape's lookup and one ``%``.
+  order. What :func:`~tally.migrate.kmjson.row_of` decides from the keys alone
+  (which are reserved, the path, the order of the parameters) is decided once
+  a shape, as a *plan*: a ``%`` template of the parameters' names and an
+  ``itemgetter`` of the values in the template's order.
 - **The block's text.** The records' parameters are laid out as ``_query``
   lays them out (names and values joined by NUL and SOH), records separated
   by STX, in one string: octal escapes are decoded, and the query string is
   escaped, in one pass over the whole block (C speed), then split per record.
 - **Framing** with the payload's constant parts (path, user agent, receive
-  time) made once a block.
+  time) made once a block and query length.
+- **No Python step a line** when every line of a block is a record of a
+  planned shape whose values are text and numbers (an export's usual block):
+  parsing, templates and frames are then ``map`` and ``zip`` over C functions,
+  with a Python step a shape.
 
 Anything a plan does not cover exactly goes through the per-line path, so the
 records are byte for byte those :func:`parse_line` and :func:`frame` make
 (``tests/test_migrate_blocks.py``): a line that is not a JSON object or is
-blank, a value that is ``null``, ``true``, ``false``, an array or an object
-(tested on the line's bytes: such a value needs one of those words or a
-bracket outside a string), an event whose name is blank or not text, a key
-with a backslash or a control character, reserved names repeated in another
-case, octal escapes that are not UTF-8 or spell control characters. A block
-whose bytes or text the one pass cannot take (a ``\\u0000`` escape, bare
-octal escapes that are not UTF-8) is framed line by line.
+blank, a value that is ``null``, ``true``, ``false``, an array or an object,
+an event whose name is blank or not text, a key with a backslash or a control
+character, reserved names repeated in another case, an escape in a value the
+query leaves out. A block whose text the one pass cannot take (a
+``\\u0000`` escape, an octal escape that is not UTF-8 or spells a control
+character) is framed line by line.
 """
 
 from __future__ import annotations
@@ -164,7 +168,7 @@ class BlockFramer:
             done = self._vectorised(name, first, parsed, block, recv_ns)
             if done is not None:
                 return done
-            return self._fast(name, first, raws, parsed, block, recv_ns)
+            return self._planned(name, first, raws, parsed, block, recv_ns)
         except _Slow:
             return self._by_line(name, first, raws, recv_ns)
 
@@ -238,7 +242,7 @@ class BlockFramer:
         data = b"".join(chain.from_iterable(frames))
         return data, count_, {}
 
-    def _fast(
+    def _planned(
         self,
         name: str,
         first: int,
@@ -247,6 +251,8 @@ class BlockFramer:
         block: bytes,
         recv_ns: int,
     ) -> tuple[bytes, int, dict[str, int]]:
+        """The block framed a line at a time: by its shape's plan when one
+        covers it, else by the per-line path."""
         if b"\\u000" in block:
             raise _Slow  # a \u0000-\u0009 escape: text with a NUL, SOH or STX of its own?
         loads = orjson.loads
