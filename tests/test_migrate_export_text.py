@@ -23,6 +23,7 @@ from tally.migrate import kmexport
 from tally.migrate.exports import export_bytes
 from tally.migrate.kmexport import _RECORDS, _line, export_km
 from tally.migrate.tables import EVERY_EVENT, event_batches, event_property_names
+from tally.migrate.writers import column_text
 from tally.settings import Settings
 from tally.store import Store
 from tally.views.events import property_names
@@ -186,3 +187,13 @@ def test_km_lines_with_any_text_are_what_orjson_writes():
     assert text == b"".join(wanted)
     assert lengths.to_pylist() == [len(w) for w in wanted]
     assert b"\\u001b" in text
+
+
+def test_a_column_of_text_is_its_strings_end_to_end_whatever_its_layout():
+    column = pa.array(["ab\n", "c\n", None, "déf\n"])
+    assert column_text(column) == "ab\nc\ndéf\n".encode()
+    assert column_text(column.slice(1, 2)) == b"c\n"  # a slice: its own offsets only
+    assert column_text(column.slice(3)) == "déf\n".encode()
+    assert column_text(pa.array(["x", "yz"], pa.large_string()).slice(1)) == b"yz"
+    assert column_text(pa.chunked_array([["a"], ["b", "c"]])) == b"abc"
+    assert column_text(pa.array([], pa.string())) == b""

@@ -147,8 +147,6 @@ class ReadAhead:
     changes in what is written nor in its order; :meth:`close` (or leaving a
     ``with``) stops the thread after the chunk it is making."""
 
-    _END: Framed | None = None
-
     def __init__(self, chunks: Iterable[Framed], depth: int = 2) -> None:
         self._queue: queue.Queue[tuple[Framed | None, BaseException | None]] = queue.Queue(depth)
         self._stop = threading.Event()

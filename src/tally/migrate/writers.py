@@ -116,11 +116,9 @@ def column_text(column: pa.Array | pa.ChunkedArray) -> bytes:
     if not len(column):
         return b""
     _, offsets, data = column.buffers()
-    width = 8 if pa.types.is_large_string(column.type) else 4
-    offset = pa.Array.from_buffers(
-        pa.int64() if width == 8 else pa.int32(), len(column) + 1, [None, offsets], column.offset
-    )
-    start, end = offset[0].as_py(), offset[-1].as_py()
+    kind = pa.int64() if pa.types.is_large_string(column.type) else pa.int32()
+    bounds = pa.Array.from_buffers(kind, len(column) + 1, [None, offsets], offset=column.offset)
+    start, end = bounds[0].as_py(), bounds[-1].as_py()
     return bytes(data[start:end].to_pybytes())
 
 
