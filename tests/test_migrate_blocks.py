@@ -144,6 +144,18 @@ def test_a_framer_keeps_its_plans_from_block_to_block():
         assert got == per_line("f.json", first, raws)
 
 
+def test_records_of_every_shape_keep_a_bounded_number_of_plans(monkeypatch):
+    monkeypatch.setattr("tally.migrate.blocks.MAX_PLANS", 5)
+    framer = BlockFramer(KEY)
+    for block in range(3):
+        raws = [json.dumps({"_p": "a", "_t": T, f"Key {block} {i}": "v"}).encode()
+                for i in range(20)]  # fmt: skip
+        first = block * 20 + 1
+        got = framer.frame_block("f.json", first, b"\n".join(raws), RECV)
+        assert got == per_line("f.json", first, raws)
+        assert len(framer._plans) <= 5 + 20
+
+
 def test_names_of_files_that_need_escaping():
     raws = [line.encode() for line in TRICKY[:6]]
     for name in ("a b/100%.json", "dir\\file.json", "x:1.json", "é.json"):

@@ -66,6 +66,10 @@ _U32 = struct.Struct("<I")
 _NOT_PASSED = frozenset({wire.KEY, wire.TIME_IS_EVENT_TIME, wire.ALIAS_IN_EXPORT})
 
 
+#: Shapes of record a framer keeps plans for (then it starts again): a
+#: source whose every record has keys of its own costs a plan a line, not
+#: memory without bound.
+MAX_PLANS = 4096
 #: Source bytes a chunk (one write, one sync, one checkpoint) is made of.
 CHUNK_SOURCE_BYTES = 2 * 1024 * 1024
 
@@ -188,9 +192,7 @@ class BlockFramer:
             return None
         if not _PLAIN.issuperset(map(type, chain.from_iterable(map(dict.values, objs)))):
             return None  # null, true, false, an array or an object
-        if name != self._plans_of:
-            self._plans_of, self._plans = name, {}
-        plans = self._plans
+        plans = self._plans_for(name)
         shapes = list(map(tuple, objs))
         for shape in set(shapes).difference(plans):
             plans[shape] = make_plan(shape, name, self._key)
@@ -256,9 +258,7 @@ class BlockFramer:
         if b"\\u000" in block:
             raise _Slow  # a \u0000-\u0009 escape: text with a NUL, SOH or STX of its own?
         loads = orjson.loads
-        if name != self._plans_of:  # a file's plans: its name is in their templates
-            self._plans_of, self._plans = name, {}
-        plans = self._plans
+        plans = self._plans_for(name)
         decode_error = orjson.JSONDecodeError
         check = any(word in block for word in _NOT_PLAIN) or block.count(b"{") != len(parsed)
         texts: list[str] = []
@@ -311,6 +311,13 @@ class BlockFramer:
             append(data)
             done = before
         return b"".join(frames), len(paths) + len(slow), rejected
+
+    def _plans_for(self, name: str) -> dict[tuple[str, ...], Plan | None]:
+        """The plans of the file ``name`` (it is in their templates); at most
+        about MAX_PLANS of them, however many shapes a source's records have."""
+        if name != self._plans_of or len(self._plans) > MAX_PLANS:
+            self._plans_of, self._plans = name, {}
+        return self._plans
 
     def _starts(self, recv_ns: int) -> dict[int, tuple[bytes, int, int]]:
         if recv_ns != self._recv_ns:
