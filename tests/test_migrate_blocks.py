@@ -11,6 +11,7 @@ import random
 from pathlib import Path
 
 import hypothesis
+import orjson
 from hypothesis import strategies as st
 
 from tally.log.record import read_frame
@@ -127,12 +128,14 @@ def test_a_block_of_records_in_many_shapes_is_framed_without_a_python_step_a_lin
     raws = [json.dumps(record).encode() for record in plain * 5]
     random.Random(2).shuffle(raws)
     framer = BlockFramer(KEY)
-    fast = framer._vectorised("f.json", 7, raws, b"\n".join(raws), RECV)
+    objs = [orjson.loads(raw) for raw in raws]
+    fast = framer._vectorised("f.json", 7, objs, b"\n".join(raws), RECV)
     assert fast is not None  # the vectorised path took it
     assert fast == per_line("f.json", 7, raws)
     # One that needs a step a line: an escape in a value the query leaves out.
     bad = json.dumps({"_p": "a", "_t": T, "_p2": "b", "X": "\\377"}).encode()
-    assert framer._vectorised("f.json", 7, [*raws, bad], b"\n".join([*raws, bad]), RECV) is None
+    objs.append(orjson.loads(bad))
+    assert framer._vectorised("f.json", 7, objs, b"\n".join([*raws, bad]), RECV) is None
     check_block([*raws, bad])
 
 

@@ -49,11 +49,19 @@ import orjson
 from tally import wire
 from tally.log.record import FRAME_HEADER, MAGIC, VERSION
 from tally.migrate.importer import Framed, next_time
-from tally.migrate.kmjson import TEXT_OCTAL, BadEscape, decode_octal, parse_line, unescape_raw
-from tally.migrate.records import GET, SOURCE, USER_AGENT, Bad, escape_query, frame
+from tally.migrate.kmjson import (
+    TEXT_OCTAL,
+    BadEscape,
+    decode_octal,
+    object_row,
+    parse_line,
+    unescape_raw,
+)
+from tally.migrate.records import GET, SOURCE, USER_AGENT, Bad, Row, escape_query, frame
 from tally.migrate.sources import Block, Position, SourceFile, line_blocks
 
 _BARE_OCTAL = re.compile(rb"\\[0-7]{3}")
+_NOT_PLAIN_TEXT = re.compile(r"[\x00-\x1f\\]")
 #: Words and brackets a value other than text or a number needs.
 _NOT_PLAIN = (b"null", b"true", b"false", b"[")
 #: The types of the values a plan's template takes as the per-line path does
@@ -70,6 +78,8 @@ _NOT_PASSED = frozenset({wire.KEY, wire.TIME_IS_EVENT_TIME, wire.ALIAS_IN_EXPORT
 #: source whose every record has keys of its own costs a plan a line, not
 #: memory without bound.
 MAX_PLANS = 4096
+#: Shapes in a block beyond which it is framed a line at a time.
+_MAX_KINDS = 16
 #: Source bytes a chunk (one write, one sync, one checkpoint) is made of.
 CHUNK_SOURCE_BYTES = 2 * 1024 * 1024
 
@@ -169,36 +179,41 @@ class BlockFramer:
                 return self._by_line(name, first, raws, recv_ns)
             block = b"\n".join(parsed)
         try:
-            done = self._vectorised(name, first, parsed, block, recv_ns)
-            if done is not None:
-                return done
-            return self._planned(name, first, raws, parsed, block, recv_ns)
+            objs: list[Any] | None = list(map(orjson.loads, parsed))
+        except orjson.JSONDecodeError:
+            objs = None  # a line that is not JSON: each is parsed on its own
+        try:
+            if objs is not None:
+                done = self._vectorised(name, first, objs, block, recv_ns)
+                if done is not None:
+                    return done
+            return self._planned(name, first, raws, parsed, objs, block, recv_ns)
         except _Slow:
             return self._by_line(name, first, raws, recv_ns)
 
     def _vectorised(
-        self, name: str, first: int, parsed: list[bytes], block: bytes, recv_ns: int
+        self, name: str, first: int, objs: list[Any], block: bytes, recv_ns: int
     ) -> tuple[bytes, int, dict[str, int]] | None:
         """The block framed with no Python step a record (map and zip over C
         functions, a Python step a shape), when every line of it is a record
         a plan covers, with no value but text and numbers; else ``None``."""
         if b"\\u000" in block:
             return None
-        try:
-            objs = list(map(orjson.loads, parsed))
-        except orjson.JSONDecodeError:
-            return None
         if set(map(type, objs)) != {dict}:
             return None
+        shapes = list(map(tuple, objs))
+        distinct = set(shapes)
+        if len(distinct) > _MAX_KINDS:
+            return None  # a pass a shape over the block would cost more than a step a line
         if not _PLAIN.issuperset(map(type, chain.from_iterable(map(dict.values, objs)))):
             return None  # null, true, false, an array or an object
         plans = self._plans_for(name)
-        shapes = list(map(tuple, objs))
-        for shape in set(shapes).difference(plans):
-            plans[shape] = make_plan(shape, name, self._key)
+        for shape in distinct:
+            if plans.get(shape, _ONCE) is _ONCE:  # (few shapes: worth a plan at once)
+                plans[shape] = make_plan(shape, name, self._key)
         used = list(map(plans.__getitem__, shapes))
         kinds = [plan for plan in set(used) if plan is not None]
-        if len(kinds) != len(set(used)):
+        if len(kinds) != len(distinct):
             return None  # a shape the per-line path must decide
         count_ = len(objs)
         rests: list[str] = [""] * count_
@@ -250,11 +265,13 @@ class BlockFramer:
         first: int,
         raws: list[bytes],
         parsed: list[bytes],
+        objs: list[Any] | None,
         block: bytes,
         recv_ns: int,
     ) -> tuple[bytes, int, dict[str, int]]:
         """The block framed a line at a time: by its shape's plan when one
-        covers it, else by the per-line path."""
+        covers it, else by the per-line path (``objs``: the lines parsed, if
+        every one is JSON)."""
         if b"\\u000" in block:
             raise _Slow  # a \u0000-\u0009 escape: text with a NUL, SOH or STX of its own?
         loads = orjson.loads
@@ -268,16 +285,23 @@ class BlockFramer:
         slow: list[tuple[int, bytes]] = []  # (records before it, frame) of the others
         rejected: dict[str, int] = {}
         for line, raw in zip(count(first), parsed, strict=False):
-            try:
-                obj = loads(raw)
-            except decode_error:
-                obj = None
+            if objs is not None:
+                obj = objs[line - first]
+            else:
+                try:
+                    obj = loads(raw)
+                except decode_error:
+                    obj = None
             if type(obj) is dict:
                 shape = tuple(obj)
                 plan = plans.get(shape, _UNKNOWN)
                 if plan is _UNKNOWN:
+                    # A plan costs a few lines' worth: made at a shape's second
+                    # line, so that records of shapes of their own cost none.
+                    plan = plans[shape] = _ONCE
+                elif plan is _ONCE:
                     plan = plans[shape] = make_plan(shape, name, self._key)
-                if plan is not None and not (check and _not_plain(raw)):
+                if plan is not None and plan is not _ONCE and not (check and _not_plain(raw)):
                     template, _, values, path, event_name, dropped = plan
                     if (
                         event_name is None
@@ -286,6 +310,10 @@ class BlockFramer:
                         append_text(template % (line, *values(obj)))
                         append_path(path)
                         continue
+                # As parse_line would go on with it, without parsing it again.
+                data = self._item(object_row(obj, raw, f"{name}:{line}"), recv_ns, rejected)
+                slow.append((len(paths), data))
+                continue
             data = self._line(raws[line - first], f"{name}:{line}", recv_ns, rejected)
             if data:
                 slow.append((len(paths), data))
@@ -340,8 +368,9 @@ class BlockFramer:
 
     def _line(self, raw: bytes, source: str, recv_ns: int, rejected: dict[str, int]) -> bytes:
         item = parse_line(raw + b"\n", source)
-        if item is None:
-            return b""
+        return b"" if item is None else self._item(item, recv_ns, rejected)
+
+    def _item(self, item: Row | Bad, recv_ns: int, rejected: dict[str, int]) -> bytes:
         if isinstance(item, Bad):
             rejected[item.reason] = rejected.get(item.reason, 0) + 1
         return frame(item, self._key, recv_ns)
@@ -365,6 +394,7 @@ class _Slow(Exception):
 
 
 _UNKNOWN: Any = object()
+_ONCE: Any = object()  # a shape seen once: no plan yet
 
 
 def make_plan(shape: tuple[str, ...], name: str, key: str) -> Plan | None:
@@ -452,4 +482,4 @@ def _literal(text: str) -> str:
 def _plain_text(text: str) -> bool:
     """No backslash (the block's octal decoding would read it) and no control
     character (NUL, SOH and STX lay the block out)."""
-    return "\\" not in text and not any(ord(c) < 0x20 for c in text)
+    return _NOT_PLAIN_TEXT.search(text) is None

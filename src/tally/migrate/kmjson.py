@@ -57,6 +57,12 @@ def parse_line(raw: bytes, source: str) -> Row | Bad | None:
         return Bad(Reason.MALFORMED_RECORD, f"not JSON: {exc}", _shown(raw), source)
     if not isinstance(obj, dict):
         return Bad(Reason.MALFORMED_RECORD, "not a JSON object", _shown(raw), source)
+    return object_row(obj, raw, source)
+
+
+def object_row(obj: dict[str, Any], raw: bytes, source: str) -> Row | Bad:
+    """The record of a line's object; ``raw``, the line as it was parsed
+    (its bare octal escapes decoded), for a reject."""
     try:
         return row_of(obj, source)
     except BadEscape as exc:
