@@ -5,8 +5,10 @@ events with four properties, property sets, aliases; a few octal escapes), then
 measures, each on its own:
 
 - parsing the export's lines (``orjson.loads`` alone, then the importer's
-  ``parse_line``: octal escapes, names, the row);
-- ``tally import km`` writing the records to the log (target: 200,000 records/s);
+  per-line path, ``parse_line`` and ``frame``, and its block path,
+  ``BlockFramer``, which ``tally import`` uses: the same log records);
+- ``tally import km`` writing the records to the log (target: 200,000 records/s),
+  with its worker processes (the default on this machine) and with ``--jobs 1``;
 - with ``--apply``, the processor applying them (``tally rebuild``'s path), and
   the end-to-end rate from the start of the import to lag 0;
 - with ``--apply``, ``tally export events`` as JSON lines and Parquet, and
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -29,12 +32,15 @@ from pathlib import Path
 
 import orjson
 
+from tally.migrate.blocks import BlockFramer
 from tally.migrate.kmjson import parse_line
+from tally.migrate.records import frame
 
 T0 = 1_700_000_000
 EVENTS = ["Viewed Page", "Signed Up", "Logged In", "Billed", "Added to Cart", "Visited Site"]
 PAGES = ["Home", "Pricing", "Sign Up", "Docs", "Blog", "Checkout"]
 LINES_A_FILE = 250_000
+KEY = "0123456789abcdef0123456789abcdef01234567"
 
 
 def write_export(root: Path, records: int, seed: int = 1) -> int:
@@ -63,6 +69,11 @@ def write_export(root: Path, records: int, seed: int = 1) -> int:
         (revisions / f"{n}.json").write_bytes(data)
         size += len(data)
     return size
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} ({os.cpu_count()} CPUs)"
 
 
 def rate(records: int, seconds: float, peak: float | None = None) -> str:
@@ -98,7 +109,7 @@ def main() -> None:
     try:
         export, data = work / "export", work / "data"
         size = write_export(export, n)
-        print(f"{n:,} records, {size / 2**20:,.0f} MiB of JSON lines")
+        print(f"{n:,} records, {size / 2**20:,.0f} MiB of JSON lines; {load()}")
         sample = (export / "revisions" / "1.json").read_bytes().splitlines(keepends=True)
         started = time.perf_counter()
         for line in sample:
@@ -106,12 +117,25 @@ def main() -> None:
         print(f"orjson.loads alone       {rate(len(sample), time.perf_counter() - started)}")
         started = time.perf_counter()
         for i, line in enumerate(sample):
-            parse_line(line, f"1.json:{i}")
-        print(f"parse_line (the rows)    {rate(len(sample), time.perf_counter() - started)}")
+            item = parse_line(line, f"1.json:{i + 1}")
+            if item is not None:
+                frame(item, KEY, T0)
+        print(f"per line: parse, frame   {rate(len(sample), time.perf_counter() - started)}")
+        framer = BlockFramer(KEY)
+        blocks = [b"".join(sample[i : i + 1700]).rstrip(b"\n") for i in range(0, len(sample), 1700)]
+        started = time.perf_counter()
+        for i, block in enumerate(blocks):
+            framer.frame_block("1.json", i * 1700 + 1, block, T0)
+        print(f"blocks: parse, frame     {rate(len(sample), time.perf_counter() - started)}")
 
         tally(data, "products", "create", "bench")
         seconds, peak = tally(data, "import", "km", str(export), "-p", "bench")
         print(f"import km to the log     {rate(n, seconds, peak)}")
+        tally(work / "one", "products", "create", "bench")
+        one, peak_one = tally(work / "one", "import", "km", str(export), "-p", "bench",
+                              "--jobs", "1")  # fmt: skip
+        print(f"  the same, --jobs 1     {rate(n, one, peak_one)}")
+        shutil.rmtree(work / "one")
         if not args.apply:
             return
         applying, peak = tally(data, "rebuild")
@@ -125,6 +149,7 @@ def main() -> None:
         print(f"export people csv        {rate(n // 20, took, peak)}  (people)")
         took, peak = tally(data, "export", "km", str(work / "out"), "-p", "bench")
         print(f"export km                {rate(n, took, peak)}")
+        print(load())
     finally:
         if args.keep:
             print(f"kept {work}")

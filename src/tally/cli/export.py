@@ -24,7 +24,7 @@ from tally.settings import Settings
 from tally.store import Store
 
 #: DuckDB's memory for an export (issue 13: an export stays under 500 MiB).
-EXPORT_MEMORY = "200MB"
+EXPORT_MEMORY = "150MB"
 
 _format = click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="csv",
                        show_default=True, help="CSV (a Prop:<name> column a property), JSON "

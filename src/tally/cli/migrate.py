@@ -28,7 +28,12 @@ from tally.migrate.checkpoint import (
     read_state,
 )
 from tally.migrate.formats import open_source
-from tally.migrate.importer import check_resumable, frame_items, product_key, write_chunks
+from tally.migrate.importer import (
+    ReadAhead,
+    check_resumable,
+    product_key,
+    write_chunks,
+)
 from tally.migrate.parallel import framed_in_parallel
 from tally.migrate.sources import Position
 from tally.settings import Settings
@@ -139,11 +144,12 @@ def _run(
     try:
         with progress_bar(f"Importing {name}", state.total) as bar:
             if jobs > 1:
-                chunks = framed_in_parallel(source, state.position, key, jobs)
+                made = framed_in_parallel(source.files, state.position, key, jobs)
             else:
-                chunks = frame_items(source.items(state.position), key, state.position)
-            state = write_chunks(settings.log_dir, state, chunks,
-                                 lambda s: bar.update(s.position.done, s.records))  # fmt: skip
+                made = source.chunks(state.position, key)
+            with ReadAhead(made) as chunks:
+                state = write_chunks(settings.log_dir, state, chunks,
+                                     lambda s: bar.update(s.position.done, s.records))  # fmt: skip
     except KeyboardInterrupt:
         saved = read_state(settings.log_dir, name) or state
         click.echo(f"Interrupted after {saved.records:,} records: run the same command again "

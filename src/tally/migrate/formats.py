@@ -14,6 +14,8 @@ from pathlib import Path
 
 from tally.errors import InvalidInput
 from tally.migrate import kmcsv
+from tally.migrate.blocks import framed_blocks
+from tally.migrate.importer import Framed, frame_items
 from tally.migrate.kmjson import parse_line
 from tally.migrate.records import Bad, Row
 from tally.migrate.sources import Position, SourceFile, first_line, km_files, lines, source_file
@@ -30,6 +32,13 @@ class Source:
     @property
     def total(self) -> int:
         return sum(f.size for f in self.files)
+
+    def chunks(self, start: Position, key: str) -> Iterator[Framed]:
+        """The source's records from ``start`` on, framed in chunks: JSON lines
+        a block at a time (tally.migrate.blocks), CSV a record at a time."""
+        if self.format == "csv":
+            return frame_items(self.items(start), key, start)
+        return framed_blocks(self.files, start, key)
 
     def items(self, start: Position) -> Iterator[tuple[Row | Bad | None, Position]]:
         if self.format == "csv":

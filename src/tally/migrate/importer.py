@@ -9,6 +9,8 @@ time, so the total order of SPEC §11 follows the source's order.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -136,6 +138,63 @@ def write_chunks(
         return state
     finally:
         writer.close()
+
+
+class ReadAhead:
+    """Chunks made in a thread of their own, at most ``depth`` ahead of the
+    one being written: the log's writes and syncs, and the checkpoint's,
+    release the GIL, so making the next chunks goes on meanwhile. Nothing
+    changes in what is written nor in its order; :meth:`close` (or leaving a
+    ``with``) stops the thread after the chunk it is making."""
+
+    def __init__(self, chunks: Iterable[Framed], depth: int = 2) -> None:
+        self._queue: queue.Queue[tuple[Framed | None, BaseException | None]] = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._make, args=(chunks,), daemon=True,
+                                        name="import-chunks")  # fmt: skip
+        self._thread.start()
+
+    def __iter__(self) -> Iterator[Framed]:
+        while True:
+            chunk, error = self._queue.get()
+            if error is not None:
+                raise error
+            if chunk is None:
+                return
+            yield chunk
+
+    def __enter__(self) -> ReadAhead:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _make(self, chunks: Iterable[Framed]) -> None:
+        made = iter(chunks)
+        try:
+            for chunk in made:
+                if not self._put(chunk, None):
+                    return
+            self._put(None, None)
+        except BaseException as exc:
+            self._put(None, exc)
+        finally:
+            close = getattr(made, "close", None)
+            if close is not None:
+                close()
+
+    def _put(self, chunk: Framed | None, error: BaseException | None) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put((chunk, error), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
 
 def next_time(previous: int) -> int:

@@ -33,7 +33,7 @@ SOURCE = "_src"
 #: A line the importer could not read: the processor rejects it (SPEC §7).
 REJECT_PATH = "/import/reject"
 USER_AGENT = b"tally import"
-_GET = method_code("GET")
+GET = method_code("GET")
 #: How much of an unreadable line a reject keeps.
 MAX_RAW = 8192
 
@@ -68,7 +68,7 @@ def frame(item: Row | Bad, key: str, recv_ns: int) -> bytes:
             pairs.append((wire.TIME, ""))  # no time: bad_time, never a guess (SPEC §10)
         pairs.append((wire.TIME_IS_EVENT_TIME, wire.EVENT_TIME_GIVEN))
         path = item.path
-    return encode_frame(_GET, path.encode(), _query(pairs), b"", recv_ns, b"", USER_AGENT, b"", b"")
+    return encode_frame(GET, path.encode(), _query(pairs), b"", recv_ns, b"", USER_AGENT, b"", b"")
 
 
 def _query(pairs: list[tuple[str, str]]) -> bytes:
@@ -78,9 +78,16 @@ def _query(pairs: list[tuple[str, str]]) -> bytes:
     hot path): names and values are joined by NUL and SOH, escaped together,
     and the two then become ``=`` and ``&``."""
     text = "\x01".join([name + "\x00" + value for name, value in pairs])
-    if text.count("\x00") != len(pairs) or text.count("\x01") != len(pairs) - 1:
+    if (text.count("\x00"), text.count("\x01")) != (len(pairs), len(pairs) - 1) or "\x02" in text:
         return urlencode(pairs, quote_via=quote).encode()  # a NUL or SOH of their own
-    data = text.encode()
+    return escape_query(text.encode())
+
+
+def escape_query(data: bytes) -> bytes:
+    """Names and values joined by NUL and SOH as a query string: every byte
+    but letters, digits, ``_.-~``, NUL, SOH and STX escaped as ``%XX``, then
+    NUL and SOH made ``=`` and ``&`` (STX is left: it separates the records
+    of a block, tally.migrate.blocks)."""
     unsafe = data.translate(None, _SAFE)  # the bytes to escape (C speed, as replace is)
     if unsafe:
         found = set(unsafe)
@@ -92,7 +99,7 @@ def _query(pairs: list[tuple[str, str]]) -> bytes:
     return data.translate(_SEPARATORS)
 
 
-_SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.~-\x00\x01"
+_SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.~-\x00\x01\x02"
 _PERCENT = ord("%")
 _BYTES = [bytes([byte]) for byte in range(256)]
 _ESCAPES = [f"%{byte:02X}".encode() for byte in range(256)]

@@ -88,6 +88,65 @@ def lines(files: list[SourceFile], start: Position) -> Iterator[tuple[SourceFile
             yield item, b"", Position(index + 1, 0, 0, done)  # (a blank: the next file's start)
 
 
+#: How much of a file :func:`line_blocks` reads at a time: small enough for
+#: what is made of a block to stay in the CPU's caches (and out of the
+#: allocator's fresh pages: 25% faster than 2 MiB blocks).
+BLOCK_BYTES = 256 * 1024
+
+
+class Block(NamedTuple):
+    """Lines of one file of a source, read together."""
+
+    file: SourceFile
+    first: int  # the number of the first line in its file
+    lines: bytes | None  # whole lines joined by newlines (without the last one); None: none
+    cut: bytes  # a last line cut short (no newline at the end of the file), or empty
+    position: Position  # after them
+
+
+def line_blocks(
+    files: list[SourceFile], start: Position, size: int | None = None
+) -> Iterator[Block]:
+    """The lines from ``start`` on, about ``size`` bytes (:data:`BLOCK_BYTES`)
+    at a time, with the position after each block: :func:`lines` a block at
+    a time."""
+    size = size or BLOCK_BYTES
+    done = start.done
+    for index in range(start.file, len(files)):
+        item = files[index]
+        offset, number = (start.offset, start.line) if index == start.file else (0, 0)
+        try:
+            f = open_bytes(item.path)
+        except OSError as exc:
+            raise InvalidInput(f"cannot read {item.path}: {exc.strerror}", field="path") from exc
+        with f:
+            if offset:
+                f.seek(offset)
+            rest = b""
+            while data := f.read(size):
+                if rest:
+                    data = rest + data
+                end = data.rfind(b"\n")
+                if end < 0:
+                    rest = data  # a line longer than a block: read on
+                    continue
+                rest = data[end + 1 :]
+                block = data[:end]
+                offset += end + 1
+                count = block.count(b"\n") + 1
+                position = Position(index, offset, number + count, done + _disk_offset(f))
+                yield Block(item, number + 1, block, b"", position)
+                number += count
+            if rest:
+                offset += len(rest)
+                number += 1
+                position = Position(index, offset, number, done + _disk_offset(f))
+                yield Block(item, number, None, rest, position)
+        done += item.size
+        if index + 1 < len(files):
+            yield Block(item, 0, None, b"", Position(index + 1, 0, 0, done))  # the next file
+
+
 def first_line(item: SourceFile) -> bytes:
     """The first line that is not blank (empty when none), to tell what a file is."""
     try:

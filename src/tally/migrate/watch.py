@@ -27,7 +27,7 @@ from tally.catalog import Catalog
 from tally.errors import TallyError
 from tally.migrate.checkpoint import ImportState, check_name, default_name, read_state
 from tally.migrate.formats import open_source
-from tally.migrate.importer import check_resumable, product_key, run_import
+from tally.migrate.importer import check_resumable, product_key, write_chunks
 from tally.settings import Settings
 
 log = logging.getLogger("tally.imports")
@@ -114,8 +114,8 @@ class ImportDir:
                     key = product_key(catalog, product)
                 finally:
                     catalog.close()
-                state = run_import(log_dir, state, key, source.items(state.position),
-                                   stop=self._stop.is_set)  # fmt: skip
+                state = write_chunks(log_dir, state, source.chunks(state.position, key),
+                                     stop=self._stop.is_set)  # fmt: skip
         except TallyError as exc:
             self._fail(path, exc.message)
             return None
