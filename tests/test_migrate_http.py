@@ -31,6 +31,11 @@ def test_json_lines_and_gzip_csv_bodies_are_imported(server):
     assert doc["written"] == 42
     assert doc["unreadable"] == {"malformed_record": 1}
     assert "duplicates are absorbed" in doc["note"]
+    entry = httpx.get(f"{server.base_url}/api/v1/audit", headers=auth).json()["entries"][0]
+    assert entry["action"] == "import.write"
+    assert entry["target"] == "default"
+    assert entry["details"] == {"import": "nightly", "stream": "i-nightly", "written": 42,
+                                "unreadable": {"malformed_record": 1}}  # fmt: skip
 
     people_csv = "Identity,Timestamp,Event,Prop:Plan\n" + "".join(
         f"q{i},{T + i},Signed Up,pro\n" for i in range(10)

@@ -25,7 +25,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from tally import api_models as models
-from tally.api_core import authorise, json_body, product_of
+from tally import audit
+from tally.api_core import authorise, json_body, operator, product_of
 from tally.errors import InvalidInput
 from tally.migrate.bodies import body_format, body_items, body_lines
 from tally.migrate.checkpoint import IMPORTING, ImportState, check_name, read_state
@@ -83,7 +84,7 @@ async def import_records(request: Request) -> Response:
     """Write the body's records to the log; how many were written. The body
     is read as it arrives and written in durable chunks from a thread, with a
     few chunks in between at most, so memory stays bounded."""
-    core = authorise(request)
+    core, actor = operator(request)
     product = product_of(core, request)
     fmt = body_format(request.headers.get("content-type", ""))
     gzipped = "gzip" in request.headers.get("content-encoding", "").lower()
@@ -119,17 +120,22 @@ async def import_records(request: Request) -> Response:
         if not task.done():
             await asyncio.wait([task])
     done = task.result()  # the thread's error, if it failed (a CSV header: 400)
+    answer = {
+        "import": name,
+        "stream": done.stream,
+        "written": done.records - records,
+        "unreadable": {k: v - unreadable.get(k, 0) for k, v in done.rejected.items()
+                       if v > unreadable.get(k, 0)},
+    }  # fmt: skip
+    if answer["written"]:
+        core.catalog.record(actor, audit.IMPORT_WRITE, product, answer)
     return JSONResponse(
         {
-            "import": name,
-            "stream": done.stream,
-            "written": done.records - records,
-            "unreadable": {k: v - unreadable.get(k, 0) for k, v in done.rejected.items()
-                           if v > unreadable.get(k, 0)},
+            **answer,
             "note": "written to the log and durable; duplicates are absorbed, and the other "
             "rejects decided, when the processor applies them: see /rejects",
         }
-    )  # fmt: skip
+    )
 
 
 async def _hand_over(chunks: queue.Queue[bytes | None], chunk: bytes | None, task: Any) -> bool:

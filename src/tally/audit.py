@@ -38,11 +38,12 @@ USER_DELETE = "user.delete"
 USER_PASSWORD = "user.password"
 SAVED_CREATE = "saved.create"
 SAVED_DELETE = "saved.delete"
+IMPORT_WRITE = "import.write"
 #: Every action, as documented (docs/http-api.md); the names are stable.
 ACTIONS = (
     PRODUCT_CREATE, PRODUCT_UPDATE, KEY_ADD, KEY_REVOKE, TOKEN_CREATE, TOKEN_REVOKE,
     ALIAS_REVOKE, REJECTS_REPLAY, USER_CREATE, USER_DELETE, USER_PASSWORD, SAVED_CREATE,
-    SAVED_DELETE,
+    SAVED_DELETE, IMPORT_WRITE,
 )  # fmt: skip
 
 #: The CLI through a running server, with the token the server left it

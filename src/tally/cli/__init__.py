@@ -332,13 +332,14 @@ def audit_log(limit: int, as_json: bool, data_dir: Path) -> None:
     """What operators changed, and who did it: newest first.
 
     Every change to products, API keys and operator tokens, every alias
-    revocation and every replay of rejects, from the CLI or the API. The actor
+    revocation and every replay of rejects, from the CLI or the API, and every
+    import through the API (POST .../import). The actor
     is "token NAME" for the API, "cli" for this CLI through a running server,
     "cli (unix user NAME)" for a command that wrote the catalog itself. Never
     a token's secret; "user NAME" for the dashboard account NAME. Actions:
     product.create, product.update, key.add, key.revoke, token.create,
     token.revoke, alias.revoke, rejects.replay, user.create, user.delete,
-    user.password, saved.create, saved.delete.
+    user.password, saved.create, saved.delete, import.write.
     """
     entries = _catalog(data_dir).audit_entries(limit)
     if as_json:
