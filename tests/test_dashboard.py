@@ -212,7 +212,10 @@ def test_each_report_page_shows_the_apis_answer_in_its_table(
     embedded = json.loads(page.locator("#report-data").text_content())
     assert embedded == expected
     table = TABLES[kind](expected)
-    assert table_cells(page) == [[cell(v) for v in row] for row in table.rows]
+    shown = [[cell(v, table.unit(i)) for i, v in enumerate(row)] for row in table.rows]
+    if kind == "people":  # the person's name is a link, written as it is
+        shown = [[cell(row[0]), *cells[1:]] for row, cells in zip(table.rows, shown, strict=True)]
+    assert table_cells(page) == shown
     figures = page.eval_on_selector_all("#report-summary dd", "ds => ds.map(d => d.textContent)")
     assert figures == [cell(value) for _, value in table.summary]
     if kind != "people":
@@ -224,6 +227,17 @@ def test_the_funnel_table_holds_the_stories_numbers(page: Any, server: RunningSe
     people = [row[3] for row in table_cells(page)]
     # 23 visitors; ann, bob and 7 buyers sign up; ann and 4 buyers pay.
     assert people == ["23", "9", "5"]
+    # Rates read as percentages, median times as durations: a sign-up 90 s
+    # after the visit (the middle of ann's 60 s, bob's 300 s and the buyers'
+    # 90 s), a payment two days (less 90 s) after the sign-up.
+    rates = [row[4:6] for row in table_cells(page)]
+    assert rates == [["100%", "100%"], ["39.1%", "39.1%"], ["55.6%", "21.7%"]]
+    assert [row[6] for row in table_cells(page)] == ["\u2013", "1m 30s", "2d"]
+    headers = page.eval_on_selector_all("#report-table th", "hs => hs.map(h => h.textContent)")
+    assert headers[6] == "Median time from previous"
+    # The embedded answer stays the API's raw numbers.
+    steps = json.loads(page.locator("#report-data").text_content())["steps"]
+    assert [s["median_seconds_from_previous"] for s in steps] == [None, 90, 172_710]
 
 
 def test_a_report_url_reproduces_the_report_in_a_fresh_browser(

@@ -276,6 +276,20 @@
   var layout = { margin: { t: 20, r: 10, b: 60, l: 50 }, legend: { orientation: "h" },
                  font: { family: "system-ui, sans-serif" } };
   var traces = [];
+  // As the tables show them (tally.web.tables: percent, duration).
+  function decimal(v, places) { return String(Number(v.toFixed(places))); }
+  function percent(rate) { return rate == null ? "\u2013" : decimal(rate * 100, 1) + "%"; }
+  function duration(s) {
+    if (s == null) return "\u2013";
+    function two(count, per, big, small) {
+      var low = count % per;
+      return Math.floor(count / per) + big + (low ? " " + low + small : "");
+    }
+    if (s < 59.95) return decimal(s, 1) + "s";
+    if (Math.round(s) < 3600) return two(Math.round(s), 60, "m", "s");
+    if (Math.round(s / 60) < 1440) return two(Math.round(s / 60), 60, "h", "m");
+    return two(Math.round(s / 3600), 24, "d", "h");
+  }
   function x(series) { return series.map(function (p) { return p.start; }); }
   if (kind === "metrics") {
     traces.push({ x: x(answer.series), y: answer.series.map(function (p) { return p.value; }),
@@ -291,15 +305,21 @@
                     x: g.steps.map(function (s, i) { return (i + 1) + ". " + s.event; }),
                     y: g.steps.map(function (s) { return s.people; }),
                     text: g.steps.map(function (s) {
-                      return s.conversion_from_first == null ? "" : Math.round(s.conversion_from_first * 100) + "%";
-                    }), textposition: "auto" });
+                      return s.conversion_from_first == null ? "" : percent(s.conversion_from_first);
+                    }), textposition: "auto",
+                    customdata: g.steps.map(function (s) {
+                      return [percent(s.conversion_from_previous), duration(s.median_seconds_from_previous)];
+                    }),
+                    hovertemplate: "%{y} people, %{text} of step 1<br>%{customdata[0]} of the step before," +
+                                   " median time %{customdata[1]}<extra>%{fullData.name}</extra>" });
     });
     layout.barmode = "group";
   } else if (kind === "cohort") {
     traces.push({ type: "heatmap", colorscale: "Blues", reversescale: true,
                   y: answer.cohorts.map(function (c) { return c.start; }),
                   x: (answer.cohorts[0] || { values: [] }).values.map(function (_, k) { return "Bucket " + k; }),
-                  z: answer.cohorts.map(function (c) { return c.percentages; }) });
+                  z: answer.cohorts.map(function (c) { return c.percentages; }),
+                  hovertemplate: "%{y}, %{x}: %{z:.1%}<extra></extra>" });
   } else if (kind === "revenue") {
     ["revenue", "paying", "new", "churned"].forEach(function (field) {
       traces.push({ x: x(answer.series), y: answer.series.map(function (p) { return p[field]; }),
@@ -310,12 +330,16 @@
   } else if (kind === "abtest") {
     traces.push({ type: "bar", x: answer.variants.map(function (v) {
                     return v.name + (v.name === answer.winner ? " (winner)" : ""); }),
-                  y: answer.variants.map(function (v) { return v.rate; }), name: "rate" });
+                  y: answer.variants.map(function (v) { return v.rate; }), name: "rate",
+                  hovertemplate: "%{x}: %{y:.1%}<extra></extra>" });
+    layout.yaxis = { tickformat: ".0%" };
   } else if (kind === "path") {
     var paths = answer.paths.slice(0, 15).reverse();
     traces.push({ type: "bar", orientation: "h", y: paths.map(function (p) {
                     return p.steps.join(" → ") || "(direct)"; }),
-                  x: paths.map(function (p) { return p.people; }) });
+                  x: paths.map(function (p) { return p.people; }),
+                  customdata: paths.map(function (p) { return duration(p.median_seconds); }),
+                  hovertemplate: "%{x} people, median time %{customdata}<extra></extra>" });
     layout.margin.l = 240;
   }
   window.Plotly.newPlot(chart, traces, layout, { responsive: true, displaylogo: false });
