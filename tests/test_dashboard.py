@@ -394,6 +394,11 @@ def test_a_people_search_address_fills_the_rows_and_the_text_box_follows_them(
         },
         body["conditions"][3],
     ]
+    # "Did not" takes no count (the API refuses one): the count goes with its fields.
+    page.get_by_label("Condition 2: did or did not", exact=True).select_option(label="did not")
+    assert not page.get_by_label("Condition 2: how many times", exact=True).is_visible()
+    undone = json.loads(page.locator("#q").input_value())["conditions"][1]
+    assert undone == {"type": "event", "event": "Viewed Page", "did": False}
     # The text box edits the rows too.
     page.get_by_text("The definition as JSON").click()
     typed = {**edited, "conditions": [{"type": "identity", "op": "contains", "value": "ann"}]}

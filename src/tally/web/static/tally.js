@@ -107,14 +107,16 @@
     var fields = [labelled(n + " is about", control("select", at + "type", { "data-redraw": "kind" },
       [["event", "an event"], ["property", "a property"], ["identity", "an identity"]]))];
     if (c.type === "event") {
-      var counted = !!(c.count && c.count.op);
+      // A count goes with "did" only (the API refuses one with did: false).
+      var did = c.did !== false, counted = did && !!(c.count && c.count.op);
       fields.push(
         labelled(n + ": did or did not", control("select", at + "did",
-          { "data-type": "bool", "data-default": "true" }, [["true", "did"], ["false", "did not"]])),
+          { "data-type": "bool", "data-default": "true", "data-redraw": "" },
+          [["true", "did"], ["false", "did not"]])),
         labelled(n + ": event", control("input", at + "event", { list: "event-names", autocomplete: "off" })),
         labelled(n + ": how many times", control("select", at + "count.op", { "data-redraw": "" },
           [["", "any number of times"], ["at_least", "at least"], ["at_most", "at most"],
-           ["exactly", "exactly"]])),
+           ["exactly", "exactly"]]), !did),
         labelled(n + ": times", control("input", at + "count.value", { type: "number", min: "0" }),
                  !counted));
     } else if (c.type === "property") {
@@ -224,6 +226,7 @@
         current[list][i] = JSON.parse(JSON.stringify(FRESH[list][input.value]));
       }
       redraw(current, input.id);
+      update();  // what the redrawn rows hide (a count once "did not") leaves the body
     });
     form.addEventListener("click", function (event) {
       var button = event.target.closest && event.target.closest("button[data-add], button[data-remove]");
