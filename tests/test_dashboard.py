@@ -212,7 +212,10 @@ def test_each_report_page_shows_the_apis_answer_in_its_table(
     embedded = json.loads(page.locator("#report-data").text_content())
     assert embedded == expected
     table = TABLES[kind](expected)
-    assert table_cells(page) == [[cell(v) for v in row] for row in table.rows]
+    shown = [[cell(v, table.unit(i)) for i, v in enumerate(row)] for row in table.rows]
+    if kind == "people":  # the person's name is a link, written as it is
+        shown = [[cell(row[0]), *cells[1:]] for row, cells in zip(table.rows, shown, strict=True)]
+    assert table_cells(page) == shown
     figures = page.eval_on_selector_all("#report-summary dd", "ds => ds.map(d => d.textContent)")
     assert figures == [cell(value) for _, value in table.summary]
     if kind != "people":
@@ -224,6 +227,17 @@ def test_the_funnel_table_holds_the_stories_numbers(page: Any, server: RunningSe
     people = [row[3] for row in table_cells(page)]
     # 23 visitors; ann, bob and 7 buyers sign up; ann and 4 buyers pay.
     assert people == ["23", "9", "5"]
+    # Rates read as percentages, median times as durations: a sign-up 90 s
+    # after the visit (the middle of ann's 60 s, bob's 300 s and the buyers'
+    # 90 s), a payment two days (less 90 s) after the sign-up.
+    rates = [row[4:6] for row in table_cells(page)]
+    assert rates == [["100%", "100%"], ["39.1%", "39.1%"], ["55.6%", "21.7%"]]
+    assert [row[6] for row in table_cells(page)] == ["\u2013", "1m 30s", "2d"]
+    headers = page.eval_on_selector_all("#report-table th", "hs => hs.map(h => h.textContent)")
+    assert headers[6] == "Median time from previous"
+    # The embedded answer stays the API's raw numbers.
+    steps = json.loads(page.locator("#report-data").text_content())["steps"]
+    assert [s["median_seconds_from_previous"] for s in steps] == [None, 90, 172_710]
 
 
 def test_a_report_url_reproduces_the_report_in_a_fresh_browser(
@@ -296,6 +310,106 @@ def test_people_search_downloads_as_csv(page: Any, server: RunningServer) -> Non
         expected = client.post(url, json=BODIES["people"], headers={"Accept": "text/csv"}).text
     assert text == expected
     assert text.count("\n") == 1 + answer_of(server, "people", BODIES["people"])["total"]
+
+
+def test_a_people_search_is_built_from_the_rows_without_writing_json(
+    page: Any, server: RunningServer
+) -> None:
+    page.goto(server.base_url + f"/products/{PRODUCT}/reports/people")
+    page.get_by_label("Range").select_option(label="Last 30 days")
+    page.get_by_role("button", name="Add a condition").click()
+    page.get_by_label("Condition 1: event", exact=True).fill("Signed Up")
+    assert (
+        page.get_by_label("Condition 1: event", exact=True).get_attribute("list") == "event-names"
+    )
+    page.get_by_role("button", name="Add a condition").click()
+    page.get_by_label("Condition 2 is about", exact=True).select_option(label="a property")
+    page.get_by_label("Condition 2: property", exact=True).fill("Plan")
+    page.get_by_label("Condition 2: test", exact=True).select_option(label="equals")
+    page.get_by_label("Condition 2: value", exact=True).fill("pro")
+    page.get_by_role("button", name="Add a column").click()
+    page.get_by_label("Column 1: property", exact=True).fill("Plan")
+    page.get_by_label("Column 1: which", exact=True).select_option(label="last value")
+    page.get_by_role("button", name="Run").click()
+    page.wait_for_selector("#report-table")
+    body = json.loads(httpx.URL(page.url).params["q"])
+    assert body["conditions"] == [
+        {"type": "event", "event": "Signed Up", "did": True},
+        {"type": "property", "property": "Plan", "op": "equals", "value": "pro"},
+    ]
+    assert body["columns"] == [{"type": "property", "property": "Plan", "which": "last"}]
+    expected = answer_of(server, "people", body)
+    shown = table_cells(page)
+    assert [row[0] for row in shown] == [p["display"] for p in expected["people"]]
+    assert {row[-1] for row in shown} == {"pro"}
+    # Signed up on the pro plan: ann and the odd buyers (3, 9, 15); bob chose free.
+    assert {"buyer3@shop.example", "buyer9@shop.example"} <= {row[0] for row in shown}
+    assert "bob" not in {row[0] for row in shown}
+    # The rows came back filled from the address, and run the same search again.
+    assert page.get_by_label("Condition 2: value", exact=True).input_value() == "pro"
+
+
+def test_a_people_search_address_fills_the_rows_and_the_text_box_follows_them(
+    page: Any, server: RunningServer
+) -> None:
+    billed_over_20 = [{"property": "Billing Amount", "op": "gt", "value": 20}]
+    body = {"from": BODIES["people"]["from"], "to": BODIES["people"]["to"], "logic": "any",
+            "conditions": [
+                {"type": "event", "event": "Billed", "did": False, "where": billed_over_20},
+                {"type": "event", "event": "Viewed Page", "count": {"op": "at_least", "value": 2}},
+                {"type": "property", "property": "Plan", "op": "has_any_value"},
+                {"type": "identity", "op": "contains", "value": "bob"}],
+            "columns": [{"type": "event", "event": "Billed", "which": "last_time"}]}  # fmt: skip
+    page.goto(report_url(server, "people", body))
+
+    def value(label: str) -> str:
+        found: str = page.get_by_label(label, exact=True).input_value()
+        return found
+
+    assert value("Conditions must hold") == "any"
+    assert [value("Condition 1 is about"), value("Condition 1: did or did not"),
+            value("Condition 1: event")] == ["event", "false", "Billed"]  # fmt: skip
+    assert [value("Condition 2: event"), value("Condition 2: how many times"),
+            value("Condition 2: times")] == ["Viewed Page", "at_least", "2"]  # fmt: skip
+    assert [value("Condition 3: property"), value("Condition 3: test")] == [
+        "Plan",
+        "has_any_value",
+    ]
+    assert not page.get_by_label("Condition 3: value", exact=True).is_visible()
+    assert value("Condition 4: identity contains") == "bob"
+    assert [value("Column 1 shows"), value("Column 1: event"),
+            value("Column 1: which")] == ["event", "Billed", "last_time"]  # fmt: skip
+    # Removing a row edits the body; what no row shows (a condition's where) stays.
+    page.get_by_role("button", name="Remove condition 3").click()
+    page.get_by_label("Condition 2: how many times", exact=True).select_option(label="exactly")
+    edited = json.loads(page.locator("#q").input_value())
+    assert edited["conditions"] == [
+        body["conditions"][0],
+        # The row says "did", and so does the body now (the default, made explicit).
+        {
+            "type": "event",
+            "event": "Viewed Page",
+            "count": {"op": "exactly", "value": 2},
+            "did": True,
+        },
+        body["conditions"][3],
+    ]
+    # "Did not" takes no count (the API refuses one): the count goes with its fields.
+    page.get_by_label("Condition 2: did or did not", exact=True).select_option(label="did not")
+    assert not page.get_by_label("Condition 2: how many times", exact=True).is_visible()
+    undone = json.loads(page.locator("#q").input_value())["conditions"][1]
+    assert undone == {"type": "event", "event": "Viewed Page", "did": False}
+    # The text box edits the rows too.
+    page.get_by_text("The definition as JSON").click()
+    typed = {**edited, "conditions": [{"type": "identity", "op": "contains", "value": "ann"}]}
+    page.locator("#q").fill(json.dumps(typed))
+    assert page.locator("#conditions li").count() == 1
+    assert value("Condition 1: identity contains") == "ann"
+    page.get_by_role("button", name="Run").click()
+    page.wait_for_selector("#report-table")
+    expected = answer_of(server, "people", typed)
+    assert [row[0] for row in table_cells(page)] == [p["display"] for p in expected["people"]]
+    assert expected["people"]
 
 
 # -- saved reports -------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 
 from dashboard_site import ADMIN, BODIES, KEY, PASSWORD, PRODUCT, VIEWER, api, site
 from serverproc import RunningServer
+from tally.web.tables import Unit, cell
 
 
 @pytest.fixture(scope="module")
@@ -249,3 +250,65 @@ def test_the_live_feed_goes_on_from_a_cursor_and_refuses_a_bad_one(
         bad = client.get(url, headers={"Last-Event-ID": "not a cursor"})
     assert bad.status_code == 400
     assert bad.json()["error"]["field"] == "after"
+
+
+# -- numbers a person reads --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "shown"),
+    [
+        pytest.param(0.4235, "rate", "42.4%", id="a rate to one decimal of a percent"),
+        pytest.param(1, "rate", "100%", id="a whole rate without decimals"),
+        pytest.param(-0.25, "rate", "-25%", id="a fall in rate"),
+        pytest.param(42, "seconds", "42s", id="under a minute in seconds"),
+        pytest.param(0.5, "seconds", "0.5s", id="a tenth of a second kept under a minute"),
+        pytest.param(125, "seconds", "2m 5s", id="minutes and seconds"),
+        pytest.param(120, "seconds", "2m", id="a unit of zero left out"),
+        pytest.param(3725, "seconds", "1h 2m", id="hours and minutes, seconds dropped"),
+        pytest.param(3599.6, "seconds", "1h", id="rounding carries into the next unit"),
+        pytest.param(90061, "seconds", "1d 1h", id="days and hours"),
+        pytest.param(None, "seconds", "\u2013", id="none is a dash"),
+        pytest.param(0.4235, None, "0.4235", id="a plain number as written"),
+    ],
+)  # fmt: skip
+def test_a_cell_reads_as_a_person_reads_it(value: float | None, unit: Unit,
+                                           shown: str) -> None:  # fmt: skip
+    assert cell(value, unit) == shown
+
+
+def test_the_page_shows_percentages_and_durations_but_the_csv_stays_raw(
+    server: RunningServer,
+) -> None:
+    client, _ = signed_in(server)
+    q = quote(json.dumps(BODIES["funnel"]))
+    page = client.get(f"/products/{PRODUCT}/reports/funnel?q={q}").text
+    csv = client.get(f"/products/{PRODUCT}/reports/funnel/csv?q={q}").text
+    abtest = client.get(
+        f"/products/{PRODUCT}/reports/abtest?q={quote(json.dumps(BODIES['abtest']))}"
+    )
+    client.close()
+    with api(server) as api_client:
+        steps = api_client.post(f"/api/v1/products/{PRODUCT}/reports/funnel",
+                                json=BODIES["funnel"]).json()["steps"]  # fmt: skip
+    # (This module's alias revocation moves the numbers: they are read from the API.)
+    second = steps[1]
+    rate, median = second["conversion_from_first"], second["median_seconds_from_previous"]
+    assert 0 < rate < 1
+    assert f"<td>{cell(rate, 'rate')}</td>" in page
+    assert re.fullmatch(r"\d+(\.\d)?%", cell(rate, "rate"))
+    assert f"<td>{cell(median, 'seconds')}</td>" in page
+    assert re.fullmatch(r"(\d+[dhm] ?)+(\d+s)?|\d+(\.\d)?s", cell(median, "seconds"))
+    embedded = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page)
+    assert embedded is not None
+    assert json.loads(embedded.group(1))["steps"] == steps
+    lines = csv.splitlines()
+    assert lines[0].endswith(",Conversion from first,Median time from previous (seconds)")
+    raw = [second["people"], second["conversion_from_previous"], rate, median]
+    assert lines[2] == "All,2,Signed Up," + ",".join(cell(v) for v in raw)
+    with api(server) as api_client:
+        variants = api_client.post(f"/api/v1/products/{PRODUCT}/reports/abtest",
+                                   json=BODIES["abtest"]).json()["variants"]  # fmt: skip
+    for variant in variants:
+        assert f"<td>{cell(variant['rate'], 'rate')}</td>" in abtest.text
+        assert cell(variant["rate"], "rate").endswith("%")

@@ -181,12 +181,13 @@ async def report_csv(request: Request) -> Response:
     table = TABLES[kind](await _answer(request, web, product.name, kind, body))
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(table.headers)
+    writer.writerow(table.csv_headers())
     writer.writerows([[_csv_cell(v) for v in row] for row in table.rows])
     return Response(out.getvalue(), media_type="text/csv; charset=utf-8", headers=headers)
 
 
 def _csv_cell(value: Any) -> str:
+    """A cell of the CSV: the answer's own number (no unit applied), empty for none."""
     return "" if value is None else cell(value)
 
 
