@@ -349,6 +349,25 @@ def test_a_people_search_is_built_from_the_rows_without_writing_json(
     assert page.get_by_label("Condition 2: value", exact=True).input_value() == "pro"
 
 
+def test_a_refused_condition_shows_the_api_message_beside_its_row(
+    page: Any, server: RunningServer
+) -> None:
+    plan_over_x = {"type": "property", "property": "Plan", "op": "gt", "value": "x"}
+    body = {"from": BODIES["people"]["from"], "to": BODIES["people"]["to"],
+            "conditions": [{"type": "event", "event": "Billed"}, plan_over_x]}  # fmt: skip
+    api = httpx.post(f"{server.base_url}/api/v1/products/{PRODUCT}/reports/people", json=body,
+                     headers={"Authorization": f"Bearer {server.token}"})  # fmt: skip
+    assert api.status_code == 400
+    refused = api.json()["error"]
+    assert refused["field"] == "conditions[1].value"
+    page.goto(report_url(server, "people", body))
+    value = page.get_by_label("Condition 2: value", exact=True)
+    message = page.locator(".field", has=value).locator(".field-error")
+    assert message.inner_text() == refused["message"]
+    assert value.get_attribute("aria-invalid") == "true"
+    assert page.locator("#q").get_attribute("aria-invalid") is None
+
+
 def test_a_people_search_address_fills_the_rows_and_the_text_box_follows_them(
     page: Any, server: RunningServer
 ) -> None:

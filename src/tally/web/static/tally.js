@@ -190,6 +190,18 @@
     }
     function show(body) { drawRows(body); fill(body); }
     if (body) show(body);
+    // The server puts an error by the text box when the field it names is not
+    // in the page it sent: a row drawn here (a condition's event, value…) is.
+    var stray = document.getElementById("error-q");
+    var named = stray && stray.dataset.field && document.getElementById("f-" + stray.dataset.field);
+    if (named) {
+      stray.id = "error-" + stray.dataset.field;
+      named.parentNode.appendChild(stray);
+      named.setAttribute("aria-invalid", "true");
+      named.setAttribute("aria-describedby", stray.id);
+      box.removeAttribute("aria-invalid");
+      box.removeAttribute("aria-describedby");
+    }
     function valueOf(input) {
       var raw = input.value.trim();
       if (raw === "" || input.closest(".field[hidden]")) return undefined;
