@@ -3,6 +3,7 @@ processor waits, for at most ``defer_seconds`` of lag."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -70,19 +71,42 @@ def queueing_collector(log_dir: Path) -> Iterator[None]:
         writer.close()
 
 
+def _machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (``/proc/stat``), this process included."""
+    with open("/proc/stat", "rb") as f:
+        ticks = list(map(int, f.readline().split()[1:9]))
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    own = os.times()
+    return own.user + own.system
+
+
 def test_saturated_takes_busy_cpus_and_queueing_collectors(tmp_path: Path) -> None:
     load = Load(LogReader(tmp_path).write_counts)
     assert load.busy_above == max(load.cpus - 1, 0.5)
-    end = time.monotonic() + 0.6
+    start, busy, own = time.monotonic(), _machine_busy_seconds(), _own_cpu_seconds()
+    end = start + 0.6
     while time.monotonic() < end:  # this process's own work is not "other"
         pass
     assert not load.saturated()
-    assert load.others < 0.8  # about 1 if this process counted; room for background noise
+    seconds = time.monotonic() - start
+    busy = (_machine_busy_seconds() - busy) / seconds
+    own = (_own_cpu_seconds() - own) / seconds
+    # The machine was busy with this spin and whatever else ran meanwhile
+    # (other programs, on a shared machine): only the latter is "others".
+    assert own > 0.3
+    assert abs(load.others - (busy - own)) < 0.25
     assert load.queued == 0.0  # no writes at all
     with queueing_collector(tmp_path):
         time.sleep(0.5)
-        assert not load.saturated()  # queueing, but the CPUs are free
+        saturated = load.saturated()
         assert load.queued == DEEP
+        # Queueing alone is not saturation: the CPUs must be busy elsewhere too
+        # (on a quiet machine they are not; a shared one may keep them busy).
+        assert saturated == (load.others > load.busy_above)
         with busy_cpus():
             time.sleep(0.8)
             load.look()  # a window that began before the spinners ran at full speed
@@ -137,10 +161,14 @@ def test_the_processor_waits_while_ingest_saturates_at_most_defer_seconds(
         # Ingest has calmed down: records are applied at once.
         time.sleep(0.5)
         _log_events(config, 5, 5)
-        calm = time.monotonic()
-        wait_until(lambda: _events(processor) == 10, 20, "the next events are applied")
-        assert time.monotonic() - calm < 2.0
-        assert not processor.waiting_for_ingest
+        waited = []
+
+        def applied() -> bool:
+            waited.append(processor.waiting_for_ingest)
+            return _events(processor) == 10
+
+        wait_until(applied, 20, "the next events are applied")
+        assert not any(waited)  # at once: not held back for defer_seconds
     finally:
         processor.stop()
         store.close()
@@ -161,9 +189,7 @@ def test_defer_seconds_zero_never_waits(tmp_path: Path) -> None:
             time.sleep(0.5)
             _log_events(config, 5, 0)
             processor.start()
-            started = time.monotonic()
-            wait_until(applied, 20, "the events are applied")
-            assert time.monotonic() - started < 2.5  # saturated, but applied at once
+            wait_until(applied, 20, "the events are applied")  # saturated, but never held
     finally:
         processor.stop()
         store.close()
