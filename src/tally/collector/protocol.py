@@ -753,10 +753,6 @@ class TrackingProtocol(asyncio.Protocol):
             self._proxied.popleft()
         if self._answers and self._answers[0] is proxied.slot:
             self._answers.popleft()
-        upload = proxied.upload
-        if upload is not None and not upload.done and not self._closed:
-            self._end_upload(upload, proxied.slot)
-            return
         if task.cancelled():
             go_on = False
         elif (error := task.exception()) is not None:
@@ -764,6 +760,10 @@ class TrackingProtocol(asyncio.Protocol):
             go_on = False
         else:
             go_on = task.result() and proxied.slot is not self._close_after
+        upload = proxied.upload
+        if upload is not None and not upload.done and not self._closed:
+            self._end_upload(upload, proxied.slot)
+            return
         if not go_on and not self._closed and self._transport is not None:
             self._transport.close()
             self._abandon()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -136,7 +137,11 @@ async def forward(
     try:
         if core_socket is None:
             raise ConnectionRefusedError("no core process")
-        reader, writer = await asyncio.open_unix_connection(str(core_socket))
+        sender: socket.socket | None = None
+        if upload is None:
+            reader, writer = await asyncio.open_unix_connection(str(core_socket))
+        else:
+            reader, writer, sender = await _open_for_upload(core_socket)
     except OSError as exc:
         log.warning("cannot reach the core at %s: %s", core_socket, exc)
         _answer(transport, _unavailable(), upload)
@@ -144,12 +149,12 @@ async def forward(
     if upload is not None and upload.expect and not upload.done and not transport.is_closing():
         transport.write(_CONTINUE)  # its turn has come: send the body (RFC 9110 §10.1.1)
     try:
-        writer.write(request)
         try:
-            if upload is None:
+            if sender is None or upload is None:
+                writer.write(request)
                 await writer.drain()
                 answer_head = await reader.readuntil(b"\r\n\r\n")
-            elif (sent := await _send_while_waiting(upload, writer, reader)) is None:
+            elif (sent := await _send_while_waiting(upload, request, sender, reader)) is None:
                 return False  # aborted: the caller answers, or the client is gone
             else:
                 answer_head = sent
@@ -176,6 +181,47 @@ async def forward(
         return False
     finally:
         writer.close()
+        if sender is not None:
+            sender.close()
+
+
+class _UploadProtocol(asyncio.StreamReaderProtocol):
+    """asyncio's stream protocol, except that a reset (the core closed without
+    reading the rest of an import's body, after answering) ends the answer
+    where it stops instead of making the next read raise."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
+            exc = None
+        super().connection_lost(exc)
+
+
+async def _open_for_upload(
+    path: Path,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, socket.socket]:
+    """A connection to the core for an import: a stream to read the answer
+    from, and a second descriptor of the same socket to send the body on. A
+    transport closes both ways when a write fails (the core answered early and
+    closed), dropping an answer already in the socket's buffer unread; writes
+    on their own descriptor fail alone, and the answer is read all the same."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, str(path))
+        sender = sock.dup()
+    except OSError:
+        sock.close()
+        raise
+    reader = asyncio.StreamReader(limit=2**16, loop=loop)
+    try:
+        transport, protocol = await loop.create_unix_connection(
+            lambda: _UploadProtocol(reader, loop=loop), sock=sock
+        )
+    except OSError:
+        sender.close()
+        raise
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop), sender
 
 
 def _answer(transport: asyncio.Transport, data: bytes, upload: Upload | None) -> None:
@@ -186,13 +232,13 @@ def _answer(transport: asyncio.Transport, data: bytes, upload: Upload | None) ->
 
 
 async def _send_while_waiting(
-    upload: Upload, writer: asyncio.StreamWriter, reader: asyncio.StreamReader
+    upload: Upload, head: bytes, sender: socket.socket, reader: asyncio.StreamReader
 ) -> bytes | None:
     """Send the upload's body chunked as it arrives, and the head of the
     core's answer once it comes, which may be before the body is all sent (a
     refusal: the core then stops reading); None if the upload is aborted
     before an answer."""
-    sending = asyncio.ensure_future(_send_body(upload, writer))
+    sending = asyncio.ensure_future(_send_body(upload, head, sender))
     answering = asyncio.ensure_future(reader.readuntil(b"\r\n\r\n"))
     try:
         await asyncio.wait([sending, answering], return_when=asyncio.FIRST_COMPLETED)
@@ -206,24 +252,24 @@ async def _send_while_waiting(
         return answering.result()
     finally:
         for task in (sending, answering):
-            if task.done():
-                if not task.cancelled():
-                    task.exception()  # retrieved: what it was is decided above
-            else:
-                task.cancel()
+            task.cancel()
+        # Ended before the sockets close (forward), errors retrieved: what they
+        # were is decided above.
+        await asyncio.gather(sending, answering, return_exceptions=True)
 
 
-async def _send_body(upload: Upload, writer: asyncio.StreamWriter) -> None:
-    """Write the body as it arrives in chunks (RFC 9112 §7.1), waiting while the
-    core's socket does not take it; an aborted upload gets no last chunk, and
-    the core sees a body cut short when the connection closes."""
+async def _send_body(upload: Upload, head: bytes, sender: socket.socket) -> None:
+    """Send the head, then the body as it arrives in chunks (RFC 9112 §7.1),
+    each once the core's socket has taken the one before; an aborted upload
+    gets no last chunk, and the core sees a body cut short when the
+    connection closes."""
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(sender, head)
     while (chunks := await upload.take()) is not None:
         size = sum(map(len, chunks))
-        writer.writelines([b"%x\r\n" % size, *chunks, b"\r\n"])
-        await writer.drain()
+        await loop.sock_sendall(sender, b"".join([b"%x\r\n" % size, *chunks, b"\r\n"]))
     if not upload.aborted:
-        writer.write(b"0\r\n\r\n")
-        await writer.drain()
+        await loop.sock_sendall(sender, b"0\r\n\r\n")
 
 
 def _client_head(answer_head: bytes, *, keep_alive: bool, head_request: bool) -> tuple[bytes, bool]:
