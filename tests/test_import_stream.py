@@ -223,6 +223,19 @@ def test_a_broken_chunk_in_an_import_is_a_400(small_limits):
     assert json.loads(refused.body)["error"]["code"] == "invalid_input"
 
 
+def test_a_broken_import_waiting_for_its_turn_is_a_400_in_its_place(small_limits):
+    status = b"GET /api/v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n" % (
+        small_limits.token.encode()
+    )
+    head = _import_head(small_limits, b"Transfer-Encoding: chunked\r\n")
+    with connect(small_limits.port) as sock:
+        sock.sendall(status + head + b"4\r\n{}\n\n\r\nzz\r\n")
+        first, refused = split_responses(read_until_closed(sock))
+    assert first.status == 200
+    assert refused.status == 400
+    assert json.loads(refused.body)["error"]["code"] == "invalid_input"
+
+
 def test_an_upload_slower_than_the_timeout_is_not_cut_but_a_stalled_one_is(small_limits):
     server = small_limits  # --timeout 0.5
 

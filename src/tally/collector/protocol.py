@@ -263,8 +263,10 @@ class TrackingProtocol(asyncio.Protocol):
             return
         if self._upload is not None:
             # An import's body, still arriving: cut only a client that stops
-            # sending, not one held back while the core takes its time.
-            if not self._paused and now - self.last_active > timeout:
+            # sending once it is its turn, not one held back while the core
+            # takes its time (with the request before it, or with the body).
+            sending = self._relaying and self._proxied[0].upload is self._upload
+            if sending and not self._paused and now - self.last_active > timeout:
                 self._transport.close()
             return
         if self._proxied:
@@ -736,7 +738,8 @@ class TrackingProtocol(asyncio.Protocol):
             upload=proxied.upload,
         )
         if proxied.upload is not None:
-            self._resume_reading()  # its turn: the body is wanted now, whatever else waits
+            self.last_active = self._worker.loop.time()  # a stall counts from its turn
+            self._resume_reading()  # the body is wanted now, whatever else waits
         task = self._worker.loop.create_task(relay)
         self._relay = task
         self._worker.tasks.add(task)
