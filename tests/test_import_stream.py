@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -140,6 +141,39 @@ def test_requests_pipelined_after_an_import_are_answered_after_it_in_order(serve
     assert imported.headers["connection"] == "keep-alive"
     tracked = [r.query for r in server.wait_for_records(6_002) if r.query.startswith(b"_k=k&")]
     assert tracked == [b"_k=k&_p=before&_n=x", b"_k=k&_p=after&_n=x"]
+
+
+def test_an_import_and_what_follows_it_in_any_pieces_are_read_alike(server):
+    """However the reads split them (a request after the import begun inside
+    the read that ends its body, say), the import and the requests pipelined
+    around it are answered in order."""
+    rng = random.Random(13)
+    lines = [b"".join(_records(1, event="Split", start=i)) for i in range(300)]
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(line), line) for line in lines) + b"0\r\n\r\n"
+    data = (
+        get("/e?_k=k&_p=first&_n=x")
+        + _import_head(server, b"Transfer-Encoding: chunked\r\n")
+        + chunked
+        + get("/e?_k=k&_p=second&_n=x")
+        + get("/healthz")
+        + _import_head(server, b"Content-Length: %d\r\n" % len(b"".join(lines)))
+        + b"".join(lines)
+        + get("/e?_k=k&_p=third&_n=x")
+    )
+    for _ in range(3):
+        with connect(server.port) as sock:
+            at = 0
+            while at < len(data):
+                size = rng.choice([1, 7, 100, 1000, 5000, 70_000])
+                sock.sendall(data[at : at + size])
+                at += size
+                if rng.random() < 0.1:
+                    time.sleep(0.01)
+            gif, imported, gif2, health, imported2, gif3 = read_responses(sock, 6, timeout=30)
+        assert all(answer.is_gif() for answer in (gif, gif2, gif3))
+        assert health.status == 200
+        assert json.loads(imported.body)["written"] == 300
+        assert json.loads(imported2.body)["written"] == 300
 
 
 def test_a_client_that_leaves_mid_import_keeps_what_arrived(server):
