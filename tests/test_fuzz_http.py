@@ -31,7 +31,8 @@ RANDOM = os.environ.get("TALLY_FUZZ_RANDOM") == "1"
 _PIECES = [
     b"GET ", b"POST ", b"HEAD ", b"OPTIONS ", b"PUT ", b"GARBAGE ", b"/e", b"/s", b"/a",
     b"/m/trk", b"/healthz", b"/api/v1/status", b"/api/v1/products/default/reports/metrics",
-    b"/nowhere", b"?", b"&", b"=", b"_k=", b"_p=", b"_n=", b"%", b"%zz", b"%00", b"%C3%A9",
+    b"/api/v1/products/default/import", b"/nowhere", b"?", b"&", b"=", b"_k=", b"_p=", b"_n=",
+    b"%", b"%zz", b"%00", b"%C3%A9",
     b" HTTP/1.1", b" HTTP/1.0", b" HTTP/2.0", b"\r\n", b"\n", b"\r\n\r\n", b"Host: x\r\n",
     b"Content-Length: 5\r\n", b"Content-Length: 0\r\n", b"Content-Length: -1\r\n",
     b"Content-Length: 99999999999\r\n", b"Transfer-Encoding: chunked\r\n", b"0\r\n\r\n",

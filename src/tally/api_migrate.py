@@ -21,13 +21,13 @@ from typing import Any
 
 import duckdb
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from tally import api_models as models
 from tally import audit
 from tally.api_core import authorise, json_body, operator, product_of
-from tally.errors import InvalidInput
+from tally.errors import ClientGone, InvalidInput
 from tally.migrate.bodies import body_format, body_items, body_lines
 from tally.migrate.checkpoint import IMPORTING, ImportState, check_name, read_state
 from tally.migrate.exports import KINDS, MEDIA_TYPES, check_export, event_filter, export_bytes
@@ -111,10 +111,15 @@ async def import_records(request: Request) -> Response:
         return run_import(log_dir, state, key, itertools.chain(head, items))
 
     task = asyncio.ensure_future(run_in_threadpool(work))
+    gone = False
     try:
         async for chunk in request.stream():
             if chunk and not await _hand_over(chunks, chunk, task):
                 break
+    except ClientDisconnect:
+        # The client left (or the collector refused the rest of its body):
+        # what arrived is written and durable all the same, as docs say.
+        gone = True
     finally:
         await _hand_over(chunks, None, task)
         if not task.done():
@@ -129,6 +134,8 @@ async def import_records(request: Request) -> Response:
     }  # fmt: skip
     if answer["written"]:
         core.catalog.record(actor, audit.IMPORT_WRITE, product, answer)
+    if gone:
+        raise ClientGone(f"the body ended early; {answer['written']} records were written")
     return JSONResponse(
         {
             **answer,

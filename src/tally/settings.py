@@ -96,6 +96,12 @@ SETTINGS: tuple[Setting, ...] = (
         "order once they stop changing; each is then moved to completed_imports/YEAR/MONTH/DAY/.",
     ),
     Setting("import_product", "default", "The product the files of --import-dir go into."),
+    Setting(
+        "max_import_bytes",
+        "10GiB",
+        "Largest body of POST /api/v1/products/{product}/import, streamed to the core as "
+        "it arrives (every other request: 1 MiB); a larger one is answered 413.",
+    ),
 )
 
 
@@ -119,6 +125,7 @@ class Settings:
     max_identities_per_person: int = 1000
     import_dir: Path | None = None  # tally.migrate.watch
     import_product: str = "default"
+    max_import_bytes: int = 10 * 1024**3  # a streamed import's body (tally.collector.protocol)
     max_head_bytes: int = 16 * 1024  # SPEC §1: request line + headers
     max_body_bytes: int = 1024 * 1024  # SPEC §1: POST body
 

@@ -102,6 +102,7 @@ def main() -> None:
 @setting_option("defer_seconds", type=click.FloatRange(min=0))
 @setting_option("import_dir", type=click.Path(file_okay=False, path_type=Path))
 @setting_option("import_product")
+@setting_option("max_import_bytes", callback=size(minimum="1MiB"), metavar="SIZE")
 @pipeline_options
 @errors_to_exit
 def serve(
@@ -121,6 +122,7 @@ def serve(
     defer_seconds: float,
     import_dir: Path | None,
     import_product: str,
+    max_import_bytes: int,
     blocked_identities: str,
     max_identities_per_person: int,
 ) -> None:
@@ -153,6 +155,7 @@ def serve(
         max_identities_per_person=max_identities_per_person,
         import_dir=import_dir,
         import_product=import_product,
+        max_import_bytes=max_import_bytes,
     )
 
     def announce(started: Started) -> None:

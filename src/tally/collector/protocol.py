@@ -14,6 +14,13 @@ What a client can make a connection hold is bounded (SPEC §1 limits): a request
 head or a body past its limit is refused with 413 while it is still arriving
 (:meth:`TrackingProtocol._check_partial`), and reading stops while more answers
 wait than a client has read (:meth:`TrackingProtocol.pause_writing`).
+
+One request is not held whole: an import (``POST
+/api/v1/products/{product}/import``) streams its body to the core as it
+arrives, up to ``--max-import-bytes``, through a bounded pipe
+(:class:`tally.collector.proxy.Upload`); it is recognised once its head is in
+(:meth:`TrackingProtocol.on_headers_complete`, which looks no further for a
+tracking call's path).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from tally.errors import InvalidInput
 from tally.log.record import encode_frame, method_code
 
 if TYPE_CHECKING:
+    from tally.collector.proxy import Upload
     from tally.collector.worker import Worker
 
 log = logging.getLogger("tally.collector")
@@ -64,19 +72,36 @@ _503_KEEP = _unavailable(True)
 _503_CLOSE = _unavailable(False)
 _413 = wire.text_response(b"413 Content Too Large", b"request too large\n", keep_alive=False)
 _400 = wire.text_response(b"400 Bad Request", b"malformed HTTP request\n", keep_alive=False)
+#: An import's path (docs/http-api.md), whose body streams to the core.
+_IMPORT = re.compile(rb"/api/v1/products/[^/?#]+/import")
+#: Bytes of an import's body held between the client and the core, at most
+#: (a read more: reading pauses once past it).
+_UPLOAD_BOUND = 1024 * 1024
+_STOPPING = wire.text_response(
+    _UNAVAILABLE,
+    json.dumps({"error": {"code": "unavailable", "message": "Tally is stopping; the records "
+                          "before this point are written: send the rest again"}}).encode(),
+    keep_alive=False, content_type=_JSON, extra=_RETRY,
+)  # fmt: skip
+#: ``_completed_in_raw`` while ``_raw`` began inside an import's body: negative
+#: until ``_raw`` starts afresh, and a count of requests in it still (it grows).
+_UNFRAMED = -(1 << 62)
 
 
 class _TooLarge(Exception):
-    pass
+    def __init__(self, answer: bytes = _413) -> None:
+        super().__init__()
+        self.answer = answer
 
 
 class _Proxied(NamedTuple):
     """A request for the core, waiting for its turn in the queue of answers."""
 
     slot: list[bytes | None]
-    request: bytes
+    request: bytes  # the head alone with an upload
     keep_alive: bool
     head: bool
+    upload: Upload | None = None  # its body, still arriving (an import)
 
 
 class TrackingProtocol(asyncio.Protocol):
@@ -86,6 +111,7 @@ class TrackingProtocol(asyncio.Protocol):
         self._commit = worker.commit
         self._max_head = worker.settings.max_head_bytes
         self._max_body = worker.settings.max_body_bytes
+        self._max_import = worker.settings.max_import_bytes
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._addr = b""
@@ -109,6 +135,7 @@ class TrackingProtocol(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
+        self._upload: Upload | None = None  # instead of _body, for an import
         self._head_size = 0
         self._body_size = 0
         self._in_message = False
@@ -141,6 +168,9 @@ class TrackingProtocol(asyncio.Protocol):
         self._worker.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._upload is not None:
+            self._upload.abort()  # the core's connection closes: the import ends there
+            self._upload = None
         self._abandon()
         self._worker.connections.discard(self)
         if self._relay is not None:
@@ -153,6 +183,9 @@ class TrackingProtocol(asyncio.Protocol):
         if self._divert is not None:
             self._divert(data)
             return
+        if self._upload is not None:
+            self._upload_received(data)
+            return
         if self._raw:
             self._raw += data
         else:
@@ -164,8 +197,10 @@ class TrackingProtocol(asyncio.Protocol):
             self._fail(_400)
             return
         except httptools.HttpParserError as exc:
-            if isinstance(exc.__context__, _TooLarge):
-                self._fail(_413)
+            if self._uploading():  # an import's body, begun in this read
+                self._refuse_upload(exc)
+            elif isinstance(exc.__context__, _TooLarge):
+                self._fail(exc.__context__.answer)
             elif self._close_after is not None:
                 self._fail(_400)  # llhttp's "data after Connection: close": dropped unanswered
             else:
@@ -173,7 +208,35 @@ class TrackingProtocol(asyncio.Protocol):
             return
         if not self._in_message:
             self._raw = b""
+        elif self._uploading():
+            self._raw = b""  # an import's body is not kept (no lenient reading for it)
         else:
+            self._check_partial(data)
+
+    def _uploading(self) -> bool:
+        """Whether an import's body is arriving (the parser's callbacks set
+        it: mypy cannot see them change it under its narrowing)."""
+        return self._upload is not None
+
+    def _upload_received(self, data: bytes) -> None:
+        """Bytes of an import's body, for its pipe (on_body), and of whatever
+        the client pipelined after it."""
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if self._upload is not None:
+                self._refuse_upload(exc)
+            else:
+                # A request after the import, in this read: where it began is
+                # not known (the body was not kept), so it is not read leniently.
+                context = exc.__context__
+                self._fail(context.answer if isinstance(context, _TooLarge) else _400)
+            return
+        if self._in_message and self._upload is None:
+            # A request begun after the import's end: count it from here (a
+            # read too few at most, as _check_partial allows), never lenient.
+            self._raw = data
+            self._completed_in_raw = _UNFRAMED
             self._check_partial(data)
 
     def eof_received(self) -> bool | None:
@@ -196,7 +259,17 @@ class TrackingProtocol(asyncio.Protocol):
         """Close the connection if it is idle or stuck in a slow request; never
         while a request of it waits for the core, which takes the time it takes
         (a client that stops reading the core's answer is closed by proxy.forward)."""
-        if self._transport is None or self._closed or self._proxied:
+        if self._transport is None or self._closed:
+            return
+        if self._upload is not None:
+            # An import's body, still arriving: cut only a client that stops
+            # sending once it is its turn, not one held back while the core
+            # takes its time (with the request before it, or with the body).
+            sending = self._relaying and self._proxied[0].upload is self._upload
+            if sending and not self._paused and now - self.last_active > timeout:
+                self._transport.close()
+            return
+        if self._proxied:
             return
         if self.started_at:
             stuck = now - self.started_at > timeout  # a slow (or slowloris) request
@@ -209,6 +282,12 @@ class TrackingProtocol(asyncio.Protocol):
         """Close after the answers already owed (server stopping)."""
         if self._transport is None or self._closed:
             return
+        if self._upload is not None:
+            # An import still arriving ends here (what came is written): its
+            # relay then answers the refusal, after the answers before it.
+            self._upload.abort(_STOPPING)
+            self._upload = None
+            self._divert = _discard
         if not self._answers:
             self._transport.close()
         else:
@@ -240,8 +319,18 @@ class TrackingProtocol(asyncio.Protocol):
         if self._head_size > self._max_head:
             raise _TooLarge
 
+    def on_headers_complete(self) -> None:
+        url = self._url
+        if (url[:5] == b"/api/" or url[:1] != b"/") and self._close_after is None:
+            self._begin_upload(url)  # not for a tracking call: a path that may be an import
+
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
+        if self._upload is not None:
+            if self._body_size > self._max_import:
+                raise _TooLarge
+            self._upload.append(body)
+            return
         if self._body_size > self._max_body:
             raise _TooLarge
         self._body.append(body)
@@ -250,6 +339,10 @@ class TrackingProtocol(asyncio.Protocol):
         self._in_message = False
         self._completed_in_raw += 1
         self.started_at = 0.0
+        if self._upload is not None:
+            self._upload.finish()  # its request went to the core with its head
+            self._upload = None
+            return
         if self._close_after is not None:
             return  # nothing after a "Connection: close"
         body = b"".join(self._body) if self._body else b""
@@ -409,17 +502,19 @@ class TrackingProtocol(asyncio.Protocol):
 
     def _resume_reading(self) -> None:
         """Read again once nothing holds the connection back: no answer owed
-        (a proxied request is one), none unsent beyond the high-water mark."""
-        if (
-            self._paused
-            and not self._answers
-            and not self._write_blocked
-            and self._close_after is None
-            and not self._closed
-            and self._transport is not None
-        ):
-            self._paused = False
-            self._transport.resume_reading()
+        (a proxied request is one), none unsent beyond the high-water mark;
+        while an import's body arrives, once its pipe has room (its answer,
+        owed, waits for the body)."""
+        if not self._paused or self._write_blocked or self._closed or self._transport is None:
+            return
+        if self._upload is not None:
+            if self._upload.full:
+                return
+        elif self._answers or self._close_after is not None:
+            return
+        self._paused = False
+        self.last_active = self._worker.loop.time()  # the sweep counts a stalled upload from here
+        self._transport.resume_reading()
 
     def _health(self, keep_alive: bool, head: bool) -> bytes:
         """``ok`` and ``degraded`` answer 200, ``unavailable`` 503 (tally.health)."""
@@ -478,12 +573,18 @@ class TrackingProtocol(asyncio.Protocol):
         for name, value in self._headers:
             if len(name) == 14 and name.lower() == b"content-length":
                 if value.strip().isdigit() and int(value) > self._max_body:
-                    self._fail(_413)
+                    if not self._is_import(self._url):
+                        self._fail(_413)
+                    elif int(value) > self._max_import:
+                        self._fail(_import_too_large(self._max_import))
                 return
 
     # -- the lenient fallback (see lenient.py) ---------------------------------------
 
     def _switch_to_lenient(self) -> None:
+        if self._completed_in_raw < 0:  # _raw began inside an import's body
+            self._fail(_400)
+            return
         try:
             offset = lenient.skip_requests(self._raw, self._completed_in_raw)
         except lenient.Unframeable:
@@ -555,6 +656,72 @@ class TrackingProtocol(asyncio.Protocol):
         if len(self._answers) == 1:
             self._run_proxy()
 
+    def _is_import(self, url: bytes) -> bool:
+        if url[:1] != b"/":
+            url = _origin_form(url)
+        mark = url.find(b"?")
+        return (
+            _IMPORT.fullmatch(url if mark < 0 else url[:mark]) is not None
+            and self._parser.get_method() == b"POST"
+        )
+
+    def _begin_upload(self, url: bytes) -> None:
+        """A head is in: an import's request is queued for the core at once,
+        and its body streams to it as it arrives (on_body). The body limit is
+        ``--max-import-bytes``, refused at once when declared larger."""
+        if not self._is_import(url):
+            return
+        headers = self._headers
+        expect = False
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                if value.strip().isdigit() and int(value) > self._max_import:
+                    raise _TooLarge(_import_too_large(self._max_import))
+            elif lowered == b"expect":
+                expect = value.strip().lower() == b"100-continue"
+        from tally.collector.proxy import Upload  # the slow path; keep the hot one lean
+
+        upload = Upload(_UPLOAD_BOUND, self._pause_reading, self._resume_reading, expect=expect)
+        self._upload = upload
+        self._stats.requests[stats.CORE] += 1
+        if url[:1] != b"/":
+            url = _origin_form(url)
+        keep_alive = self._parser.should_keep_alive()
+        slot: list[bytes | None] = [None]
+        if not keep_alive:
+            self._close_after = slot
+        self._answers.append(slot)
+        head = _proxied_head(self._parser.get_method(), url, headers, self._addr, chunked=True)
+        self._proxied.append(_Proxied(slot, head, keep_alive, False, upload))
+        if len(self._answers) == 1:
+            self._run_proxy()
+
+    def _refuse_upload(self, error: httptools.HttpParserError) -> None:
+        """An import's body is over the limit or not HTTP: the request ends
+        there. It is answered 413 or 400 if the core's answer has not begun
+        (what the core wrote of it before stays written, as when a client
+        leaves), else the connection closes."""
+        upload = self._upload
+        assert upload is not None
+        self._upload = None
+        context = error.__context__
+        if isinstance(context, _TooLarge):
+            refusal = _import_too_large(self._max_import)
+        else:
+            refusal = _refused_body()
+        upload.abort(refusal)
+        proxied = self._proxied[-1]  # nothing after it was read
+        if self._relaying and self._proxied[0] is proxied:
+            self._divert = _discard  # its relay ends, then _relayed answers
+            return
+        self._proxied.pop()
+        self._answers.pop()
+        if self._close_after is proxied.slot:
+            self._close_after = None
+        self.started_at = self._worker.loop.time()
+        self._fail(refusal)
+
     def _run_proxy(self) -> None:
         from tally.collector.proxy import forward  # the slow path; keep the hot one lean
 
@@ -568,7 +735,11 @@ class TrackingProtocol(asyncio.Protocol):
             keep_alive=proxied.keep_alive,
             head=proxied.head,
             timeout=self._worker.settings.timeout,
+            upload=proxied.upload,
         )
+        if proxied.upload is not None:
+            self.last_active = self._worker.loop.time()  # a stall counts from its turn
+            self._resume_reading()  # the body is wanted now, whatever else waits
         task = self._worker.loop.create_task(relay)
         self._relay = task
         self._worker.tasks.add(task)
@@ -592,12 +763,34 @@ class TrackingProtocol(asyncio.Protocol):
             go_on = False
         else:
             go_on = task.result() and proxied.slot is not self._close_after
+        upload = proxied.upload
+        if upload is not None and not upload.done and not self._closed:
+            self._end_upload(upload, proxied.slot)
+            return
         if not go_on and not self._closed and self._transport is not None:
             self._transport.close()
             self._abandon()
         if self.started_at:  # a request half read when the core's turn came: its time starts now
             self.started_at = self._worker.loop.time()
         self._flush()
+
+    def _end_upload(self, upload: Upload, slot: list[bytes | None]) -> None:
+        """An import's relay ended before its body had all arrived: refused by
+        the collector (answered here unless the core's answer has begun), or
+        answered early by the core, or the core failed. Nothing after it can
+        be read: the connection closes (lingering, as after a refusal)."""
+        upload.abort()
+        if self._upload is upload:
+            self._upload = None
+        if self._close_after is slot:
+            self._close_after = None
+        self.started_at = self._worker.loop.time()  # the sweep ends the lingering
+        if upload.refusal is not None and not upload.answered:
+            self._fail(upload.refusal)
+        elif self._transport is not None:
+            self._divert = _discard
+            self._linger = True
+            self._end(self._transport)  # nothing more to answer: it was the last request
 
     def _abandon(self) -> None:
         """The connection is closed or lost: nothing more is sent. Requests
@@ -692,9 +885,45 @@ _HOP_BY_HOP = frozenset(
 def _proxied_request(
     method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], body: bytes, addr: bytes
 ) -> bytes:
+    return _proxied_head(method, url, headers, addr, length=len(body)) + body
+
+
+def _proxied_head(
+    method: bytes,
+    url: bytes,
+    headers: list[tuple[bytes, bytes]],
+    addr: bytes,
+    *,
+    length: int = 0,
+    chunked: bool = False,
+) -> bytes:
+    """The head of a request for the core: the client's own framing and
+    connection headers replaced by ours (a body of ``length``, or chunked)."""
     lines = [method + b" " + url + b" HTTP/1.1"]
     lines.extend(name + b": " + value for name, value in headers if name.lower() not in _HOP_BY_HOP)
-    lines.append(b"Content-Length: " + str(len(body)).encode())
+    if chunked:
+        lines.append(b"Transfer-Encoding: chunked")
+    else:
+        lines.append(b"Content-Length: " + str(length).encode())
     lines.append(b"Connection: close")
     lines.append(b"X-Tally-Client: " + addr)
-    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def _import_too_large(limit: int) -> bytes:
+    """The 413 for an import's body over ``--max-import-bytes``, in the API's
+    error shape."""
+    body = json.dumps({"error": {
+        "code": "too_large",
+        "message": f"an import's body is at most {limit} bytes (--max-import-bytes); "
+        "send it in parts (with one ?name, records sent twice are absorbed)",
+    }}).encode()  # fmt: skip
+    return wire.text_response(b"413 Content Too Large", body, keep_alive=False, content_type=_JSON)
+
+
+def _refused_body() -> bytes:
+    """The 400 for an import whose body stopped being valid HTTP framing (a
+    chunk's size that is not hex, say), in the API's error shape."""
+    error = InvalidInput("malformed HTTP request: the body's framing is not valid HTTP")
+    body = json.dumps(error.to_json()).encode()
+    return wire.text_response(b"400 Bad Request", body, keep_alive=False, content_type=_JSON)

@@ -13,6 +13,13 @@ the collector reads on while the core works, to notice) has its relay
 cancelled, which closes the connection to the core: uvicorn then tells the API
 ``http.disconnect``, and the query behind the answer is interrupted
 (tally.query_pool). As for nginx, a client's end of file counts as leaving.
+
+One request streams its body instead of arriving whole: an import (``POST
+/api/v1/products/{product}/import``, up to ``--max-import-bytes``). Its body
+goes through an :class:`Upload`, a pipe of at most about a mebibyte between the
+client's reads and the core's socket, sent on chunked as it comes while the
+core's answer is awaited (the core may answer before the body has all come:
+then the client's connection closes after that answer).
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from tally import wire
@@ -28,6 +37,73 @@ log = logging.getLogger("tally.collector")
 
 _CHUNK = 64 * 1024
 _HIGH_WATER = 1024 * 1024
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class Upload:
+    """A request body on its way to the core while it arrives: what the client
+    sent and the core's socket has not taken yet. Past ``bound`` bytes held,
+    the client is not read (``pause``) until the sender has taken them
+    (``resume``), so a slow core slows the client rather than filling memory."""
+
+    def __init__(
+        self, bound: int, pause: Callable[[], None], resume: Callable[[], None], *, expect: bool
+    ) -> None:
+        self._bound = bound
+        self._pause = pause
+        self._resume = resume
+        self._chunks: list[bytes] = []
+        self._held = 0
+        self._waiter: asyncio.Future[None] | None = None
+        #: The client sent ``Expect: 100-continue`` (curl does past 1 MiB).
+        self.expect = expect
+        self.done = False  # the whole body has arrived
+        self.aborted = False  # it never will: the client left, or the body was refused
+        #: The answer that refuses the request, when the collector refused its body.
+        self.refusal: bytes | None = None
+        self.answered = False  # something of the answer has gone to the client
+
+    @property
+    def full(self) -> bool:
+        return self._held > self._bound
+
+    def append(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._held += len(chunk)
+        self._wake()
+        if self._held > self._bound:
+            self._pause()
+
+    def finish(self) -> None:
+        self.done = True
+        self._wake()
+
+    def abort(self, refusal: bytes | None = None) -> None:
+        if not self.done and not self.aborted:
+            self.aborted = True
+            self.refusal = refusal
+            self._wake()
+
+    async def take(self) -> list[bytes] | None:
+        """The chunks that arrived since the last call, waiting for one;
+        None once the body is complete, or aborted."""
+        while not self._chunks and not self.done and not self.aborted:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self.aborted or not self._chunks:
+            return None
+        chunks, self._chunks = self._chunks, []
+        was_full, self._held = self._held > self._bound, 0
+        if was_full:
+            self._resume()
+        return chunks
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
 
 def _unavailable() -> bytes:
@@ -51,33 +127,48 @@ async def forward(
     keep_alive: bool,
     head: bool,
     timeout: float,
+    upload: Upload | None = None,
 ) -> bool:
     """Relay the core's answer to ``request``; whether the client's connection
     can go on. A client that reads none of it for ``timeout`` seconds is
-    given up on; the core itself may take as long as it needs."""
+    given up on; the core itself may take as long as it needs. With an
+    ``upload``, ``request`` is the head alone (chunked) and the body follows
+    as it arrives; an aborted upload ends the relay with nothing sent."""
     try:
         if core_socket is None:
             raise ConnectionRefusedError("no core process")
-        reader, writer = await asyncio.open_unix_connection(str(core_socket))
+        sender: socket.socket | None = None
+        if upload is None:
+            reader, writer = await asyncio.open_unix_connection(str(core_socket))
+        else:
+            reader, writer, sender = await _open_for_upload(core_socket)
     except OSError as exc:
         log.warning("cannot reach the core at %s: %s", core_socket, exc)
-        if not transport.is_closing():
-            transport.write(_unavailable())
+        _answer(transport, _unavailable(), upload)
         return False
+    if upload is not None and upload.expect and not upload.done and not transport.is_closing():
+        transport.write(_CONTINUE)  # its turn has come: send the body (RFC 9110 §10.1.1)
     try:
-        writer.write(request)
-        await writer.drain()
         try:
-            answer_head = await reader.readuntil(b"\r\n\r\n")
+            if sender is None or upload is None:
+                writer.write(request)
+                await writer.drain()
+                answer_head = await reader.readuntil(b"\r\n\r\n")
+            elif (sent := await _send_while_waiting(upload, request, sender, reader)) is None:
+                return False  # aborted: the caller answers, or the client is gone
+            else:
+                answer_head = sent
         except asyncio.IncompleteReadError:
             log.warning("the core closed without an answer")
-            if not transport.is_closing():
-                transport.write(_unavailable())
+            _answer(transport, _unavailable(), upload)
             return False
+        # Before the whole body has arrived, the rest of it cannot be told
+        # from the next request: the connection ends with this answer.
+        keep_alive = keep_alive and (upload is None or upload.done)
         answer_head, delimited = _client_head(answer_head, keep_alive=keep_alive, head_request=head)
         if transport.is_closing():
             return False
-        transport.write(answer_head)
+        _answer(transport, answer_head, upload)
         while chunk := await reader.read(_CHUNK):
             if transport.is_closing():
                 return False
@@ -90,6 +181,95 @@ async def forward(
         return False
     finally:
         writer.close()
+        if sender is not None:
+            sender.close()
+
+
+class _UploadProtocol(asyncio.StreamReaderProtocol):
+    """asyncio's stream protocol, except that a reset (the core closed without
+    reading the rest of an import's body, after answering) ends the answer
+    where it stops instead of making the next read raise."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
+            exc = None
+        super().connection_lost(exc)
+
+
+async def _open_for_upload(
+    path: Path,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, socket.socket]:
+    """A connection to the core for an import: a stream to read the answer
+    from, and a second descriptor of the same socket to send the body on. A
+    transport closes both ways when a write fails (the core answered early and
+    closed), dropping an answer already in the socket's buffer unread; writes
+    on their own descriptor fail alone, and the answer is read all the same."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, str(path))
+        sender = sock.dup()
+    except OSError:
+        sock.close()
+        raise
+    reader = asyncio.StreamReader(limit=2**16, loop=loop)
+    try:
+        transport, protocol = await loop.create_unix_connection(
+            lambda: _UploadProtocol(reader, loop=loop), sock=sock
+        )
+    except OSError:
+        sender.close()
+        raise
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop), sender
+
+
+def _answer(transport: asyncio.Transport, data: bytes, upload: Upload | None) -> None:
+    if upload is not None:
+        upload.answered = True
+    if not transport.is_closing():
+        transport.write(data)
+
+
+async def _send_while_waiting(
+    upload: Upload, head: bytes, sender: socket.socket, reader: asyncio.StreamReader
+) -> bytes | None:
+    """Send the upload's body chunked as it arrives, and the head of the
+    core's answer once it comes, which may be before the body is all sent (a
+    refusal: the core then stops reading); None if the upload is aborted
+    before an answer."""
+    sending = asyncio.ensure_future(_send_body(upload, head, sender))
+    answering = asyncio.ensure_future(reader.readuntil(b"\r\n\r\n"))
+    try:
+        await asyncio.wait([sending, answering], return_when=asyncio.FIRST_COMPLETED)
+        if not answering.done():
+            if upload.aborted:
+                return None
+            # All sent, or the core stopped reading (its answer says why).
+            if (error := sending.exception()) is not None:
+                log.debug("sending an import's body to the core stopped: %s", error)
+            return await answering
+        return answering.result()
+    finally:
+        for task in (sending, answering):
+            task.cancel()
+        # Ended before the sockets close (forward), errors retrieved: what they
+        # were is decided above.
+        await asyncio.gather(sending, answering, return_exceptions=True)
+
+
+async def _send_body(upload: Upload, head: bytes, sender: socket.socket) -> None:
+    """Send the head, then the body as it arrives in chunks (RFC 9112 §7.1),
+    each once the core's socket has taken the one before; an aborted upload
+    gets no last chunk, and the core sees a body cut short when the
+    connection closes."""
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(sender, head)
+    while (chunks := await upload.take()) is not None:
+        size = sum(map(len, chunks))
+        await loop.sock_sendall(sender, b"".join([b"%x\r\n" % size, *chunks, b"\r\n"]))
+    if not upload.aborted:
+        await loop.sock_sendall(sender, b"0\r\n\r\n")
 
 
 def _client_head(answer_head: bytes, *, keep_alive: bool, head_request: bool) -> tuple[bytes, bool]:
