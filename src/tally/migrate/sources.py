@@ -66,8 +66,21 @@ def _disk_offset(f: BinaryIO) -> int:
     return int(inner.tell()) if inner is not None else f.tell()
 
 
-def lines(files: list[SourceFile], start: Position) -> Iterator[tuple[SourceFile, bytes, Position]]:
-    """Every line from ``start`` on, with the position after it."""
+class _Opened(NamedTuple):
+    """A file of a source, open at where reading starts in it."""
+
+    file_index: int
+    file: SourceFile
+    f: BinaryIO
+    offset: int  # where ``f`` is
+    line: int  # lines before ``offset``
+    done: int  # the source's bytes before this file
+    last: bool  # the source's last file
+
+
+def _opened(files: list[SourceFile], start: Position) -> Iterator[_Opened]:
+    """Each file from ``start`` on, open (and closed when the caller moves
+    on), the first at ``start``'s offset."""
     done = start.done
     for index in range(start.file, len(files)):
         item = files[index]
@@ -79,13 +92,21 @@ def lines(files: list[SourceFile], start: Position) -> Iterator[tuple[SourceFile
         with f:
             if offset:
                 f.seek(offset)
-            for raw in f:
-                offset += len(raw)
-                number += 1
-                yield item, raw, Position(index, offset, number, done + _disk_offset(f))
+            yield _Opened(index, item, f, offset, number, done, index + 1 == len(files))
         done += item.size
-        if index + 1 < len(files):
-            yield item, b"", Position(index + 1, 0, 0, done)  # (a blank: the next file's start)
+
+
+def lines(files: list[SourceFile], start: Position) -> Iterator[tuple[SourceFile, bytes, Position]]:
+    """Every line from ``start`` on, with the position after it."""
+    for at in _opened(files, start):
+        index, item, f, done = at.file_index, at.file, at.f, at.done
+        offset, number = at.offset, at.line
+        for raw in f:
+            offset += len(raw)
+            number += 1
+            yield item, raw, Position(index, offset, number, done + _disk_offset(f))
+        if not at.last:  # (a blank: the next file's start)
+            yield item, b"", Position(index + 1, 0, 0, done + item.size)
 
 
 #: How much of a file :func:`line_blocks` reads at a time: small enough for
@@ -111,40 +132,30 @@ def line_blocks(
     at a time, with the position after each block: :func:`lines` a block at
     a time."""
     size = size or BLOCK_BYTES
-    done = start.done
-    for index in range(start.file, len(files)):
-        item = files[index]
-        offset, number = (start.offset, start.line) if index == start.file else (0, 0)
-        try:
-            f = open_bytes(item.path)
-        except OSError as exc:
-            raise InvalidInput(f"cannot read {item.path}: {exc.strerror}", field="path") from exc
-        with f:
-            if offset:
-                f.seek(offset)
-            rest = b""
-            while data := f.read(size):
-                if rest:
-                    data = rest + data
-                end = data.rfind(b"\n")
-                if end < 0:
-                    rest = data  # a line longer than a block: read on
-                    continue
-                rest = data[end + 1 :]
-                block = data[:end]
-                offset += end + 1
-                count = block.count(b"\n") + 1
-                position = Position(index, offset, number + count, done + _disk_offset(f))
-                yield Block(item, number + 1, block, b"", position)
-                number += count
+    for at in _opened(files, start):
+        index, item, f, done = at.file_index, at.file, at.f, at.done
+        offset, number, rest = at.offset, at.line, b""
+        while data := f.read(size):
             if rest:
-                offset += len(rest)
-                number += 1
-                position = Position(index, offset, number, done + _disk_offset(f))
-                yield Block(item, number, None, rest, position)
-        done += item.size
-        if index + 1 < len(files):
-            yield Block(item, 0, None, b"", Position(index + 1, 0, 0, done))  # the next file
+                data = rest + data
+            end = data.rfind(b"\n")
+            if end < 0:
+                rest = data  # a line longer than a block: read on
+                continue
+            rest = data[end + 1 :]
+            block = data[:end]
+            offset += end + 1
+            count = block.count(b"\n") + 1
+            position = Position(index, offset, number + count, done + _disk_offset(f))
+            yield Block(item, number + 1, block, b"", position)
+            number += count
+        if rest:
+            offset += len(rest)
+            number += 1
+            position = Position(index, offset, number, done + _disk_offset(f))
+            yield Block(item, number, None, rest, position)
+        if not at.last:  # the next file
+            yield Block(item, 0, None, b"", Position(index + 1, 0, 0, done + item.size))
 
 
 def first_line(item: SourceFile) -> bytes:
