@@ -362,7 +362,7 @@ def test_a_refused_condition_shows_the_api_message_beside_its_row(
     assert refused["field"] == "conditions[1].value"
     page.goto(report_url(server, "people", body))
     value = page.get_by_label("Condition 2: value", exact=True)
-    message = page.locator(".field", has=value).locator(".field-error")
+    message = page.locator(".rows-list > li", has=value).locator(".field-error")
     assert message.inner_text() == refused["message"]
     assert value.get_attribute("aria-invalid") == "true"
     assert page.locator("#q").get_attribute("aria-invalid") is None

@@ -196,7 +196,8 @@
     var named = stray && stray.dataset.field && document.getElementById("f-" + stray.dataset.field);
     if (named) {
       stray.id = "error-" + stray.dataset.field;
-      named.parentNode.appendChild(stray);
+      // Under the row, on a line of its own (in a field, it would lift the row's input).
+      (named.closest(".rows-list > li") || named.parentNode).appendChild(stray);
       named.setAttribute("aria-invalid", "true");
       named.setAttribute("aria-describedby", stray.id);
       box.removeAttribute("aria-invalid");
