@@ -37,7 +37,7 @@ from tally.log.writer import SegmentWriter, StreamLocked, check_format
 from tally.migrate.watch import ImportDir
 from tally.permissions import FILE_MODE, restrict, warn_if_shared
 from tally.processor import Processor
-from tally.serverlog import configure_logging
+from tally.serverlog import Rotation, configure_logging
 from tally.settings import Settings
 from tally.store import Store
 
@@ -240,6 +240,7 @@ async def _supervise(
 
     started = [start(i) for i in range(settings.worker_count)]
     workers = [process for process, _ in started]
+    rotation = Rotation(settings)
     try:
         await _wait_ready(started)
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
@@ -249,6 +250,7 @@ async def _supervise(
         while not stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), timeout=0.5)
+            rotation.check()
             for index, process in enumerate(workers):
                 if not process.is_alive() and not stopping.is_set():
                     log.error("collector %d exited with %s; restarting it", index, process.exitcode)

@@ -74,6 +74,11 @@ SETTINGS: tuple[Setting, ...] = (
         "MiB after which a collector seals its log segment and starts a new one.",
     ),
     Setting(
+        "log_max_mib",
+        64,
+        "MiB after which DATA_DIR/tally.log is rotated to tally.log.1 (three old files are kept).",
+    ),
+    Setting(
         "defer_seconds",
         30.0,
         "While ingest saturates the machine, the processor waits until its oldest "
@@ -120,6 +125,7 @@ class Settings:
     query_concurrency: int = 0  # 0: one per CPU, at least 2 (tally.query_pool)
     session_idle_minutes: float = 120.0  # tally.accounts
     segment_mib: int = 64  # tally.log.writer
+    log_max_mib: int = 64  # tally.serverlog
     defer_seconds: float = 30.0  # tally.pacing
     blocked_identities: frozenset[str] = DEFAULT_BLOCKED
     max_identities_per_person: int = 1000

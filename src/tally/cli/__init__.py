@@ -99,6 +99,7 @@ def main() -> None:
 @setting_option("query_concurrency", type=click.IntRange(1, 1024))
 @setting_option("session_idle_minutes", type=click.FloatRange(min=0.01))
 @setting_option("segment_mib", type=click.IntRange(1, 1024))
+@setting_option("log_max_mib", type=click.IntRange(1, 65536))
 @setting_option("defer_seconds", type=click.FloatRange(min=0))
 @setting_option("import_dir", type=click.Path(file_okay=False, path_type=Path))
 @setting_option("import_product")
@@ -119,6 +120,7 @@ def serve(
     query_concurrency: int | None,
     session_idle_minutes: float,
     segment_mib: int,
+    log_max_mib: int,
     defer_seconds: float,
     import_dir: Path | None,
     import_product: str,
@@ -150,6 +152,7 @@ def serve(
         query_concurrency=query_concurrency or 0,
         session_idle_minutes=session_idle_minutes,
         segment_mib=segment_mib,
+        log_max_mib=log_max_mib,
         defer_seconds=defer_seconds,
         blocked_identities=blocked_set(blocked_identities),
         max_identities_per_person=max_identities_per_person,
