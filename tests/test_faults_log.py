@@ -16,6 +16,7 @@ Two cases for each kind of damage:
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -204,3 +205,21 @@ def test_every_valid_frame_around_damage_is_applied_once(
     assert 0 < len(inside) < 0.6 * BEFORE  # damage took some frames, never what followed it
     for d in damage:
         assert (server.data_dir / "quarantine" / d["file"]).exists()
+
+
+def test_a_data_directory_deleted_under_the_server_acknowledges_nothing(
+    tmp_path: Path,
+) -> None:
+    """Records written into a log whose files were deleted are lost with them:
+    they get 503, not 200, and /healthz says the log cannot take records."""
+    server = RunningServer(tmp_path / "data", workers=1).start()
+    try:
+        params = {"_k": server.api_key, "_p": "alice", "_n": "Before"}
+        assert httpx.get(f"{server.base_url}/e", params=params).status_code == 200
+        shutil.rmtree(tmp_path / "data")
+        params["_n"] = "After"
+        assert httpx.get(f"{server.base_url}/e", params=params).status_code == 503
+        health = httpx.get(f"{server.base_url}/healthz")
+        assert health.json()["status"] == "unavailable", health.text
+    finally:
+        assert server.stop() == 0  # and it still stops cleanly

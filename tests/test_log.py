@@ -511,3 +511,20 @@ def test_the_writer_counts_its_writes_and_their_records_in_durable(tmp_path: Pat
     SegmentWriter(tmp_path / "log" / STREAM).close()  # a new writer counts from zero
     assert LogReader(tmp_path / "log").write_counts() == (0, 0)
     assert durable_position(tmp_path / "log" / STREAM) == len(frames([record(n) for n in range(4)]))
+
+
+def test_a_write_into_a_deleted_segment_is_not_durable(tmp_path: Path) -> None:
+    """What lands in a segment someone deleted is in no file anyone can read:
+    that write fails (its records get 503, never 200), and so does every later
+    one until a restart starts a new segment."""
+    stream_dir = tmp_path / "log" / STREAM
+    writer = SegmentWriter(stream_dir)
+    writer.write_durable(frames([record(0)]))
+    for segment in segments(stream_dir):
+        segment.unlink()
+    with pytest.raises(OSError, match="deleted"):
+        writer.write_durable(frames([record(1)]))
+    assert writer.broken
+    with pytest.raises(OSError, match="unusable until restart"):
+        writer.write_durable(frames([record(2)]))
+    writer.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from tests.serverproc import RunningServer, wait_until
+from serverproc import RunningServer, wait_until
 
 
 def test_a_large_log_is_rotated_and_every_process_writes_to_the_new_one(tmp_path: Path) -> None:

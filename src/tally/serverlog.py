@@ -31,11 +31,20 @@ def log_path(settings: Settings) -> Path:
     return settings.data_dir / "tally.log"
 
 
+class _LogFile(logging.handlers.WatchedFileHandler):
+    """``tally.log``, reopened when it was moved (rotated). A line it cannot
+    take (its directory is gone) is on stderr all the same: never an error."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(OSError):
+            super().emit(record)
+
+
 def configure_logging(settings: Settings, level: int = logging.INFO) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     handlers: list[logging.Handler] = [
         logging.StreamHandler(sys.stderr),
-        logging.handlers.WatchedFileHandler(log_path(settings)),
+        _LogFile(log_path(settings)),
     ]
     logging.basicConfig(level=level, format=_FORMAT, handlers=handlers, force=True)
 

@@ -321,9 +321,18 @@ class SegmentWriter:
                 self._preallocate(self._size + len(data))
             while written < len(data):  # O_DSYNC: durable when pwrite returns
                 written += os.pwrite(self._fd, view[written:], self._size + written)
+            if os.fstat(self._fd).st_nlink == 0:
+                # Someone deleted the segment (or the data directory) under us: what
+                # we wrote is in a file nobody can read again. Not acknowledged
+                # (503), and no later write either: a restart makes a new segment.
+                self._broken = OSError(errno.ENOENT, f"log segment deleted: {self.stream_dir}")
+                log.error("log stream %s: its segment was deleted while open; refusing "
+                          "writes until restart", self.stream_dir.name)  # fmt: skip
+                raise self._broken
         except OSError as exc:
             self.failed = exc
-            self._cut_back()
+            if self._broken is None:
+                self._cut_back()
             raise
         self.failed = None
         self._size += len(data)
