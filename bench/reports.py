@@ -911,7 +911,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5, help="timed runs after one warm-up")
     parser.add_argument("--data", type=Path, help="the generated store (cached; default "
                         "bench/.data/reports-EVENTS.duckdb)")  # fmt: skip
-    parser.add_argument("--only", help="comma-separated reports (metrics,funnel,…,person)")
+    parser.add_argument(
+        "--only",
+        help="comma-separated reports (metrics,funnel,…,person; "
+        "metrics alone takes metrics-times and metrics-weekly too)",
+    )
     parser.add_argument("--explain", action="store_true",
                         help="print EXPLAIN ANALYZE of each report's statements")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=1800,
