@@ -133,7 +133,8 @@ def open_peers(store: Path, product: str, marker: str) -> Peers:
         started = time.perf_counter()
         # A child process, so that this one's peak memory is the reports' alone.
         command = [sys.executable, __file__, str(store), str(flat), str(parquet), product, tag]
-        subprocess.run(command, check=True)
+        if subprocess.run(command, check=False).returncode != 0:
+            sys.exit(f"peers: could not make the flat tables from {store} (above)")
         print(f"peers: flat DuckDB tables and Parquet made in {time.perf_counter() - started:.1f} s"
               f" ({flat.stat().st_size / 2**20:,.0f} MiB)")  # fmt: skip
     duck = duckdb.connect(str(flat), read_only=True)
@@ -177,7 +178,13 @@ def _make_flat(store: Path, flat: Path, parquet: Path, product: str, tag: str) -
         con.execute(f"ATTACH '{store}' AS s (READ_ONLY)")
         for statement in FLAT_SQL.split(";"):
             if statement.strip():
-                con.execute(statement, {"product": product})
+                try:
+                    con.execute(statement, {"product": product})
+                except duckdb.Error as exc:
+                    # The store's layout changed: FLAT_SQL is what to adapt.
+                    sys.exit(f"peers: {' '.join(str(exc).split())[:300]} (bench/peers.py "
+                             "FLAT_SQL reads the store's events, property_values, identities, "
+                             "known_identities, aliases and names)")  # fmt: skip
         con.execute("CREATE TABLE meta AS SELECT ? AS tag", [tag])
         con.execute("DETACH s")
         for table in CH_TABLES:
