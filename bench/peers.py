@@ -358,16 +358,11 @@ def cohort(r: Range, first: str, ret: str, size: int, buckets: int) -> Question:
 
     def answer(rows: Any) -> dict[str, Any]:
         cells = {(int(c), int(k)): int(n) for c, k, n in rows}
-        cohorts = sorted({c for c, _ in cells})
         count = len(r.series(size, {}))
-        return (
-            {
-                "people": [cells.get((c, -1), 0) for c in range(count)],
-                "values": [[cells.get((c, k), 0) for k in range(buckets)] for c in range(count)],
-            }
-            if cohorts
-            else {"people": [0] * count, "values": [[0] * buckets] * count}
-        )
+        return {
+            "people": [cells.get((c, -1), 0) for c in range(count)],
+            "values": [[cells.get((c, k), 0) for k in range(buckets)] for c in range(count)],
+        }
 
     def duck(con: duckdb.DuckDBPyConnection) -> Any:
         return answer(duck_rows(con, """
