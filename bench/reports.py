@@ -17,14 +17,23 @@
 2. **Reports.** Each report is asked through ``tally.reports.run_report`` (the
    person page through ``tally.views.person.person_view``) on a cursor of the
    store, as ``tally serve`` does, with DuckDB at ``threads = 2`` and
-   ``memory_limit = '1GB'``: one unmeasured run, then the median of
-   ``--repeat`` runs. Next to it, in the same run, the simplest hand-written
-   DuckDB SQL for the same question (the reference), whose answer is compared
-   with the report's. A report that is not written yet (``KeyError``) is shown
-   as such; its reference is still timed.
-3. **Memory.** The peak resident memory of this process while each report is
-   answered (the kernel's high-water mark, reset before each report through
-   ``/proc/self/clear_refs``), and over the whole run.
+   ``memory_limit = '1GB'``.
+3. **Peers** (``bench/peers.py``): the same question in plain DuckDB SQL on a
+   flat, person-resolved copy of the data sorted by (event, time), and in
+   chDB (ClickHouse in process, MergeTree tables) with ClickHouse's own
+   functions; both made once per generated store and cached beside it. chDB
+   is optional (``pip install -e '.[bench]'``): without it its column is
+   left out. Each peer's answer is compared with Tally's, and so is the
+   answer of the simplest hand-written DuckDB SQL on Tally's own tables (the
+   reference, kept from before the peers). Engines are interleaved per
+   report: one unmeasured run of each, then ``--repeat`` rounds of each in
+   turn; the medians, and Tally ÷ the faster peer. An engine that fails is
+   shown with its error; answers that differ are shown loudly, and the exit
+   status is then 1.
+4. **Memory.** The peak resident memory of this process while Tally answers
+   each report (the kernel's high-water mark, reset before each of Tally's
+   runs through ``/proc/self/clear_refs``), and over the whole run; it
+   includes what the peers hold (chDB runs in this process too).
 
     .venv/bin/python bench/reports.py                     # 10M events, 1M people
     .venv/bin/python bench/reports.py --events 1000000 --people 100000 --repeat 3
@@ -56,6 +65,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import peers
 import psutil
 
 from tally.reports import Product, run_report
@@ -584,8 +594,9 @@ class Case:
     question: str
     target: float | None  # seconds
     tally: Callable[[duckdb.DuckDBPyConnection], Any]
-    hand: Callable[[duckdb.DuckDBPyConnection], Any]
-    same: Callable[[Any, Any], bool]
+    hand: Callable[[duckdb.DuckDBPyConnection], Any] | None
+    same: Callable[[Any, Any], bool] | None  # Tally's answer and the hand SQL's agree
+    peer: peers.Question  # the same question asked of plain DuckDB and of chDB
 
 
 @dataclass
@@ -596,6 +607,10 @@ class Timing:
     peak_mib: float
     other_pct: float
     answer: Any
+    error: str | None = None  # the engine failed: what it said
+
+    def text(self) -> str:
+        return "failed" if self.error else seconds_text(self.median)
 
 
 def report(kind: str, body: dict[str, Any]) -> Callable[[duckdb.DuckDBPyConnection], Any]:
@@ -616,34 +631,48 @@ def person_page(identity: str) -> Callable[[duckdb.DuckDBPyConnection], Any]:
 
 def cases(con: duckdb.DuckDBPyConnection) -> list[Case]:
     typical, busiest = sample_people(con)
+    r = peers.Range(START, END)
+    funnel = ("visited site", "added to cart", "purchased")
     return [
         Case("metrics", "Visited Site, daily people, 90 days", 0.5,
              report("metrics", {"event": "Visited Site", "interval": "day"}),
-             hand_metrics, same_metrics),
+             hand_metrics, same_metrics, peers.metrics(r, "visited site", "people", 86_400)),
+        Case("metrics-times", "Purchased, daily times, 90 days", 0.5,
+             report("metrics", {"event": "Purchased", "interval": "day", "measure": "times"}),
+             None, None, peers.metrics(r, "purchased", "times", 86_400)),
+        Case("metrics-weekly", "Viewed Page, weekly people, 90 days", 0.5,
+             report("metrics", {"event": "Viewed Page", "interval": "week"}),
+             None, None, peers.metrics(r, "viewed page", "people", WEEK)),
         Case("funnel", "Visited Site → Added To Cart → Purchased", 0.5,
              report("funnel", {"steps": ["Visited Site", "Added To Cart", "Purchased"]}),
-             hand_funnel, same_funnel),
+             hand_funnel, same_funnel, peers.funnel(r, funnel, None)),
+        Case("funnel-window", "the same funnel within 7 days of step 1", 0.5,
+             report("funnel", {"steps": ["Visited Site", "Added To Cart", "Purchased"],
+                               "window": WEEK}),
+             None, None, peers.funnel(r, funnel, WEEK)),
         Case("cohort", "Visited Site, weekly, 12 buckets", 1.0,
              report("cohort", {"first_event": "Visited Site", "return_event": "Visited Site",
                                "interval": "week", "buckets": 12}),
-             hand_cohort, same_cohort),
+             hand_cohort, same_cohort,
+             peers.cohort(r, "visited site", "visited site", WEEK, 12)),
         Case("revenue", "Billing Amount, daily, churn 30 days", None,
-             report("revenue", {"interval": "day"}), hand_revenue, same_revenue),
+             report("revenue", {"interval": "day"}), hand_revenue, same_revenue,
+             peers.revenue(r, "billing amount", 86_400, 30)),
         Case("abtest", "Checkout Experiment → Purchased", None,
              report("abtest", {"experiment": "Checkout Experiment", "conversion": "Purchased"}),
-             hand_abtest, same_abtest),
+             hand_abtest, same_abtest, peers.abtest(r, "checkout experiment", "purchased")),
         Case("path", "Visited Site → … → Purchased", None,
              report("path", {"start": "Visited Site", "conversion": "Purchased"}),
-             hand_path, same_path),
+             hand_path, same_path, peers.path(r, "visited site", "purchased", 50)),
         Case("people", "Purchased ≥ 2 times and Plan = pro, page 1", 1.0,
              report("people", {"conditions": [
                  {"type": "event", "event": "Purchased", "count": {"op": "at_least", "value": 2}},
                  {"type": "property", "property": "Plan", "op": "equals", "value": "pro"}]}),
-             hand_people, same_people),
+             hand_people, same_people, peers.people(r, "purchased", 2, "plan", "pro", 50)),
         Case("person", f"typical person page ({typical})", 0.05,
-             person_page(typical), hand_person(typical), same_person),
+             person_page(typical), hand_person(typical), same_person, peers.person(typical)),
         Case("person-busiest", f"busiest person page ({busiest})", 0.05,
-             person_page(busiest), hand_person(busiest), same_person),
+             person_page(busiest), hand_person(busiest), same_person, peers.person(busiest)),
     ]  # fmt: skip
 
 
@@ -709,6 +738,94 @@ def measure(fn: Callable[[], Any], repeat: int) -> Timing:
             fn()
             runs.append(time.perf_counter() - started)
     return Timing(first, statistics.median(runs), runs, peak_mib(), other[0], answer)
+
+
+def measure_interleaved(engines: dict[str, Callable[[], Any]], repeat: int) -> dict[str, Timing]:
+    """Each engine once (the warm-up, whose answer is kept), then ``repeat``
+    rounds of every engine in turn, so that a disturbance of the machine
+    falls on all of them alike. Peak memory is measured around Tally's runs
+    (``tally``). An engine that fails is shown with its error."""
+    firsts: dict[str, float] = {}
+    answers: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    runs: dict[str, list[float]] = {name: [] for name in engines}
+    peak = 0.0
+    with cpu_watch() as other:
+        for round_ in range(repeat + 1):
+            for name, fn in engines.items():
+                if name in errors:
+                    continue
+                if name == "tally":
+                    reset_peak()
+                started = time.perf_counter()
+                try:
+                    answer = fn()
+                except KeyError:
+                    errors[name] = "not implemented yet"
+                    continue
+                except Exception as exc:  # an engine may fail: show it, go on
+                    errors[name] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+                    continue
+                elapsed = time.perf_counter() - started
+                if name == "tally":
+                    peak = max(peak, peak_mib())
+                if round_ == 0:
+                    firsts[name], answers[name] = elapsed, answer
+                else:
+                    runs[name].append(elapsed)
+    return {
+        name: Timing(firsts.get(name, 0.0), statistics.median(runs[name]) if runs[name] else 0.0,
+                     runs[name], peak if name == "tally" else 0.0, other[0], answers.get(name),
+                     errors.get(name))
+        for name in engines
+    }  # fmt: skip
+
+
+def agreement(case: Case, timings: dict[str, Timing]) -> dict[str, str]:
+    """Whether each other engine's answer is Tally's: ``yes``, ``DIFFERS``
+    (with what differs), or ``-`` when there is nothing to compare."""
+    mine = timings["tally"]
+    out: dict[str, str] = {}
+    for name, t in timings.items():
+        if name == "tally":
+            continue
+        if mine.error or t.error:
+            out[name] = "-"
+            continue
+        try:
+            if name == "hand":
+                assert case.same is not None
+                same = case.same(mine.answer, t.answer)
+                out[name] = "yes" if same else "DIFFERS"
+            else:
+                where = difference(case.peer.digest(mine.answer), t.answer)
+                out[name] = "yes" if where is None else f"DIFFERS at {where}"
+        except (KeyError, TypeError, IndexError, AssertionError) as exc:
+            out[name] = f"? ({type(exc).__name__})"
+    return out
+
+
+def difference(a: Any, b: Any, where: str = "") -> str | None:
+    """Where two answers differ (None: nowhere); numbers that are not
+    integers agree within 1e-9 of their size (sums of doubles)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return f"{where or '.'} (keys {sorted(a.keys() ^ b.keys())[:3]})"
+        for k in a:
+            if (found := difference(a[k], b[k], f"{where}.{k}")) is not None:
+                return found
+        return None
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        if len(a) != len(b):
+            return f"{where or '.'} (length {len(a)} vs {len(b)})"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            if (found := difference(x, y, f"{where}[{i}]")) is not None:
+                return found
+        return None
+    if isinstance(a, float | int) and isinstance(b, float | int) and not isinstance(a, bool):
+        close = a == b or abs(a - b) <= 1e-9 * max(abs(a), abs(b))
+        return None if close else f"{where} ({a!r} vs {b!r})"
+    return None if a == b else f"{where} ({str(a)[:40]!r} vs {str(b)[:40]!r})"
 
 
 def explain(con: duckdb.DuckDBPyConnection, case: Case, work: Path) -> None:
@@ -794,7 +911,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5, help="timed runs after one warm-up")
     parser.add_argument("--data", type=Path, help="the generated store (cached; default "
                         "bench/.data/reports-EVENTS.duckdb)")  # fmt: skip
-    parser.add_argument("--only", help="comma-separated reports (metrics,funnel,…,person)")
+    parser.add_argument(
+        "--only",
+        help="comma-separated reports (metrics,funnel,…,person; "
+        "metrics alone takes metrics-times and metrics-weekly too)",
+    )
     parser.add_argument("--explain", action="store_true",
                         help="print EXPLAIN ANALYZE of each report's statements")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=1800,
@@ -820,6 +941,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.1f} GiB; "
           f"DuckDB {duckdb.__version__}, threads = 2, memory_limit = '1GB'")  # fmt: skip
     generated = ensure_data(path, spec, args.timeout)
+    # Before the store is opened: DuckDB attaches a file once per process.
+    started = time.perf_counter()
+    duo = peers.open_peers(path, PRODUCT, spec.marker())
+    print(f"peers: ready in {time.perf_counter() - started:.1f} s (not part of any figure)")
     store = Store(path)
     # As `tally serve` answers a report: a cursor of the store's connection, every
     # core (Store.all_threads) and the server's DuckDB memory limit.
@@ -841,65 +966,72 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         wanted = set(args.only.split(","))
         selected = [c for c in selected if c.name in wanted or c.name.split("-")[0] in wanted]
-    head = (f"{'report':<15} {'Tally':>10} {'1st run':>10} {'hand SQL':>10} {'ratio':>6} "
-            f"{'peak MiB':>8} {'other%':>6} {'target':>8}  holds  same answer")  # fmt: skip
+    head = (f"{'report':<15} {'Tally':>9} {'DuckDB':>9} {'chDB':>9} {'÷best':>6} "
+            f"{'hand SQL':>9} {'1st run':>9} {'peak MiB':>8} {'other%':>6} {'target':>8} "
+            "holds  same answer (DuckDB, chDB, hand)")  # fmt: skip
     print(head)
     print("-" * len(head))
     results: list[dict[str, Any]] = []
     explained: list[Case] = []
+    differ = 0
     for case in selected:
+        engines: dict[str, Callable[[], Any]] = {
+            "tally": partial(case.tally, con),
+            "duckdb": partial(case.peer.duck, duo.duck),
+        }
+        if duo.ch is not None:
+            engines["chdb"] = partial(case.peer.ch, duo.ch)
+        if case.hand is not None:
+            engines["hand"] = partial(case.hand, con)
         for attempt in range(args.retries + 1):
             wait_quiet(args.quiet_wait)
-            hand = measure(partial(case.hand, con), args.repeat)
-            try:
-                mine: Timing | None = measure(partial(case.tally, con), args.repeat)
-                status = ""
-            except KeyError:
-                mine, status = None, "not implemented yet"
-            except Exception as exc:  # a report being written may fail: show it, go on
-                mine, status = None, f"failed: {type(exc).__name__}: {str(exc)[:120]}"
-            other = max(hand.other_pct, mine.other_pct if mine else 0.0)
+            timings = measure_interleaved(engines, args.repeat)
+            other = max(t.other_pct for t in timings.values())
             if other <= DISTURBED_PCT or attempt == args.retries:
                 break
             print(f"{case.name:<15} disturbed (other programs {other:.0f}%), again", flush=True)
-        if mine is not None:
-            holds = "-" if case.target is None else ("yes" if mine.median < case.target else "NO")
-            try:
-                same = "yes" if case.same(mine.answer, hand.answer) else "DIFFERS"
-            except (KeyError, TypeError, IndexError) as exc:
-                same = f"? ({type(exc).__name__})"
-            print(
-                f"{case.name:<15} {seconds_text(mine.median):>10} {seconds_text(mine.first):>10} "
-                f"{seconds_text(hand.median):>10} {mine.median / hand.median:>6.2f} "
-                f"{mine.peak_mib:>8,.0f} {max(mine.other_pct, hand.other_pct):>6.1f} "
-                f"{seconds_text(case.target):>8}  {holds:<5}  {same}",
-                flush=True,
-            )
-        else:
-            print(
-                f"{case.name:<15} {'-':>10} {'-':>10} {seconds_text(hand.median):>10} {'':>6} "
-                f"{hand.peak_mib:>8,.0f} {hand.other_pct:>6.1f} "
-                f"{seconds_text(case.target):>8}  {status}",
-                flush=True,
-            )
+        mine = timings["tally"]
+        agree = agreement(case, timings)
+        differ += sum(a not in ("yes", "-") for a in agree.values())
+        peer_medians = [timings[k].median for k in ("duckdb", "chdb")
+                        if k in timings and timings[k].error is None]  # fmt: skip
+        best = min(peer_medians, default=None)
+        ratio = f"{mine.median / best:>6.2f}" if mine.error is None and best else f"{'-':>6}"
+        holds = "-" if case.target is None or mine.error else (
+            "yes" if mine.median < case.target else "NO")  # fmt: skip
+        print(
+            f"{case.name:<15} {timings['tally'].text():>9} {timings['duckdb'].text():>9} "
+            f"{timings['chdb'].text() if 'chdb' in timings else '-':>9} {ratio} "
+            f"{timings['hand'].text() if 'hand' in timings else '-':>9} "
+            f"{seconds_text(None if mine.error else mine.first):>9} {mine.peak_mib:>8,.0f} "
+            f"{other:>6.1f} {seconds_text(case.target):>8}  {holds:<5}  "
+            + ", ".join(agree.get(k, "-") for k in ("duckdb", "chdb", "hand")),
+            flush=True,
+        )
+        for name, t in timings.items():
+            if t.error:
+                print(f"  {name}: {t.error}", flush=True)
         results.append({
             "report": case.name, "question": case.question, "target": case.target,
-            "tally": None if mine is None else {
-                "median": mine.median, "first": mine.first, "runs": mine.runs,
-                "peak_mib": mine.peak_mib, "other_pct": mine.other_pct},
-            "hand": {"median": hand.median, "first": hand.first, "runs": hand.runs,
-                     "peak_mib": hand.peak_mib, "other_pct": hand.other_pct},
-            "status": status,
+            **{name: {"median": t.median, "first": t.first, "runs": t.runs,
+                      "peak_mib": t.peak_mib, "other_pct": t.other_pct, "error": t.error,
+                      "same_answer": agree.get(name)}
+               for name, t in timings.items()},
+            "tally_over_best_peer": mine.median / best if best and not mine.error else None,
         })  # fmt: skip
-        if args.explain and mine is not None:
+        if args.explain and mine.error is None:
             explained.append(case)
-    peaks = [opened, peak_mib()] + [
-        side["peak_mib"] for r in results for side in (r["tally"], r["hand"]) if side
-    ]
+    peaks = [opened, peak_mib()] + [r["tally"]["peak_mib"] for r in results]
     print(
         f"\npeak RSS of this process: {max(peaks):,.0f} MiB (the highest of the per-report "
-        "peaks above, which include DuckDB's buffer pool and the benchmark itself)"
+        "peaks above, which include DuckDB's buffer pool, the peers' memory (chDB runs in this "
+        "process) and the benchmark itself)"
     )
+    if differ:
+        print(f"\n*** {differ} ANSWER(S) DIFFER from Tally's: those figures compare unlike "
+              "questions ***")  # fmt: skip
+    else:
+        print("\nevery peer's answer is the same as Tally's")
     for case in selected:
         print(f"  {case.name:<15} {case.question}")
     if explained:
@@ -912,7 +1044,8 @@ def main(argv: list[str] | None = None) -> int:
                                         indent=2))  # fmt: skip
     con.close()
     store.close()
-    return 0
+    duo.close()
+    return 1 if differ else 0
 
 
 if __name__ == "__main__":
