@@ -19,6 +19,8 @@ import duckdb
 import pytest
 
 from journeys import T0, Row, alias, build, event, keys, sets, snapshot
+from mounts import Mounts
+from tally.errors import Unavailable
 from tally.reports import Product, run_report
 from tally.store.schema import SCHEMA_VERSION
 from tally.store.store import Store
@@ -177,3 +179,45 @@ def test_an_interrupted_conversion_leaves_the_store_of_schema_2(tmp_path: Path) 
     assert again.schema_version() == 3
     assert snapshot(again) == before
     again.close()
+
+
+def test_a_conversion_without_room_on_disk_says_so_and_leaves_the_store_of_schema_2(
+    tmp_path: Path,
+) -> None:
+    mounts = Mounts()
+    try:
+        disk = mounts.tmpfs(tmp_path / "disk", 64)
+        path = disk.path / "store.duckdb"
+        store = Store(path)
+        # 300,000 events with properties: more than the room left below.
+        store.con.execute(
+            "INSERT INTO events SELECT 'acme', 'u' || (i % 5000), 'e' || (i % 7), ? + i, "
+            "(? + i) * 1000000000, 'c0', i, map(['Plan', 'URL'], ['pro', 'https://x.example/' "
+            "|| (i * 7919 % 100003)]), map(), md5_number_lower('u' || (i % 5000)) "
+            "FROM range(300000) t(i)",
+            [T0, T0],
+        )
+        store.close()
+        lying = _as_schema_2(path)
+        filler = disk.fill(leave=2 << 20)
+
+        with pytest.raises(Unavailable, match="could not be converted to schema 3") as failed:
+            Store(path)
+        assert "It is unchanged, still of schema 2" in str(failed.value), str(failed.value)
+        assert failed.value.code == "store_conversion_failed"
+        con = duckdb.connect(str(path), read_only=True)
+        assert con.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchall() == [
+            ("2",)
+        ]
+        assert con.execute("SELECT * FROM events ORDER BY rowid").fetchall() == lying
+        con.close()
+
+        filler.unlink()  # room made: the next start converts it
+        again = Store(path)
+        assert again.schema_version() == 3
+        assert descents(sort_keys(again)) == 0
+        ((events,),) = again.con.execute("SELECT count(*) FROM events").fetchall()
+        assert events == len(lying)
+        again.close()
+    finally:
+        mounts.close()
