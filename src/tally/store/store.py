@@ -236,7 +236,7 @@ class Store:
         """Rewrites the events of a store of schema 2 (in arrival order) as
         sorted blocks (schema.py), in one transaction: a conversion that cannot
         finish (a full disk, memory) leaves the store as it was, of schema 2,
-        and says why. Progress goes to ``progress``, else to the log."""
+        and says why. Progress goes to the log, and to ``progress`` (a bar)."""
         ((rows,),) = self.con.execute("SELECT count(*) FROM events").fetchall()
         log.info("converting the store to schema 3: %s events into sorted blocks", f"{rows:,}")
         started = time.monotonic()
@@ -244,7 +244,6 @@ class Store:
         def told(done: int, total: int) -> None:
             if progress is not None:
                 progress(done, total)
-                return
             rate = done / max(time.monotonic() - started, 1e-3)
             log.info(
                 "converted %s of %s events (%d%%), %s/s, about %d s left",
@@ -252,6 +251,8 @@ class Store:
                 (total - done) / rate,
             )  # fmt: skip
 
+        if progress is not None and rows:
+            progress(0, rows)  # the bar from the start
         try:
             self.con.execute("BEGIN")
             # The identity-hash index is built again after (Store.__init__ runs
