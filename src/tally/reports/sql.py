@@ -331,7 +331,7 @@ def events_of(
     Without ``people`` the person is NULL and ``identities`` is not read: a
     question whose answer does not depend on who did what (a count of
     occurrences, a sum) skips resolving every event's person (SPEC §5), which
-    was 45% of such a question's time on ten million events (issue 12)."""
+    was half of such a question's time on ten million events (issue 12)."""
     where = sql("e.product = ?", product)
     if events is not None:
         where += Sql(" AND e.event IN ") + values_list(list(events))
