@@ -40,6 +40,7 @@ from tally.processor import Processor
 from tally.serverlog import Rotation, configure_logging
 from tally.settings import Settings
 from tally.store import Store
+from tally.store.store import Progress
 
 log = logging.getLogger("tally.server")
 
@@ -121,7 +122,9 @@ class Started:
     first_start: FirstStart | None
 
 
-def serve(settings: Settings, announce: Callable[[Started], None]) -> None:
+def serve(
+    settings: Settings, announce: Callable[[Started], None], progress: Progress | None = None
+) -> None:
     restrict()  # the collectors, started later, inherit it
     existed = settings.data_dir.exists()
     check_writable(settings)
@@ -138,7 +141,7 @@ def serve(settings: Settings, announce: Callable[[Started], None]) -> None:
         remove_stale_snapshots(settings)
         with contextlib.suppress(FileNotFoundError):
             settings.core_socket.unlink()
-        store = open_store(settings)
+        store = open_store(settings, progress=progress)  # a conversion's progress (docs/store.md)
         processor = Processor(settings, store)
         core = Core(
             settings,
@@ -169,9 +172,11 @@ def _watch_import_dir(settings: Settings) -> ImportDir | None:
     return watcher
 
 
-def open_store(settings: Settings, *, read_only: bool = False) -> Store:
+def open_store(
+    settings: Settings, *, read_only: bool = False, progress: Progress | None = None
+) -> Store:
     try:
-        return Store(settings.store_path, read_only=read_only)
+        return Store(settings.store_path, read_only=read_only, progress=progress)
     except duckdb.Error as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if isinstance(exc, duckdb.IOException) and "lock" in first:  # held by another process

@@ -135,6 +135,7 @@ def serve(
     and prints them. SIGTERM or Ctrl-C stop it cleanly: every
     request already answered is on disk.
     """
+    from tally.cli.progress import BarOnDemand
     from tally.server import Started
     from tally.server import serve as run
 
@@ -177,11 +178,14 @@ def serve(
         click.echo("See the log:")
         click.echo(f"  curl -H 'Authorization: Bearer {token}' {started.url}/api/v1/status\n")
 
+    converting = BarOnDemand("Converting the store")  # only when an old store is converted
     try:
-        run(settings, announce)
+        run(settings, announce, converting)
     except OSError as exc:  # a file Tally needs and cannot use: one line, not a traceback
         where = f" {exc.filename}" if exc.filename else ""
         raise Unavailable(f"tally serve stopped:{where}: {exc.strerror or exc}") from exc
+    finally:
+        converting.close()
 
 
 # -- products, keys, tokens ----------------------------------------------------------------

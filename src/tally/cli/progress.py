@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 from rich.console import Console
 from rich.progress import (
@@ -46,6 +46,27 @@ class Bar:
     def update(self, done: int, records: int) -> None:
         if self._progress is not None:
             self._progress.update(self._task, completed=done, records=records)  # type: ignore[arg-type]
+
+
+class BarOnDemand:
+    """A bar that appears when a long step first says how far it is (the
+    store's conversion, :class:`tally.store.store.Store`'s ``progress``), and
+    goes when it is done or :meth:`close` is called."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self._open = ExitStack()
+        self._bar: Bar | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._bar is None:
+            self._bar = self._open.enter_context(progress_bar(self.label, total))
+        self._bar.update(done, done)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        self._open.close()
 
 
 @contextmanager

@@ -94,9 +94,16 @@ def _cells(
         join = segment_join(c.product, segment, "x", d, at=at)
     # Only the columns used: DuckDB materialises this (a map column costs most).
     order = ", recv_ns, stream, position" if segment and segment.attribution == "at_event" else ""
+    # Times, sums and averages of the whole product are of occurrences, not
+    # people: they never resolve a person (events_of).
+    of_people = q.measure in ("people", "average_per_person") or segment is not None
+    occurrences = events_of(
+        c.product, [q.event], c.start, c.end, d, extra=numeric, filters=c.where,
+        people=of_people or bool(c.person_where),
+    )  # fmt: skip
     query = (
         Sql(f"WITH x AS (SELECT person, time, n{order} FROM (")
-        + events_of(c.product, [q.event], c.start, c.end, d, extra=numeric, filters=c.where)
+        + occurrences
         + ") WHERE "
         + person_restriction(c, "person", d)
         + ")"

@@ -321,11 +321,17 @@ def events_of(
     *,
     extra: Sql | None = None,
     filters: Sequence[Filter] | None = None,
+    people: bool = True,
 ) -> Sql:
     """Occurrences (alias ``e``) of ``events`` (None: every event) with their
     person, in [start, end) when given, passing ``filters`` when given;
     ``extra`` is selected as ``n``. The text ends inside the WHERE clause, so
-    callers can add ``AND …``."""
+    callers can add ``AND …``.
+
+    Without ``people`` the person is NULL and ``identities`` is not read: a
+    question whose answer does not depend on who did what (a count of
+    occurrences, a sum) skips resolving every event's person (SPEC §5), which
+    was half of such a question's time on ten million events (issue 12)."""
     where = sql("e.product = ?", product)
     if events is not None:
         where += Sql(" AND e.event IN ") + values_list(list(events))
@@ -333,13 +339,14 @@ def events_of(
         where += sql(" AND e.time >= ?", start)
     if end is not None:
         where += sql(" AND e.time < ?", end)
+    person, resolve = (d.person("e"), d.person_join("e")) if people else ("NULL", "")
     return (
         Sql(
-            f"SELECT {d.person('e')} AS person, e.event, e.time, e.recv_ns, e.stream, "
+            f"SELECT {person} AS person, e.event, e.time, e.recv_ns, e.stream, "
             "e.position, e.properties, "
         )
         + (extra if extra is not None else Sql("NULL"))
-        + f" AS n FROM events e{d.person_join('e')} WHERE "
+        + f" AS n FROM events e{resolve} WHERE "
         + where
         + (Sql(" AND ") + event_filters("e", filters, d) if filters is not None else Sql(""))
     )

@@ -11,6 +11,19 @@ identity to its person (the smallest identity of its component), so a person is
 ``coalesce(identities.person, identity)`` at query time and a merge rewrites
 only that small table.
 
+Events are kept in sorted blocks (schema 3): the processor appends each batch
+at the end of ``events`` in arrival order, and once :data:`COMPACT_ROWS` events
+lie unsorted there, it rewrites them, in the same transaction as a batch, as one
+block ordered by :data:`EVENTS_SORT` (``Store._compact``). Within a block one
+event's rows are contiguous and in time order, so DuckDB skips the row groups of
+other events and other days by their zone maps (min/max per column). The block
+size is a constant, so the cost of sorting per record does not grow with history.
+The comment of ``events`` (:data:`SORTED_COMMENT`) says how many rows the
+sorted blocks had when the last one was made, so the events beyond that count
+are the unsorted ones. It is the table's comment rather than a row of a table
+because it is not content: the store is a function of the records (SPEC §5);
+where a block begins depends on how the records were batched.
+
 Reports group people by number, not by text: every identity column has a
 64-bit hash beside it (``ih``; ``ph`` for ``identities.person``), computed by
 :data:`IDENTITY_HASH` when the row is written, so a person is
@@ -23,7 +36,14 @@ million identities, 1 in 370,000 for ten million, 1 in 37 for a billion.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+
+#: The order of events within a sorted block: one event's occurrences, in time.
+EVENTS_SORT = "product, event, time"
+#: Unsorted events at the end of ``events`` that make a sorted block.
+COMPACT_ROWS = 1_000_000
+#: The comment of ``events``: how many of its rows are in sorted blocks.
+SORTED_COMMENT = '{{"sorted_rows": {}}}'
 
 #: The hash of an identity (SQL over one text expression).
 IDENTITY_HASH = "md5_number_lower({})"

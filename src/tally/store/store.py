@@ -17,8 +17,9 @@ import json
 import logging
 import os
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,12 +36,15 @@ from tally.operations import parse_operator
 from tally.store.graph import rederive
 from tally.store.rows import INT, TEXT, Rows, insert, orders, registered, reject_rows
 from tally.store.schema import (
+    COMPACT_ROWS,
     DDL,
     DROP_INDEXES,
+    EVENTS_SORT,
     IDENTITY_HASH,
     INDEXES,
     MIGRATE_1_TO_2,
     SCHEMA_VERSION,
+    SORTED_COMMENT,
 )
 from tally.store.stage import REJECT, Stage
 
@@ -163,9 +167,18 @@ class StoreFailure(Unavailable):
     default_code = "store_failing"
 
 
+#: Told how far a long conversion of the store is: (rows done, rows in all).
+Progress = Callable[[int, int], None]
+
+
 class Store:
-    def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
+    def __init__(
+        self, path: Path | str, *, read_only: bool = False, progress: Progress | None = None
+    ) -> None:
         self.path = path
+        #: Unsorted events at the end of ``events`` that make a sorted block
+        #: (schema.py); a test may lower it to see blocks made.
+        self.compact_rows = COMPACT_ROWS
         self.con = duckdb.connect(str(path), read_only=read_only)
         self._known: set[tuple[str | None, str | None]] = set()
         self._staged = itertools.count()
@@ -192,6 +205,8 @@ class Store:
                 )
             if self.schema_version() == 1:
                 self._migrate_1_to_2()
+            if self.schema_version() == 2:
+                self._migrate_2_to_3_layout(progress)
             self.con.execute(INDEXES)
         elif (found := self.schema_version()) != SCHEMA_VERSION:
             self.con.close()
@@ -216,6 +231,49 @@ class Store:
             self.con.execute(statement)
         self.con.execute("UPDATE meta SET value = '2' WHERE name = 'schema_version'")
         self.con.execute("COMMIT")
+
+    def _migrate_2_to_3_layout(self, progress: Progress | None) -> None:
+        """Rewrites the events of a store of schema 2 (in arrival order) as
+        sorted blocks (schema.py), in one transaction: a conversion that cannot
+        finish (a full disk, memory) leaves the store as it was, of schema 2,
+        and says why. Progress goes to the log, and to ``progress`` (a bar)."""
+        ((rows,),) = self.con.execute("SELECT count(*) FROM events").fetchall()
+        log.info("converting the store to schema 3: %s events into sorted blocks", f"{rows:,}")
+        started = time.monotonic()
+
+        def told(done: int, total: int) -> None:
+            if progress is not None:
+                progress(done, total)
+            rate = done / max(time.monotonic() - started, 1e-3)
+            log.info(
+                "converted %s of %s events (%d%%), %s/s, about %d s left",
+                f"{done:,}", f"{total:,}", 100 * done // total, f"{rate:,.0f}",
+                (total - done) / rate,
+            )  # fmt: skip
+
+        if progress is not None and rows:
+            progress(0, rows)  # the bar from the start
+        try:
+            self.con.execute("BEGIN")
+            # The identity-hash index is built again after (Store.__init__ runs
+            # INDEXES): once over the result costs less than row by row.
+            self.con.execute("DROP INDEX IF EXISTS events_ih")
+            self._sort_events(None, told)
+            self.con.execute("UPDATE meta SET value = '3' WHERE name = 'schema_version'")
+            self.con.execute("COMMIT")
+        except BaseException as exc:  # an error, or the operator's Ctrl-C: nothing changes
+            with contextlib.suppress(duckdb.Error):
+                self.con.execute("ROLLBACK")
+            self.con.close()
+            if not isinstance(exc, duckdb.Error):
+                raise
+            raise Unavailable(
+                f"the store {self.path} could not be converted to schema 3 (events in "
+                f"sorted blocks): {str(exc).splitlines()[0]}. It is unchanged, still of schema "
+                "2; the conversion needs about as much free disk as the events take (it "
+                "writes them again before dropping the old rows): make room and start again",
+                code="store_conversion_failed",
+            ) from exc
 
     def close(self) -> None:
         self.con.close()
@@ -607,6 +665,7 @@ class Store:
         con.execute(
             "INSERT INTO seen SELECT dedup_time, h1, h2, recv_ns, stream, position FROM _kept"
         )
+        self._compact()
         con.execute(
             "INSERT INTO events SELECT product, identity, event, time, recv_ns, stream, position, "
             "map(prop_keys, prop_values), metadata, ih FROM _kept "
@@ -672,6 +731,61 @@ class Store:
             "SELECT product, identity, other FROM _kept WHERE kind = 'alias'"
         ).fetchall():
             touched.setdefault(product, set()).update((a, b))
+
+    # -- events in sorted blocks (schema.py) -----------------------------------------------------
+
+    def _compact(self) -> None:
+        """Sort the events appended before this batch once they make a block:
+        in the batch's transaction (a crash keeps them as they were or sorted,
+        never half of each), before the batch's own (DuckDB numbers the rows a
+        transaction adds apart from the table's until it commits)."""
+        ((rows, comment),) = self.con.execute(
+            "SELECT (SELECT count(*) FROM events), comment FROM duckdb_tables() "
+            "WHERE database_name = current_database() AND schema_name = 'main' "
+            "AND table_name = 'events'"  # not a backup's copy being attached beside
+        ).fetchall()
+        try:
+            unsorted = rows - int(json.loads(comment)["sorted_rows"])
+        except (TypeError, ValueError, KeyError):  # no block yet (a new store)
+            unsorted = rows
+        if unsorted >= self.compact_rows:
+            self._sort_events(unsorted)
+
+    def _sort_events(self, rows: int | None, progress: Progress | None = None) -> None:
+        """Rewrite the last ``rows`` events (None: all) as sorted blocks of
+        about :attr:`compact_rows` each, ordered by ``EVENTS_SORT``, inside the
+        caller's transaction, before it adds rows of its own.
+
+        Appended rows take row ids after every other, so the unsorted events
+        are the last ``rows`` row ids (DuckDB keeps insertion order; a
+        checkpoint may renumber rows past deleted ones, but keeps their order).
+        Rows deleted since (a replaced duplicate, ``_remove``) may leave a few
+        unsorted rows out, or take a few sorted ones in: the content never
+        changes, only the order of rows, and so the row groups a question skips.
+        """
+        con = self.con
+        ((end,),) = con.execute("SELECT max(rowid) + 1 FROM events").fetchall()
+        if end is not None:
+            start = 0 if rows is None else max(int(end) - rows, 0)
+            blocks = max(1, (end - start) // self.compact_rows)
+            bounds = [start + (end - start) * k // blocks for k in range(blocks + 1)]
+            for low, high in itertools.pairwise(bounds):
+                con.execute(
+                    "INSERT INTO events SELECT * FROM events WHERE rowid >= ? AND rowid < ? "
+                    f"ORDER BY {EVENTS_SORT}",
+                    [low, high],
+                )
+                if progress is not None:
+                    progress(high - start, end - start)
+            con.execute("DELETE FROM events WHERE rowid >= ? AND rowid < ?", [start, end])
+        ((rows,),) = con.execute("SELECT count(*) FROM events").fetchall()
+        con.execute(f"COMMENT ON TABLE events IS '{SORTED_COMMENT.format(int(rows))}'")
+
+    def sort_events(self, progress: Progress | None = None) -> None:
+        """Every event into sorted blocks, in one transaction: for stores
+        written other than by :meth:`apply` (``bench/reports.py`` writes its
+        synthetic product with SQL)."""
+        self._transaction(lambda: self._sort_events(None, progress))
 
     def _remove(self, replaced: list[Order]) -> dict[str, set[str]]:
         """Delete every trace of records that an earlier duplicate replaces;
