@@ -24,7 +24,6 @@ from tally.processor import Processor
 from tally.query_pool import QueryPool
 from tally.reports.query import json_object
 from tally.settings import Settings
-from tally.views.common import require_product
 
 
 @dataclass
@@ -89,8 +88,10 @@ def operator(request: Request, *, local_only: bool = False) -> tuple[Core, str]:
 
 
 def product_of(core: Core, request: Request) -> str:
+    """The product named in the path, or NotFound: one product read from the
+    catalog, not every product with its keys (1 + 2n queries) on each request."""
     product: str = request.path_params["product"]
-    require_product({p.name for p in core.catalog.products()}, product)
+    core.catalog.product(product)
     return product
 
 

@@ -902,10 +902,11 @@ def _proxied_head(
     lines = [method + b" " + url + b" HTTP/1.1"]
     lines.extend(name + b": " + value for name, value in headers if name.lower() not in _HOP_BY_HOP)
     if chunked:
+        # An import's connection to the core is its own, closed after it (proxy).
         lines.append(b"Transfer-Encoding: chunked")
+        lines.append(b"Connection: close")
     else:
         lines.append(b"Content-Length: " + str(length).encode())
-    lines.append(b"Connection: close")
     lines.append(b"X-Tally-Client: " + addr)
     return b"\r\n".join(lines) + b"\r\n\r\n"
 

@@ -1,12 +1,20 @@
 """Hand a non-tracking request to the core process and relay its answer.
 
 The core (the JSON API and the dashboard, DESIGN "Embedded default") listens on
-a Unix socket in the data directory. The request is sent with ``Connection:
-close`` and the answer is relayed as it comes, streamed, so large exports do not
-sit in the collector's memory. Only its ``Connection`` header is rewritten: the
-core closes after every answer, the client's connection goes on to the requests
-it pipelined after this one when the answer's end can be told without a close
-(a ``Content-Length``, a chunked body, or none).
+a Unix socket in the data directory. The answer is relayed as it comes,
+streamed, so large exports do not sit in the collector's memory. Only its
+``Connection`` header is rewritten: the client's connection goes on to the
+requests it pipelined after this one when the answer's end can be told without
+a close (a ``Content-Length``, a chunked body, or none).
+
+The connection to the core is kept for the next request once an answer has
+been relayed whole (its end told by its framing, which the relay follows), and
+reused within :data:`KEEP_SECONDS`, well inside uvicorn's own keep-alive (5 s):
+a new connection costs the core about 0.2 ms of an API call's floor
+(bench/floor.py). A request on a kept connection that the core closed before
+answering anything is sent once more on a new one (the core closes only idle
+connections, which have read nothing). An import's request (below) has a
+connection of its own, closed after its answer.
 
 A client that goes away before the answer (it closes or resets its connection;
 the collector reads on while the core works, to notice) has its relay
@@ -28,6 +36,7 @@ import asyncio
 import json
 import logging
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,6 +47,11 @@ log = logging.getLogger("tally.collector")
 _CHUNK = 64 * 1024
 _HIGH_WATER = 1024 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: How long a connection to the core is kept idle for the next request.
+KEEP_SECONDS = 2.0
+#: At most this many idle connections to the core are kept (a collector's
+#: requests to the core are few at once: reports wait for a query slot).
+KEEP_AT_MOST = 8
 
 
 class Upload:
@@ -134,12 +148,17 @@ async def forward(
     given up on; the core itself may take as long as it needs. With an
     ``upload``, ``request`` is the head alone (chunked) and the body follows
     as it arrives; an aborted upload ends the relay with nothing sent."""
+    kept: _Kept | None = None
     try:
         if core_socket is None:
             raise ConnectionRefusedError("no core process")
         sender: socket.socket | None = None
         if upload is None:
-            reader, writer = await asyncio.open_unix_connection(str(core_socket))
+            kept = _take(core_socket)
+            if kept is None:
+                reader, writer = await asyncio.open_unix_connection(str(core_socket))
+            else:
+                reader, writer = kept.reader, kept.writer
         else:
             reader, writer, sender = await _open_for_upload(core_socket)
     except OSError as exc:
@@ -148,12 +167,26 @@ async def forward(
         return False
     if upload is not None and upload.expect and not upload.done and not transport.is_closing():
         transport.write(_CONTINUE)  # its turn has come: send the body (RFC 9110 §10.1.1)
+    whole = False  # the answer was read to its end: the connection can serve another
     try:
         try:
             if sender is None or upload is None:
-                writer.write(request)
-                await writer.drain()
-                answer_head = await reader.readuntil(b"\r\n\r\n")
+                try:
+                    answer_head = await _ask(reader, writer, request)
+                except (OSError, asyncio.IncompleteReadError) as exc:
+                    stale = not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial
+                    if kept is None or not stale:
+                        raise
+                    # Closed by the core while it was idle, before reading this
+                    # request: once more, on a connection of its own.
+                    writer.close()
+                    try:
+                        reader, writer = await asyncio.open_unix_connection(str(core_socket))
+                    except OSError as again:
+                        log.warning("cannot reach the core at %s: %s", core_socket, again)
+                        _answer(transport, _unavailable(), upload)
+                        return False
+                    answer_head = await _ask(reader, writer, request)
             elif (sent := await _send_while_waiting(upload, request, sender, reader)) is None:
                 return False  # aborted: the caller answers, or the client is gone
             else:
@@ -165,24 +198,157 @@ async def forward(
         # Before the whole body has arrived, the rest of it cannot be told
         # from the next request: the connection ends with this answer.
         keep_alive = keep_alive and (upload is None or upload.done)
+        length, chunked, closes = _framing(answer_head, head_request=head)
         answer_head, delimited = _client_head(answer_head, keep_alive=keep_alive, head_request=head)
         if transport.is_closing():
             return False
         _answer(transport, answer_head, upload)
-        while chunk := await reader.read(_CHUNK):
-            if transport.is_closing():
-                return False
-            transport.write(chunk)
-            if not await _drained(transport, timeout):
-                return False
+        if length is not None:
+            relayed = whole = await _relay_length(reader, transport, length, timeout)
+        elif chunked:
+            relayed = whole = await _relay_chunked(reader, transport, timeout)
+        else:
+            relayed = await _relay_to_end(reader, transport, timeout)
+        whole = whole and not closes and upload is None
+        if not relayed or transport.is_closing():
+            return False  # the client is gone, or reads nothing
         return keep_alive and delimited
-    except (OSError, asyncio.LimitOverrunError) as exc:
+    except (OSError, asyncio.LimitOverrunError, asyncio.IncompleteReadError, ValueError) as exc:
+        # (An answer cut short, or not HTTP: the client's connection ends.)
         log.warning("proxying to the core failed: %s", exc)
+        whole = False
         return False
     finally:
-        writer.close()
+        if whole and core_socket is not None:
+            _keep(core_socket, reader, writer)
+        else:
+            writer.close()
         if sender is not None:
             sender.close()
+
+
+class _Kept:
+    """An idle connection to the core, and since when it is idle."""
+
+    __slots__ = ("loop", "reader", "since", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.reader = reader
+        self.writer = writer
+        self.since = time.monotonic()
+
+
+#: The idle connections to the core, by its socket, most recently used last.
+_IDLE: dict[Path, list[_Kept]] = {}
+
+
+def _take(core_socket: Path) -> _Kept | None:
+    """The most recently used idle connection to the core, if one is fresh."""
+    idle = _IDLE.get(core_socket)
+    loop = asyncio.get_running_loop()
+    while idle:
+        kept = idle.pop()
+        fresh = time.monotonic() - kept.since < KEEP_SECONDS
+        if (
+            fresh
+            and kept.loop is loop
+            and not kept.reader.at_eof()
+            and not (kept.writer.is_closing())
+        ):
+            return kept
+        kept.writer.close()
+    return None
+
+
+def _keep(core_socket: Path, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    idle = _IDLE.setdefault(core_socket, [])
+    now = time.monotonic()
+    for stale in [k for k in idle if now - k.since >= KEEP_SECONDS]:
+        idle.remove(stale)
+        stale.writer.close()
+    if len(idle) >= KEEP_AT_MOST:
+        idle.pop(0).writer.close()
+    idle.append(_Kept(reader, writer))
+
+
+async def _ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> bytes:
+    """Send ``request``; the head of the core's answer."""
+    writer.write(request)
+    await writer.drain()
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+def _framing(answer_head: bytes, *, head_request: bool) -> tuple[int | None, bool, bool]:
+    """How the core's answer ends (RFC 9112 §6.3): after ``length`` bytes, or
+    its last chunk, or (neither) when the core closes; and whether the core
+    closes the connection after it."""
+    status_line, *lines = answer_head[:-4].split(b"\r\n")
+    fields = {}
+    for line in lines:
+        name, _, value = line.partition(b":")
+        fields[name.strip().lower()] = value.strip().lower()
+    closes = b"close" in fields.get(b"connection", b"")
+    try:
+        status = int(status_line.split(b" ", 2)[1])
+    except (IndexError, ValueError):
+        return None, False, True
+    if head_request or status in (204, 304) or 100 <= status < 200:
+        return 0, False, closes
+    if fields.get(b"transfer-encoding", b"").endswith(b"chunked"):
+        return None, True, closes
+    if (length := fields.get(b"content-length")) is not None and length.isdigit():
+        return int(length), False, closes
+    return None, False, True
+
+
+async def _relay_length(
+    reader: asyncio.StreamReader, transport: asyncio.Transport, length: int, timeout: float
+) -> bool:
+    """Relay ``length`` bytes of body; whether all came and went."""
+    while length > 0:
+        chunk = await reader.read(min(_CHUNK, length))
+        if not chunk or transport.is_closing():
+            return False
+        length -= len(chunk)
+        transport.write(chunk)
+        if not await _drained(transport, timeout):
+            return False
+    return True
+
+
+async def _relay_chunked(
+    reader: asyncio.StreamReader, transport: asyncio.Transport, timeout: float
+) -> bool:
+    """Relay a chunked body as it comes, to its last chunk and the empty line
+    after its trailers (RFC 9112 §7.1); whether all came and went."""
+    while True:
+        size_line = await reader.readuntil(b"\r\n")
+        if transport.is_closing():
+            return False
+        transport.write(size_line)
+        size = int(size_line.split(b";", 1)[0].strip(), 16)  # ValueError: not HTTP
+        if size == 0:
+            while (trailer := await reader.readuntil(b"\r\n")) != b"\r\n":
+                transport.write(trailer)
+            transport.write(trailer)
+            return not transport.is_closing()
+        if not await _relay_length(reader, transport, size + 2, timeout):  # and its CRLF
+            return False
+
+
+async def _relay_to_end(
+    reader: asyncio.StreamReader, transport: asyncio.Transport, timeout: float
+) -> bool:
+    """Relay a body that ends when the core closes the connection; whether
+    all came and went."""
+    while chunk := await reader.read(_CHUNK):
+        if transport.is_closing():
+            return False
+        transport.write(chunk)
+        if not await _drained(transport, timeout):
+            return False
+    return True
 
 
 class _UploadProtocol(asyncio.StreamReaderProtocol):
