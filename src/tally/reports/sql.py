@@ -101,22 +101,16 @@ MAX_SLOTS = 400_000
 _LONGEST = 32 * 86_400  # longer than any interval (a month, with a DST hour)
 
 
-def _slots(starts: Sequence[int]) -> tuple[list[int], list[int]] | None:
-    """The quarter hours from the first start to the end of the last interval,
-    and the interval each is in; None when that is too long (or a start is not
-    on a quarter hour)."""
+def _ends(starts: Sequence[int]) -> list[int] | None:
+    """Where each interval ends (the next one's start; the last, a month and a
+    day on); None when the range has more than :data:`MAX_SLOTS` quarter hours
+    (or a start is not on one)."""
     if not starts or any(s % SLOT for s in starts):
         return None
     ends = [*starts[1:], starts[-1] + _LONGEST]
     if (ends[-1] - starts[0]) // SLOT > MAX_SLOTS:
         return None
-    slots: list[int] = []
-    buckets: list[int] = []
-    for start, end in zip(starts, ends, strict=True):
-        first, last = start // SLOT, end // SLOT
-        slots.extend(range(first, last))
-        buckets.extend([start] * (last - first))
-    return slots, buckets
+    return ends
 
 
 def iso_local(seconds: int, tz_name: str) -> str:
@@ -193,16 +187,21 @@ class Dialect:
         hash join, several times faster than ``ASOF`` here). Ranges of more
         than :data:`MAX_SLOTS` quarter hours (about 11 years) join by ``ASOF``.
         """
-        slots = _slots(starts)
-        if slots is None:
+        ends = _ends(starts)
+        if ends is None:
             return sql(
                 f" ASOF JOIN (SELECT unnest(?::BIGINT[]) AS bucket) b ON {time_expr} >= b.bucket",
                 list(starts),
             )
+        # The quarter hours are made by DuckDB from the intervals' bounds: bound
+        # as lists of every quarter hour, converting them took most of the time
+        # of a report that reads nothing (3 ms for 30 days; bench/floor.py).
         return sql(
-            " JOIN (SELECT unnest(?::BIGINT[]) AS slot, unnest(?::BIGINT[]) AS bucket) b "
+            f" JOIN (SELECT unnest(range(s // {SLOT}, e // {SLOT})) AS slot, s AS bucket "
+            "FROM (SELECT unnest(?::BIGINT[]) AS s, unnest(?::BIGINT[]) AS e)) b "
             f"ON b.slot = {time_expr} // {SLOT}",
-            *slots,
+            list(starts),
+            ends,
         )
 
     def identity_hash(self, text: str) -> str:
