@@ -40,6 +40,7 @@ from tally.store.schema import (
     IDENTITY_HASH,
     INDEXES,
     MIGRATE_1_TO_2,
+    RETIRED_INDEXES,
     SCHEMA_VERSION,
 )
 from tally.store.stage import REJECT, Stage
@@ -192,6 +193,7 @@ class Store:
                 )
             if self.schema_version() == 1:
                 self._migrate_1_to_2()
+            self.con.execute(RETIRED_INDEXES)
             self.con.execute(INDEXES)
         elif (found := self.schema_version()) != SCHEMA_VERSION:
             self.con.close()
