@@ -574,7 +574,7 @@ class Store:
         """Add the ``_p`` of the batch's events and property sets to
         ``known_identities`` (an alias makes its identities known only while it
         is not capped, which the views decide from ``aliases``, SPEC §11); a
-        cache of those already there spares the index look-up for most."""
+        cache of those already there spares the look-up for most."""
         known = self._known
         fresh = Rows(product=TEXT, identity=TEXT)
         for index in stage.kept():
@@ -586,23 +586,45 @@ class Store:
                     fresh.append(*pair)
         if len(known) > _KNOWN_CACHE:
             known.clear()
-        insert(self.con, "known_identities", fresh, "ON CONFLICT DO NOTHING",
+        if not len(fresh):
+            return
+        stored = self._stored_hashes(fresh)
+        new = Rows(product=TEXT, identity=TEXT)
+        for product, identity in zip(*fresh.columns, strict=True):
+            others = stored.get((product, identity), set())
+            if identity not in others:
+                new.append(product, identity)
+            if clash := others - {identity}:
+                # Reports take two identities with one hash for one person
+                # (schema.py): say so loudly if it ever happens (schema.py
+                # gives the odds).
+                log.error("identities %r and %r of %r have the same hash: reports count "
+                          "them as one person", identity, min(clash), product)  # fmt: skip
+        insert(self.con, "known_identities", new, "ON CONFLICT DO NOTHING",
                hashes={"ih": "identity"})  # fmt: skip
-        if len(fresh):
-            self._check_hashes(fresh)
 
-    def _check_hashes(self, fresh: Rows) -> None:
-        """Reports take two identities with one hash for one person (schema.py):
-        say so loudly if it ever happens (schema.py gives the odds)."""
+    def _stored_hashes(self, fresh: Rows) -> dict[tuple[str, str], set[str]]:
+        """The stored identities that have the hash of one of ``fresh``'s, by
+        the fresh (product, identity): itself if it is stored, another if two
+        share a hash. The hashes are matched on the narrow ``ih`` column, and
+        only the rows found are read whole (by row id): a join on the text
+        read every stored identity's, a cost that grew with the people."""
+        found: dict[tuple[str, str], set[str]] = {}
         with registered(self.con, "_fresh", fresh):
-            clash = self.con.execute(
-                "SELECT f.product, f.identity, k.identity FROM _fresh f JOIN known_identities k "
-                f"ON k.product = f.product AND k.ih = {IDENTITY_HASH.format('f.identity')} "
-                "AND k.identity <> f.identity LIMIT 1"
-            ).fetchone()
-        if clash is not None:
-            log.error("identities %r and %r of %r have the same hash: reports count them as "
-                      "one person", clash[1], clash[2], clash[0])  # fmt: skip
+            for product, identity, other in self.con.execute(
+                f"""
+                WITH f AS (SELECT product, identity, {IDENTITY_HASH.format("identity")} AS ih
+                           FROM _fresh),
+                hit AS MATERIALIZED (SELECT rowid AS r FROM known_identities
+                                     WHERE ih IN (SELECT ih FROM f)),
+                k AS (SELECT product, identity, ih FROM known_identities
+                      WHERE rowid IN (SELECT r FROM hit))
+                SELECT f.product, f.identity, k.identity
+                FROM f JOIN k ON k.product = f.product AND k.ih = f.ih
+                """
+            ).fetchall():
+                found.setdefault((product, identity), set()).add(other)
+        return found
 
     def _spread(self, stage: Stage, stats: ApplyStats, touched: dict[str, set[str]]) -> None:
         con = self.con
