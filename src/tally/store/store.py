@@ -606,22 +606,14 @@ class Store:
     def _stored_hashes(self, fresh: Rows) -> dict[tuple[str, str], set[str]]:
         """The stored identities that have the hash of one of ``fresh``'s, by
         the fresh (product, identity): itself if it is stored, another if two
-        share a hash. The hashes are matched on the narrow ``ih`` column, and
-        only the rows found are read whole (by row id): a join on the text
-        read every stored identity's, a cost that grew with the people."""
+        share a hash. One join answers both (an upsert then a second join for
+        the clashes read every stored identity twice)."""
         found: dict[tuple[str, str], set[str]] = {}
         with registered(self.con, "_fresh", fresh):
             for product, identity, other in self.con.execute(
-                f"""
-                WITH f AS (SELECT product, identity, {IDENTITY_HASH.format("identity")} AS ih
-                           FROM _fresh),
-                hit AS MATERIALIZED (SELECT rowid AS r FROM known_identities
-                                     WHERE ih IN (SELECT ih FROM f)),
-                k AS (SELECT product, identity, ih FROM known_identities
-                      WHERE rowid IN (SELECT r FROM hit))
-                SELECT f.product, f.identity, k.identity
-                FROM f JOIN k ON k.product = f.product AND k.ih = f.ih
-                """
+                f"SELECT f.product, f.identity, k.identity FROM (SELECT product, identity, "
+                f"{IDENTITY_HASH.format('identity')} AS ih FROM _fresh) f "
+                "JOIN known_identities k ON k.product = f.product AND k.ih = f.ih"
             ).fetchall():
                 found.setdefault((product, identity), set()).add(other)
         return found
