@@ -606,8 +606,8 @@ class Store:
     def _stored_hashes(self, fresh: Rows) -> dict[tuple[str, str], set[str]]:
         """The stored identities that have the hash of one of ``fresh``'s, by
         the fresh (product, identity): itself if it is stored, another if two
-        share a hash. One join answers both (an upsert then a second join for
-        the clashes read every stored identity twice)."""
+        share a hash. One join answers both: those stored are not inserted
+        again (an upsert looked them up, then a second join for the clashes)."""
         found: dict[tuple[str, str], set[str]] = {}
         with registered(self.con, "_fresh", fresh):
             for product, identity, other in self.con.execute(
