@@ -16,7 +16,14 @@ Measures, in one run:
    (at most 1.5).
 3. **rebuild** (``--rebuild N``): ``tally rebuild`` of a generated log of N
    records, timed as a command.
-4. **end to end** (``--end-to-end SECONDS``): ``tally serve`` under wrk (the
+4. **live path at size** (``--live-at N,N,...``): the next ``--chunk``
+   records applied as ``tally serve`` applies them (``Processor.catch_up``,
+   both threads, DuckDB on one thread, the server's memory limits) into
+   stores that already hold N records of one generated log, made by the
+   processor itself (indexes, de-duplication keys, identities and all;
+   cached in ``bench/.data/processor``), median of ``--repeat`` rounds, and
+   the ratio to the empty store (issue 12's target: at least 0.9 at 10M).
+5. **end to end** (``--end-to-end SECONDS``): ``tally serve`` under wrk (the
    ingest benchmark's request mix) for SECONDS, its applied lag sampled every
    second from ``/api/v1/status``, and how long it takes to catch up after.
 
@@ -24,24 +31,33 @@ Measures, in one run:
     .venv/bin/python bench/processor.py --records 200000 --history 1000000
     .venv/bin/python bench/processor.py --rebuild 10000000    # the 10M rebuild (minutes)
     .venv/bin/python bench/processor.py --records 0 --history 0 --end-to-end 30
+    .venv/bin/python bench/processor.py --records 0 --history 0 \\
+        --live-at 0,1000000,5000000,10000000           # ~8 min the first time
 
-Everything is written under a temporary directory that is removed at the end.
+Everything else is written under a temporary directory that is removed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import random
 import re
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
+
+import duckdb
+import psutil
 
 from tally.beacon import KeyStatus
 from tally.log.reader import Entry, LogReader
@@ -50,6 +66,7 @@ from tally.log.writer import SegmentWriter
 from tally.processor import Processor
 from tally.settings import Settings
 from tally.store import Store
+from tally.store.schema import DROP_INDEXES, INDEXES
 
 KEY = "0123456789abcdef0123456789abcdef01234567"
 EVENTS = [
@@ -77,12 +94,15 @@ EVENTS = [
 START = 1_790_000_000  # a Unix second in 2026
 
 
-def generate(rng: random.Random, n: int, people: int) -> list[tuple[str, str]]:
-    """(path, query) pairs: the mix a KISSmetrics client sends."""
+def generate(
+    rng: random.Random, n: int, people: int, first: int = 0, start: int = START
+) -> list[tuple[str, str]]:
+    """(path, query) pairs: the mix a KISSmetrics client sends, 50 a second
+    from ``start``, the first being the log's record number ``first``."""
     calls: list[tuple[str, str]] = []
     for i in range(n):
         person = f"user{rng.randrange(people)}"
-        t = START + i // 50
+        t = start + (first + i) // 50
         roll = rng.random()
         if roll < 0.80:
             name = quote(EVENTS[rng.randrange(len(EVENTS))]).replace("%20", "+")
@@ -109,17 +129,29 @@ def generate(rng: random.Random, n: int, people: int) -> list[tuple[str, str]]:
     return calls
 
 
-def write_log(log_dir: Path, n: int, *, seed: int = 7, streams: int = 2) -> int:
-    """Write ``n`` records across ``streams`` log streams; their total bytes."""
+def write_log(
+    log_dir: Path,
+    n: int,
+    *,
+    seed: int = 7,
+    streams: int = 2,
+    people: int = 0,
+    begin: int = START,
+    name: str = "c",
+) -> int:
+    """Write ``n`` records across ``streams`` log streams (``c0``, ``c1``, ...),
+    received 50 a second from ``begin``, among ``people`` people (by default a
+    tenth of ``n``); their total bytes."""
     rng = random.Random(seed)
-    writers = [SegmentWriter(log_dir / f"c{i}") for i in range(streams)]
+    writers = [SegmentWriter(log_dir / f"{name}{i}") for i in range(streams)]
     pending: list[list[bytes]] = [[] for _ in writers]
-    people = max(n // 10, 10)
+    people = people or max(n // 10, 10)
     written = 0
     chunk = 200_000
     for start in range(0, n, chunk):
-        for i, (path, query) in enumerate(generate(rng, min(chunk, n - start), people)):
-            recv_ns = (START + (start + i) // 50) * 10**9 + i
+        calls = generate(rng, min(chunk, n - start), people, start, begin)
+        for i, (path, query) in enumerate(calls):
+            recv_ns = (begin + (start + i) // 50) * 10**9 + i
             frame = encode_record(
                 Record("GET", path, query.encode(), b"", recv_ns, "127.0.0.1", "Mozilla/5.0")
             )
@@ -228,9 +260,162 @@ def measure_history(work: Path, history: int, runs: int = 3) -> tuple[float, flo
     return statistics.median(times["empty"]), statistics.median(times["full"])
 
 
+#: Generated logs and the stores they make, kept between runs (git-ignored).
+DATA = Path(__file__).resolve().parent / ".data" / "processor"
+LIVE_PEOPLE = 1_000_000
+#: The chunk measured at each size is received after the whole history.
+LIVE_BEGIN = START + 10**7
+
+
+def live_stores(sizes: list[int]) -> dict[int, Path]:
+    """Stores that hold the first N records of one generated log (1,000,000
+    people, the ``--records`` mix, 50 records a second) for each N of
+    ``sizes``, made as the live path makes them: one store, applied by the
+    real processor (``Processor.catch_up``) N after N, copied at each N. The
+    copies are made without the identity-hash indexes of ``schema.INDEXED``,
+    which :func:`measure_live` builds in its copy of them before it is timed,
+    as ``tally rebuild`` does at its end. Cached in ``DATA``."""
+    top = max(sizes)
+    history = DATA / f"history-{top}"
+    settings = Settings(data_dir=history)
+    if not (history / "complete").exists():
+        shutil.rmtree(history, ignore_errors=True)
+        print(f"writing a log of {top:,} records in {history} (once)", flush=True)
+        write_log(settings.log_dir, top, people=LIVE_PEOPLE)
+        (history / "complete").touch()
+    stores = {n: history / f"store-{n}.duckdb" for n in sizes if n}
+    if all(path.exists() for path in stores.values()):
+        return stores
+    building = history / "building.duckdb"
+    for stale in (building, building.with_name(building.name + ".wal")):
+        stale.unlink(missing_ok=True)
+    store = Store(building)
+    store.con.execute(DROP_INDEXES)
+    processor = Processor(settings, store, keys=lambda: keys)
+    applied = 0
+
+    def count(n: int) -> None:
+        nonlocal applied
+        applied += n
+
+    started = time.perf_counter()
+    for n in sorted(stores):
+        processor.catch_up(count, pause=lambda _, n=n: applied >= n, limit=100_000)
+        store.con.execute("CHECKPOINT")
+        shutil.copyfile(building, stores[n].with_suffix(".partial"))
+        stores[n].with_suffix(".partial").rename(stores[n])
+        print(
+            f"  history: {applied:,} records applied in {time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
+    store.close()
+    building.unlink()
+    return stores
+
+
+def measure_live(size: int, store_path: Path | None, chunk: Path, work: Path) -> dict[str, float]:
+    """Apply the records of ``chunk`` (a log directory) into a copy of
+    ``store_path`` (an empty store if None) as ``tally serve`` applies them:
+    ``Processor.catch_up`` with its two threads, DuckDB on one thread, the
+    server's memory limits. Run in a child process of its own, so that its
+    memory is its own."""
+    data_dir = work / f"live-{size}"
+    shutil.copytree(chunk, Settings(data_dir=data_dir).log_dir)
+    settings = Settings(data_dir=data_dir)
+    if store_path is not None:
+        shutil.copyfile(store_path, settings.store_path)
+        # The indexes this Tally keeps (Store would build them; here without
+        # DuckDB's progress bar).
+        con = duckdb.connect(str(settings.store_path))
+        con.execute("SET enable_progress_bar = false")
+        con.execute(INDEXES)
+        con.close()
+    store = Store(settings.store_path)
+    events = store.con.execute("SELECT count(*) FROM events").fetchone()
+    store.threads = 1
+    store.con.execute("SET threads = 1")
+    store.limit_memory(settings.query_memory, settings.query_spill)
+    processor = Processor(settings, store, keys=lambda: keys)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        me = psutil.Process()
+        while not done.wait(0.1):
+            peak = max(peak, me.memory_info().rss)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    started = time.perf_counter()
+    applied = processor.catch_up()
+    seconds = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    store.close()
+    shutil.rmtree(data_dir)
+    return {
+        "events": float(events[0] if events else 0),
+        "records": float(applied),
+        "seconds": seconds,
+        "peak": float(peak),
+    }
+
+
+def _measure_live_child(queue: Any, *args: Any) -> None:
+    queue.put(measure_live(*args))
+
+
+def measure_live_all(sizes: list[int], chunk_records: int, repeat: int, work: Path) -> None:
+    """The live path's rate at each size, ``repeat`` rounds over the sizes in
+    turn (so that a busy minute falls on every size alike), the median."""
+    stores = live_stores(sizes) if any(sizes) else {}
+    chunk = DATA / f"chunk-{chunk_records}"
+    if not (chunk / "complete").exists():
+        shutil.rmtree(chunk, ignore_errors=True)
+        write_log(chunk / "log", chunk_records, seed=11, people=LIVE_PEOPLE,
+                  begin=LIVE_BEGIN, name="live")  # fmt: skip
+        (chunk / "complete").touch()
+    context = multiprocessing.get_context("spawn")
+    print(f"live path: the next {chunk_records:,} records into a store of N records "
+          "(Processor.catch_up, both threads, DuckDB 1 thread, 1 GB), "
+          f"median of {repeat}", flush=True)  # fmt: skip
+    results: dict[int, list[dict[str, float]]] = {size: [] for size in sizes}
+    for _ in range(repeat):
+        for size in sizes:
+            queue = context.Queue()
+            child = context.Process(
+                target=_measure_live_child,
+                args=(queue, size, stores.get(size), chunk / "log", work),
+            )
+            child.start()
+            results[size].append(queue.get())
+            child.join()
+    base = 0.0
+    for size in sizes:
+        rates = [r["records"] / r["seconds"] for r in results[size]]
+        rate = statistics.median(rates)
+        base = base or rate
+        events = results[size][0]["events"]
+        peak = max(r["peak"] for r in results[size])
+        print(
+            f"  N = {size:>10,} ({events:>10,.0f} events): {rate:8,.0f} records/s"
+            f"  ratio {rate / base:.2f}  peak RSS {peak / 2**30:.2f} GiB"
+            f"  (runs: {', '.join(f'{r:,.0f}' for r in rates)})",
+            flush=True,
+        )
+
+
 def measure_rebuild(work: Path, n: int) -> tuple[float, int]:
+    """``tally rebuild`` of a generated log of ``n`` records (cached in ``DATA``)."""
+    cached = DATA / f"rebuild-{n}"
+    if not (cached / "complete").exists():
+        shutil.rmtree(cached, ignore_errors=True)
+        write_log(cached / "log", n)
+        (cached / "complete").touch()
     data_dir = work / "rebuild"
-    write_log(Settings(data_dir=data_dir).log_dir, n)
+    data_dir.mkdir()
+    shutil.copytree(cached / "log", Settings(data_dir=data_dir).log_dir)
     env = {**os.environ, "TALLY_DATA_DIR": str(data_dir)}
     subprocess.run(
         [sys.executable, "-m", "tally", "products", "create", "default", "--key", KEY],
@@ -323,6 +508,15 @@ def main() -> None:
         help="also run tally serve under wrk for SECONDS and sample the applied lag",
     )
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (end-to-end)")
+    parser.add_argument(
+        "--live-at",
+        default="",
+        metavar="N,N,...",
+        help="also the live path's apply rate into stores of these many records "
+        "(e.g. 0,1000000,5000000,10000000; cached in bench/.data)",
+    )
+    parser.add_argument("--chunk", type=int, default=200_000, help="records applied (--live-at)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of --live-at (median)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tally-bench-processor-"))
     try:
@@ -352,11 +546,18 @@ def main() -> None:
                 f"one 50,000-record batch: empty store {empty:.3f} s, "
                 f"with {args.history:,} events {full:.3f} s, ratio {full / empty:.2f}"
             )
+        if args.live_at:
+            sizes = [int(n.replace("_", "")) for n in args.live_at.split(",")]
+            measure_live_all(sizes, args.chunk, args.repeat, work)
         if args.end_to_end:
             measure_end_to_end(work, args.end_to_end, args.connections)
         if args.rebuild:
             seconds, n = measure_rebuild(work, args.rebuild)
-            print(f"tally rebuild of {n:,} records: {seconds:.1f} s ({n / seconds:,.0f} records/s)")
+            peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB
+            print(
+                f"tally rebuild of {n:,} records: {seconds:.1f} s ({n / seconds:,.0f} records/s), "
+                f"peak RSS {peak:.2f} GiB"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

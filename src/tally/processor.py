@@ -156,7 +156,7 @@ class Processor:
         return self._read(limit, positions)[0]
 
     def _read(
-        self, limit: int, positions: dict[str, int] | None = None
+        self, limit: int, positions: dict[str, int] | None = None, room: int = BATCH_BYTES
     ) -> tuple[list[Entry], dict[str, int]]:
         """The next records, and per stream the position past damage that ends
         its part (the reader skipped it; it is quarantined and must not be read
@@ -171,7 +171,7 @@ class Processor:
         last = {stream: positions.get(stream, 0) for stream in streams}
         # Each stream gets an equal share; what idle streams leave goes to
         # those with more (an import's stream beside quiet collectors).
-        pending, room = streams, BATCH_BYTES
+        pending = streams
         while pending and len(batch) < limit and room > 0:
             share = max((limit - len(batch)) // len(pending), 1), max(room // len(pending), 1)
             more = []
@@ -263,11 +263,13 @@ class Processor:
         stop: threading.Event | None = None,
         pause: Callable[[dict[str, int]], bool] | None = None,
         limit: int = BATCH_RECORDS,
+        limit_bytes: int = BATCH_BYTES,
     ) -> int:
         """Apply until nothing is left, or ``stop`` is set, or ``pause`` says so;
         the number of records applied. ``pause`` is asked before each further
         batch is read, with the positions it would start from; either ends the
-        catch-up after the batch in hand.
+        catch-up after the batch in hand. A batch holds at most ``limit``
+        records and ``limit_bytes`` of the log.
 
         Two batches are in hand at once: while one is written, a second thread
         reads and prepares the next (DuckDB releases the GIL while it writes), so
@@ -277,7 +279,7 @@ class Processor:
         total = 0
         with self.lock:
             positions = self.store.positions()
-        first, reach = self._read(limit, positions)
+        first, reach = self._read(limit, positions, limit_bytes)
         if not first and not reach:
             return 0
         # The preparing side stages batches through a cursor of its own (a
@@ -299,7 +301,7 @@ class Processor:
                             pause is None or not pause(positions)
                         ):
                             ahead = preparer.submit(
-                                self._read_and_prepare, positions, limit, cursor
+                                self._read_and_prepare, positions, limit, limit_bytes, cursor
                             )
                         with self.lock:
                             total += self._write(prepared)
@@ -319,11 +321,15 @@ class Processor:
         return total
 
     def _read_and_prepare(
-        self, positions: dict[str, int], limit: int, con: duckdb.DuckDBPyConnection
+        self,
+        positions: dict[str, int],
+        limit: int,
+        limit_bytes: int,
+        con: duckdb.DuckDBPyConnection,
     ) -> tuple[Prepared, dict[str, int]]:
         """The batch after ``positions``, prepared and staged, and the positions
         after it."""
-        return self._prepare_batch(*self._read(limit, positions), positions, con)
+        return self._prepare_batch(*self._read(limit, positions, limit_bytes), positions, con)
 
     def _prepare_batch(
         self,

@@ -33,8 +33,11 @@ if TYPE_CHECKING:
     from tally.check import Applied, Report
 
 #: Larger than the live processor's batches: fewer commits, and each table's
-#: rows are written as whole row groups (two batches are in memory at once).
+#: rows are written as whole row groups (two batches are in memory at once:
+#: ~5 times their log bytes each, tally.processor.BATCH_BYTES). The live
+#: processor's 8 MiB would cut them at ~33,000 tracking calls.
 REBUILD_BATCH_RECORDS = 100_000
+REBUILD_BATCH_BYTES = 48 * 1024 * 1024
 
 
 @click.command()
@@ -104,7 +107,9 @@ def rebuild_store(settings: Settings) -> int:
                     records += n
                     bar.update(sum(store.positions().values()), records)
 
-                records = processor.catch_up(advance, limit=REBUILD_BATCH_RECORDS)
+                records = processor.catch_up(
+                    advance, limit=REBUILD_BATCH_RECORDS, limit_bytes=REBUILD_BATCH_BYTES
+                )
             click.echo("Indexing identities for the person page…")
         store.con.execute("CHECKPOINT")
     finally:

@@ -43,6 +43,7 @@ from tally.store.schema import (
     IDENTITY_HASH,
     INDEXES,
     MIGRATE_1_TO_2,
+    RETIRED_INDEXES,
     SCHEMA_VERSION,
     SORTED_COMMENT,
 )
@@ -205,6 +206,8 @@ class Store:
                 )
             if self.schema_version() == 1:
                 self._migrate_1_to_2()
+            # The retired indexes go first: the conversion then moves no index entry.
+            self.con.execute(RETIRED_INDEXES)
             if self.schema_version() == 2:
                 self._migrate_2_to_3_layout(progress)
             self.con.execute(INDEXES)
@@ -255,9 +258,6 @@ class Store:
             progress(0, rows)  # the bar from the start
         try:
             self.con.execute("BEGIN")
-            # The identity-hash index is built again after (Store.__init__ runs
-            # INDEXES): once over the result costs less than row by row.
-            self.con.execute("DROP INDEX IF EXISTS events_ih")
             self._sort_events(None, told)
             self.con.execute("UPDATE meta SET value = '3' WHERE name = 'schema_version'")
             self.con.execute("COMMIT")
@@ -630,7 +630,7 @@ class Store:
         """Add the ``_p`` of the batch's events and property sets to
         ``known_identities`` (an alias makes its identities known only while it
         is not capped, which the views decide from ``aliases``, SPEC §11); a
-        cache of those already there spares the index look-up for most."""
+        cache of those already there spares the look-up for most."""
         known = self._known
         fresh = Rows(product=TEXT, identity=TEXT)
         for index in stage.kept():
@@ -642,23 +642,37 @@ class Store:
                     fresh.append(*pair)
         if len(known) > _KNOWN_CACHE:
             known.clear()
-        insert(self.con, "known_identities", fresh, "ON CONFLICT DO NOTHING",
+        if not len(fresh):
+            return
+        stored = self._stored_hashes(fresh)
+        new = Rows(product=TEXT, identity=TEXT)
+        for product, identity in zip(*fresh.columns, strict=True):
+            others = stored.get((product, identity), set())
+            if identity not in others:
+                new.append(product, identity)
+            if clash := others - {identity}:
+                # Reports take two identities with one hash for one person
+                # (schema.py): say so loudly if it ever happens (schema.py
+                # gives the odds).
+                log.error("identities %r and %r of %r have the same hash: reports count "
+                          "them as one person", identity, min(clash), product)  # fmt: skip
+        insert(self.con, "known_identities", new, "ON CONFLICT DO NOTHING",
                hashes={"ih": "identity"})  # fmt: skip
-        if len(fresh):
-            self._check_hashes(fresh)
 
-    def _check_hashes(self, fresh: Rows) -> None:
-        """Reports take two identities with one hash for one person (schema.py):
-        say so loudly if it ever happens (schema.py gives the odds)."""
+    def _stored_hashes(self, fresh: Rows) -> dict[tuple[str, str], set[str]]:
+        """The stored identities that have the hash of one of ``fresh``'s, by
+        the fresh (product, identity): itself if it is stored, another if two
+        share a hash. One join answers both: those stored are not inserted
+        again (an upsert looked them up, then a second join for the clashes)."""
+        found: dict[tuple[str, str], set[str]] = {}
         with registered(self.con, "_fresh", fresh):
-            clash = self.con.execute(
-                "SELECT f.product, f.identity, k.identity FROM _fresh f JOIN known_identities k "
-                f"ON k.product = f.product AND k.ih = {IDENTITY_HASH.format('f.identity')} "
-                "AND k.identity <> f.identity LIMIT 1"
-            ).fetchone()
-        if clash is not None:
-            log.error("identities %r and %r of %r have the same hash: reports count them as "
-                      "one person", clash[1], clash[2], clash[0])  # fmt: skip
+            for product, identity, other in self.con.execute(
+                f"SELECT f.product, f.identity, k.identity FROM (SELECT product, identity, "
+                f"{IDENTITY_HASH.format('identity')} AS ih FROM _fresh) f "
+                "JOIN known_identities k ON k.product = f.product AND k.ih = f.ih"
+            ).fetchall():
+                found.setdefault((product, identity), set()).add(other)
+        return found
 
     def _spread(self, stage: Stage, stats: ApplyStats, touched: dict[str, set[str]]) -> None:
         con = self.con

@@ -22,8 +22,6 @@ from tally.views.common import (
 from tally.views.events import property_names
 
 HISTORY_LIMIT = 100
-#: A person's events up to which the page reads them all by index (see _events).
-INDEX_ROWS = 100
 HASHED = IDENTITY_HASH.format("?::VARCHAR")
 
 
@@ -166,40 +164,30 @@ def _events(
     con: duckdb.DuckDBPyConnection, product: str, hashes: list[int], page: int, size: int
 ) -> dict[str, Any]:
     condition, params = hashed_in("ih", hashes)
-    # The person's events by index, narrow columns only: the count, and the
-    # page's order keys and time span.
-    total, oldest, newest, keys = con.execute(
+    # The person's events by a scan of the narrow columns (events has no index
+    # on ``ih``: docs/store.md): their count, and the page's row ids.
+    total, keys = con.execute(
         """
         WITH found AS MATERIALIZED (
-            SELECT time, recv_ns, stream, position FROM events
+            SELECT time, recv_ns, stream, position, rowid AS r FROM events
             WHERE product = ? AND {condition}
         )
-        SELECT (SELECT count(*) FROM found), min(time), max(time),
-               list((time, recv_ns, stream, position))
+        SELECT (SELECT count(*) FROM found), list(r)
         FROM (SELECT * FROM found ORDER BY time DESC, recv_ns DESC, stream DESC, position DESC
               LIMIT ? OFFSET ?)
         """.replace("{condition}", condition),
         [product, *params, size, (page - 1) * size],
-    ).fetchone() or (0, None, None, [])
+    ).fetchone() or (0, [])
     rows: list[Any] = []
     if keys:
-        # Then the page's rows whole, and exactly those (the order keys). By
-        # index, a row costs ~0.15 ms (a busy person's events lie in every part
-        # of the table); past INDEX_ROWS, a scan of the page's time span, whose
-        # blocks DuckDB skips by their zone maps, costs less.
-        wanted = {tuple(k.values()) if isinstance(k, dict) else tuple(k) for k in keys}
-        span, bounds = (" AND time BETWEEN ? AND ?", [oldest, newest]) if total > INDEX_ROWS else (
-            "", [])  # fmt: skip
+        # Then the page's rows whole, by row id (in the same snapshot): DuckDB
+        # reads the wide columns of those rows only.
         found = con.execute(
             "SELECT event, identity, time, recv_ns, map_entries(properties), stream, position "
-            f"FROM events WHERE product = ? AND {condition}{span}",
-            [product, *params, *bounds],
+            "FROM events WHERE rowid IN (SELECT unnest(?::BIGINT[]))",
+            [keys],
         ).fetchall()
-        rows = sorted(
-            (r for r in found if (r[2], r[3], r[5], r[6]) in wanted),
-            key=lambda r: (r[2], r[3], r[5], r[6]),
-            reverse=True,
-        )
+        rows = sorted(found, key=lambda r: (r[2], r[3], r[5], r[6]), reverse=True)
     events = dict(
         con.execute(
             "SELECT key, display FROM names WHERE product = ? AND kind = 'event'", [product]
