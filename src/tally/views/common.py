@@ -52,7 +52,7 @@ def identity_hashes(con: duckdb.DuckDBPyConnection, identities: list[str]) -> li
     return list(row[0]) if row and row[0] else []
 
 
-def hashed_in(column: str, hashes: list[int]) -> tuple[str, list[int]]:
+def hashed_in(column: str, hashes: list[int], *, indexed: bool = True) -> tuple[str, list[Any]]:
     """A condition that ``column`` is one of ``hashes``, and its parameters.
 
     The hashes go in as constants, which DuckDB tests in the scan itself (or by
@@ -60,8 +60,13 @@ def hashed_in(column: str, hashes: list[int]) -> tuple[str, list[int]]:
     (comparing the identity text too would read every string of the vectors
     they are in: 15 times slower). The hash is exact while no two identities
     of a product share one, which the processor checks as it stores them."""
-    marks = ", ".join("?::UBIGINT" for _ in hashes) or "NULL"
-    return f"{column} IN ({marks})", hashes
+    if indexed or len(hashes) < 2:
+        marks = ", ".join("?::UBIGINT" for _ in hashes) or "NULL"
+        return f"{column} IN ({marks})", hashes
+    # A column without an index (events, property values) is scanned: not
+    # `IN (?, ?)`, which DuckDB makes an OR it tests after the scan (26 ms for
+    # two hashes on ten million events, against 14 ms for ANY, 7 for one).
+    return f"{column} = ANY(?::UBIGINT[])", [hashes]
 
 
 def iso(seconds: int | float) -> str:

@@ -67,7 +67,7 @@ def events_view(
         # An identity filter means its person: every identity merged with it.
         person = resolve_person(con, product, identity)
         hashes = identity_hashes(con, identities_of(con, product, person))
-        condition, more = hashed_in("e.ih", hashes)
+        condition, more = hashed_in("e.ih", hashes, indexed=False)
         where.append(condition)
         params += more
     start, end = parse_time(time_from, "from"), parse_time(time_to, "to")

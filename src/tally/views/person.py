@@ -57,7 +57,7 @@ def person_view(
 def _properties(
     con: duckdb.DuckDBPyConnection, product: str, hashes: list[int]
 ) -> list[dict[str, Any]]:
-    condition, params = hashed_in("ih", hashes)
+    condition, params = hashed_in("ih", hashes, indexed=False)
     rows = con.execute(
         """
         WITH found AS MATERIALIZED (
@@ -163,7 +163,7 @@ def _aliases(
 def _events(
     con: duckdb.DuckDBPyConnection, product: str, hashes: list[int], page: int, size: int
 ) -> dict[str, Any]:
-    condition, params = hashed_in("ih", hashes)
+    condition, params = hashed_in("ih", hashes, indexed=False)
     # The person's events by a scan of the narrow columns (events has no index
     # on ``ih``: docs/store.md): their count, and the page's row ids.
     total, keys = con.execute(
