@@ -94,11 +94,6 @@ def paging(page: Any, page_size: Any) -> tuple[int, int]:
     return checked.page, checked.page_size
 
 
-def require_product(products: set[str], product: str) -> None:
-    if product not in products:
-        raise NotFound(f"no product named {product!r}", field="product")
-
-
 def resolve_person(con: duckdb.DuckDBPyConnection, product: str, identity: str) -> str:
     """The person an identity belongs to; 404 for identities that no applied
     record names (SPEC §11: one seen only in rejected records is unknown)."""
