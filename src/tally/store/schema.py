@@ -187,9 +187,10 @@ INDEXES = "".join(
     f"CREATE INDEX IF NOT EXISTS {index} ON {table} ({column});\n"
     for index, table, column in INDEXED
 )
-#: Indexes that earlier stores of this schema have and this Tally drops when
-#: it opens one for writing (an earlier Tally reads the store without them,
-#: and would build them again).
+#: Indexes that stores of schema 2 have on the tables that grow with every
+#: record; dropped whenever a store is opened for writing, before a store of
+#: schema 2 is converted (Store.__init__), so that the conversion moves no
+#: index entry. Read-only opens leave them: the reads do not depend on them.
 RETIRED_INDEXES = "".join(
     f"DROP INDEX IF EXISTS {index};\n" for index in ("events_ih", "property_values_ih")
 )
