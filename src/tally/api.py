@@ -46,7 +46,9 @@ from tally.operations import revoke_alias
 from tally.reports import KINDS, Product, parse, people, run_report
 from tally.reports.bodies import BODIES
 from tally.reports.query import People
+from tally.reports.sql import DIALECT, Dialect
 from tally.saved import SavedReport, SavedReports
+from tally.store.contract import Cursor
 from tally.validation import validated
 from tally.views.common import Page
 from tally.views.events import events_view
@@ -150,7 +152,7 @@ async def report(request: Request) -> Response:
         query = parse(kind, body, product)  # a bad body is a 400 before any row is sent
         assert isinstance(query, People)
         chunks = await core.queries.stream(
-            request, lambda cursor: people_csv_chunks(cursor, query), all_threads=True
+            request, lambda cursor: people_csv_chunks(cursor, query, core.dialect), all_threads=True
         )
         return StreamingResponse(
             chunks,
@@ -158,9 +160,9 @@ async def report(request: Request) -> Response:
             headers={"Content-Disposition": f'attachment; filename="{name}-people.csv"'},
         )
 
-    def run(cursor: duckdb.DuckDBPyConnection) -> bytes:
+    def run(cursor: Cursor) -> bytes:
         started = time.perf_counter()
-        answer = run_report(cursor, product, kind, body)
+        answer = run_report(cursor, product, kind, body, d=core.dialect)
         core.report_durations.observe(kind, time.perf_counter() - started)
         return encoded(answer)
 
@@ -366,7 +368,7 @@ async def metrics(request: Request) -> Response:
     token (Prometheus sends one with ``authorization: {credentials: ...}``)."""
     core = authorise(request)
 
-    def run(cursor: duckdb.DuckDBPyConnection) -> bytes:
+    def run(cursor: Cursor) -> bytes:
         pipeline = Pipeline(core.settings.data_dir, core.reader, cursor, core.processor_state(),
                             core.report_durations, core.queries.counts())  # fmt: skip
         return render(pipeline)
@@ -376,11 +378,11 @@ async def metrics(request: Request) -> Response:
     return Response(answer, media_type=METRICS_CONTENT_TYPE)
 
 
-def people_csv_chunks(cursor: duckdb.DuckDBPyConnection, query: People) -> Iterator[bytes]:
+def people_csv_chunks(cursor: Cursor, query: People, d: Dialect = DIALECT) -> Iterator[bytes]:
     """The people search as CSV, a thousand rows a chunk."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    for n, row in enumerate(people.csv_rows(cursor, query), 1):
+    for n, row in enumerate(people.csv_rows(cursor, query, d), 1):
         writer.writerow(row)
         if n % 1000 == 0:
             yield out.getvalue().encode()
@@ -396,7 +398,7 @@ async def backup_snapshot(request: Request) -> Response:
     the server's disk."""
     core = authorise(request, local_only=True)
 
-    def snapshot(cursor: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    def snapshot(cursor: Cursor) -> dict[str, Any]:
         made = snapshot_store(cursor, new_snapshot_path(core.settings))
         return {"path": str(made.path), "positions": made.positions, "records": made.records}
 

@@ -23,6 +23,7 @@ from tally.metrics import REPORT_BUCKETS, Durations
 from tally.processor import Processor
 from tally.query_pool import QueryPool
 from tally.reports.query import json_object
+from tally.reports.sql import Dialect
 from tally.settings import Settings
 
 
@@ -43,6 +44,11 @@ class Core:
     def __post_init__(self) -> None:
         self.queries = QueryPool(self.processor.store, slots=self.settings.query_slots,
                                  timeout=self.settings.query_timeout)  # fmt: skip
+
+    @property
+    def dialect(self) -> Dialect:
+        """The store's spelling of the reports' SQL (tally.store.contract)."""
+        return self.processor.store.dialect
 
     @property
     def reader(self) -> LogReader:

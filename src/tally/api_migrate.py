@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import duckdb
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -34,6 +33,8 @@ from tally.migrate.exports import KINDS, MEDIA_TYPES, check_export, event_filter
 from tally.migrate.importer import check_resumable, product_key, run_import
 from tally.migrate.kmexport import export_km
 from tally.openapi import Operation
+from tally.store.contract import Cursor
+from tally.store.store import as_duckdb
 from tally.validation import validated
 
 #: What a body to import is sent as (JSON_TYPES and CSV_TYPES name the
@@ -55,7 +56,9 @@ async def export(request: Request) -> Response:
     # In a slot of the query pool (tally.query_pool), stopped if the client
     # leaves; untimed: a whole history, sorted, may take minutes to begin.
     chunks = await core.queries.stream(
-        request, lambda cursor: export_bytes(cursor, product, kind, fmt, f), timed=False
+        request,
+        lambda cursor: export_bytes(as_duckdb(cursor, "an export"), product, kind, fmt, f),
+        timed=False,
     )
     return StreamingResponse(
         chunks,
@@ -71,8 +74,8 @@ async def export_km_folder(request: Request) -> Response:
     if not Path(dest).is_absolute():  # the server's working folder means nothing to a client
         raise InvalidInput(f"dest is an absolute path, not {dest!r}", field="dest")
 
-    def run(cursor: duckdb.DuckDBPyConnection) -> dict[str, Any]:
-        done = export_km(cursor, product, Path(dest))
+    def run(cursor: Cursor) -> dict[str, Any]:
+        done = export_km(as_duckdb(cursor, "an export"), product, Path(dest))
         return {"records": done.records, "files": len(done.files)}
 
     # As a backup's snapshot: only the local CLI asks, a whole product takes

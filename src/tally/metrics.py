@@ -18,7 +18,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import duckdb
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -30,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from tally.log.damage import Quarantine
 from tally.log.reader import LogReader
+from tally.store.contract import Cursor
 from tally.views.status import pipeline_view
 
 #: Upper bounds of the report-duration histogram, in seconds.
@@ -83,7 +83,7 @@ class Pipeline(Collector):
         self,
         data_dir: Path,
         reader: LogReader,
-        cursor: duckdb.DuckDBPyConnection,
+        cursor: Cursor,
         processor: dict[str, Any],
         reports: Durations,
         queries: dict[str, Any],

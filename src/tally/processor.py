@@ -2,7 +2,9 @@
 
 It tails every log stream from the positions the store has applied, and applies
 what it reads in batches; each batch is committed together with the positions it
-reaches (:meth:`Store.apply`), so a crash neither loses nor doubles a record.
+reaches, so a crash neither loses nor doubles a record. It holds the store
+through the write side of the store contract (tally.store.contract), not a
+particular engine.
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import duckdb
-
 from tally.beacon import UNKNOWN_KEY, KeyLookup, KeyStatus
 from tally.health import Health
 from tally.log.damage import Damage, Quarantine
@@ -31,8 +31,8 @@ from tally.log.reader import Entry, LogReader
 from tally.log.writer import write_applied
 from tally.pacing import POLL_SECONDS, Load
 from tally.settings import Settings
-from tally.store import ApplyStats, Store
-from tally.store.store import Prepared, StoreFailure, is_infrastructure, prepare
+from tally.store.batch import ApplyStats, Prepared, StoreFailure, prepare
+from tally.store.contract import Engine, Staging
 from tally.views.rejects import replayable
 
 log = logging.getLogger("tally.processor")
@@ -127,7 +127,7 @@ class Progress:
 
 class Processor:
     def __init__(
-        self, settings: Settings, store: Store, *, keys: Callable[[], KeyLookup] | None = None
+        self, settings: Settings, store: Engine, *, keys: Callable[[], KeyLookup] | None = None
     ) -> None:
         """``keys`` gives the API keys before every batch; by default, the catalog's."""
         self.settings = settings
@@ -235,7 +235,8 @@ class Processor:
     def replay(self, product: str | None, reason: str | None = None) -> dict[str, Any]:
         """Re-apply the rejects of ``product`` (and those with unknown keys)."""
         with self.lock:
-            positions = replayable(self.store.con, product, reason)
+            with self.store.reading() as con:  # the lock holds the writer still
+                positions = replayable(con, product, reason)
             entries = []
             for stream, position in positions:
                 entry = next(iter(self.reader.read(stream, position)), None)
@@ -282,13 +283,13 @@ class Processor:
         first, reach = self._read(limit, positions, limit_bytes)
         if not first and not reach:
             return 0
-        # The preparing side stages batches through a cursor of its own (a
+        # The preparing side stages batches on a lane of its own (DuckDB: a
         # connection is used by one thread at a time; replay uses the store's).
-        cursor = self.store.cursor()
+        staging = self.store.staging()
         ahead: Future[tuple[Prepared, dict[str, int]]] | None = None
         try:
             with gc_paused() as paused:
-                current = self._prepare_batch(first, reach, positions, cursor)
+                current = self._prepare_batch(first, reach, positions, staging)
                 with (
                     ThreadPoolExecutor(
                         1, thread_name_prefix="tally-prepare", initializer=self._prepare_thread
@@ -301,7 +302,7 @@ class Processor:
                             pause is None or not pause(positions)
                         ):
                             ahead = preparer.submit(
-                                self._read_and_prepare, positions, limit, limit_bytes, cursor
+                                self._read_and_prepare, positions, limit, limit_bytes, staging
                             )
                         with self.lock:
                             total += self._write(prepared)
@@ -316,8 +317,8 @@ class Processor:
         finally:
             if ahead is not None:  # prepared, never to be written: free its staging table
                 with contextlib.suppress(Exception):  # an error of its own was raised already
-                    self.store.unstage(ahead.result()[0], cursor)
-            cursor.close()
+                    staging.unstage(ahead.result()[0])
+            staging.close()
         return total
 
     def _read_and_prepare(
@@ -325,18 +326,18 @@ class Processor:
         positions: dict[str, int],
         limit: int,
         limit_bytes: int,
-        con: duckdb.DuckDBPyConnection,
+        staging: Staging,
     ) -> tuple[Prepared, dict[str, int]]:
         """The batch after ``positions``, prepared and staged, and the positions
         after it."""
-        return self._prepare_batch(*self._read(limit, positions, limit_bytes), positions, con)
+        return self._prepare_batch(*self._read(limit, positions, limit_bytes), positions, staging)
 
     def _prepare_batch(
         self,
         batch: list[Entry],
         reach: dict[str, int],
         positions: dict[str, int],
-        con: duckdb.DuckDBPyConnection,
+        staging: Staging,
     ) -> tuple[Prepared, dict[str, int]]:
         after = dict(positions)
         for entry in batch:
@@ -344,7 +345,7 @@ class Processor:
         for stream, position in reach.items():
             after[stream] = max(after.get(stream, 0), position)
         prepared = self._prepare(batch, reach)
-        self.store.stage(prepared, con)
+        staging.stage(prepared)
         return prepared, after
 
     def _prepare_thread(self) -> None:
@@ -357,8 +358,7 @@ class Processor:
         # DuckDB's own worker threads would run the batch's SQL at normal
         # priority, beside the collectors: with one thread it all runs in the
         # processor's thread, which yields to them (see _run).
-        self.store.threads = 1
-        self.store.con.execute("SET threads = 1")
+        self.store.limit_threads(1)
         # Answers stay well within the server's memory (spilling to disk beyond,
         # within bounds too: --query-memory, --query-spill).
         self.store.limit_memory(self.settings.query_memory, self.settings.query_spill)
@@ -421,7 +421,7 @@ class Processor:
         # memory limit, shared with reports (--query-memory), can be met while
         # a batch is staged or positions are read.
         if self.error is None:
-            if isinstance(exc, StoreFailure) or is_infrastructure(exc):
+            if isinstance(exc, StoreFailure) or self.store.is_failure(exc):
                 log.error("the store cannot take records (%s); nothing is lost: the processor "
                           "retries until it can", message)  # fmt: skip
             else:  # a bug: say so loudly, with its traceback

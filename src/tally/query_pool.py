@@ -33,13 +33,12 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.from_thread
-import duckdb
 from anyio.streams.memory import MemoryObjectReceiveStream
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from tally.errors import Busy, ClientGone, QueryTooLarge, TimedOut
-from tally.store import Store
+from tally.store.contract import Cursor, Reader
 
 log = logging.getLogger("tally.api")
 
@@ -64,10 +63,10 @@ class _Job:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._cursor: duckdb.DuckDBPyConnection | None = None
+        self._cursor: Cursor | None = None
         self.stopped = ""
 
-    def begin(self, cursor: duckdb.DuckDBPyConnection) -> None:
+    def begin(self, cursor: Cursor) -> None:
         """In the thread, before the first statement."""
         with self._lock:
             self._cursor = cursor
@@ -81,14 +80,15 @@ class _Job:
             self.stopped = self.stopped or why
             cursor = self._cursor
         if cursor is not None:
-            with contextlib.suppress(duckdb.Error):  # closed already: it has ended
+            # Closed already (the engine's error, whichever it is): it has ended.
+            with contextlib.suppress(Exception):
                 cursor.interrupt()
         return first
 
 
 class QueryPool:
     def __init__(
-        self, store: Store, *, slots: int, timeout: float, wait: float = WAIT_SECONDS
+        self, store: Reader, *, slots: int, timeout: float, wait: float = WAIT_SECONDS
     ) -> None:
         self.store = store
         self.slots = slots
@@ -109,7 +109,7 @@ class QueryPool:
     async def run(
         self,
         request: Request,
-        work: Callable[[duckdb.DuckDBPyConnection], T],
+        work: Callable[[Cursor], T],
         *,
         pooled: bool = True,
         timed: bool = True,
@@ -147,7 +147,7 @@ class QueryPool:
     async def stream(
         self,
         request: Request,
-        chunks: Callable[[duckdb.DuckDBPyConnection], Iterator[bytes]],
+        chunks: Callable[[Cursor], Iterator[bytes]],
         *,
         all_threads: bool = False,
         timed: bool = True,
@@ -166,7 +166,7 @@ class QueryPool:
             raise
         send, receive = anyio.create_memory_object_stream[bytes]()
 
-        def produce(cursor: duckdb.DuckDBPyConnection) -> None:
+        def produce(cursor: Cursor) -> None:
             with send:
                 for chunk in chunks(cursor):
                     # Blocks while the client reads: a closed receiver ends it.
@@ -285,7 +285,7 @@ class QueryPool:
     def _start(
         self,
         job: _Job,
-        work: Callable[[duckdb.DuckDBPyConnection], T],
+        work: Callable[[Cursor], T],
         *,
         pooled: bool,
         all_threads: bool,

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
-import duckdb
 import uvicorn
 
 from tally.api import build_app
@@ -39,8 +38,8 @@ from tally.permissions import FILE_MODE, restrict, warn_if_shared
 from tally.processor import Processor
 from tally.serverlog import Rotation, configure_logging
 from tally.settings import Settings
-from tally.store import Store
-from tally.store.store import Progress
+from tally.store import Engine, open_engine
+from tally.store.batch import Progress
 
 log = logging.getLogger("tally.server")
 
@@ -174,21 +173,10 @@ def _watch_import_dir(settings: Settings) -> ImportDir | None:
 
 def open_store(
     settings: Settings, *, read_only: bool = False, progress: Progress | None = None
-) -> Store:
-    try:
-        return Store(settings.store_path, read_only=read_only, progress=progress)
-    except duckdb.Error as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if isinstance(exc, duckdb.IOException) and "lock" in first:  # held by another process
-            raise Unavailable(
-                f"cannot open the store {settings.store_path}: {exc}", code="store_unavailable"
-            ) from exc
-        # Damaged: the log holds everything the store knew.
-        raise Unavailable(
-            f"cannot open the store {settings.store_path}: {first}; if it is damaged, move it "
-            "aside and run `tally rebuild` (the log holds every record)",
-            code="store_unavailable",
-        ) from exc
+) -> Engine:
+    """The data directory's store, through the store contract (tally.store):
+    ``tally serve`` and every CLI command that reads or writes it open it here."""
+    return open_engine(settings.store_path, read_only=read_only, progress=progress)
 
 
 def write_local_token(settings: Settings) -> str:

@@ -18,6 +18,7 @@ import duckdb
 
 from tally.errors import Unavailable
 from tally.settings import Settings
+from tally.store.contract import Cursor
 
 #: Under ``DATA_DIR/run/``: where the core writes store snapshots for the CLI.
 SNAPSHOTS = "snapshots"
@@ -33,7 +34,7 @@ class Snapshot:
     records: dict[str, int]
 
 
-def snapshot_store(con: duckdb.DuckDBPyConnection, target: Path) -> Snapshot:
+def snapshot_store(con: Cursor, target: Path) -> Snapshot:
     """Copy the store that ``con`` is on into a new file ``target``, as of one
     transaction: writers go on meanwhile (DuckDB's MVCC), and the positions
     read in the same transaction are those of the copy.

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import click
+import duckdb
 
 from tally import local
 from tally.cli.inspect import _check_product
@@ -21,7 +22,7 @@ from tally.migrate.exports import count_rows, event_filter, export_bytes
 from tally.migrate.kmexport import export_km
 from tally.migrate.writers import EXPORT_FORMATS
 from tally.settings import Settings
-from tally.store import Store
+from tally.store.store import as_duckdb
 
 #: DuckDB's memory for an export (issue 13: an export stays under 500 MiB).
 EXPORT_MEMORY = "150MB"
@@ -95,10 +96,10 @@ def export_kissmetrics(dest: Path, product: str, data_dir: Path) -> None:
         records, files = done["records"], done["files"]
     else:
         _check_product(settings, product)
-        with _store(settings) as store:
-            total = count_rows(store.con, product, "events")
+        with _store(settings) as con:
+            total = count_rows(con, product, "events")
             with progress_bar(f"Exporting {product}", total) as bar:
-                written = export_km(store.con, product, dest,
+                written = export_km(con, product, dest,
                                     on_batch=lambda n: bar.update(n, n))  # fmt: skip
         records, files = written.records, len(written.files)
     click.echo(f"Exported {records:,} records of {product} into {dest} ({files} revision files).")
@@ -118,10 +119,10 @@ def _export(
         return
     _check_product(settings, product)
     f = event_filter(params.get("from"), params.get("to"), params.get("event"))
-    with _store(settings) as store:
-        total = count_rows(store.con, product, kind, f)
+    with _store(settings) as con:
+        total = count_rows(con, product, kind, f)
         with progress_bar(f"Exporting {kind}", total) as bar:
-            _write(export_bytes(store.con, product, kind, fmt, f), output)
+            _write(export_bytes(con, product, kind, fmt, f), output)
             bar.update(total, total)
 
 
@@ -144,7 +145,9 @@ def _write(chunks: Iterator[bytes], output: Path | None) -> None:
 
 
 @contextlib.contextmanager
-def _store(settings: Settings) -> Iterator[Store]:
+def _store(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The store's DuckDB connection: exports read DuckDB's Arrow batches
+    (docs/store.md, "What a second engine provides")."""
     if not settings.store_path.exists():
         raise Unavailable(f"no store in {settings.data_dir} yet: start `tally serve` first")
     from tally.server import open_store
@@ -152,9 +155,10 @@ def _store(settings: Settings) -> Iterator[Store]:
     store = open_store(settings, read_only=True)
     # Bounded memory whatever the size: DuckDB spills the sort of a large
     # export to a temporary file beyond this.
-    store.con.execute(f"SET memory_limit = '{EXPORT_MEMORY}'")
-    store.con.execute("SET temp_directory = ?", [tempfile.gettempdir()])
     try:
-        yield store
+        con = as_duckdb(store, "an export")
+        con.execute(f"SET memory_limit = '{EXPORT_MEMORY}'")
+        con.execute("SET temp_directory = ?", [tempfile.gettempdir()])
+        yield con
     finally:
         store.close()

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import duckdb
 
 from tally import local
 from tally.audit import REJECTS_REPLAY, local_actor
@@ -24,7 +23,9 @@ from tally.cli.options import (
 )
 from tally.errors import Unavailable
 from tally.log.reader import LogReader
+from tally.reports.sql import Dialect
 from tally.settings import Settings
+from tally.store.contract import Cursor
 from tally.views.events import events_view
 from tally.views.person import person_view
 from tally.views.rejects import rejects_view
@@ -35,7 +36,7 @@ def _fetch(
     settings: Settings,
     api_path: str,
     params: dict[str, Any],
-    view: Callable[[duckdb.DuckDBPyConnection], dict[str, Any]],
+    view: Callable[[Cursor], dict[str, Any]],
     product: str | None = None,
 ) -> dict[str, Any]:
     """Ask the running server, or read the store directly when none runs."""
@@ -47,17 +48,24 @@ def _fetch(
     return read_store(settings, view)
 
 
-def read_store(
-    settings: Settings, view: Callable[[duckdb.DuckDBPyConnection], dict[str, Any]]
-) -> dict[str, Any]:
+def read_store(settings: Settings, view: Callable[[Cursor], dict[str, Any]]) -> dict[str, Any]:
     """``view`` on a cursor of the store, opened read-only (no server runs)."""
+    return read_store_in_dialect(settings, lambda cursor, _: view(cursor))
+
+
+def read_store_in_dialect(
+    settings: Settings, view: Callable[[Cursor, Dialect], dict[str, Any]]
+) -> dict[str, Any]:
+    """``view`` on a cursor of the store and its dialect (a report), opened
+    read-only (no server runs)."""
     if not settings.store_path.exists():
         raise Unavailable(f"no store in {settings.data_dir} yet: start `tally serve` first")
     from tally.server import open_store
 
     store = open_store(settings, read_only=True)
     try:
-        return view(store.cursor())
+        with store.reading() as cursor:
+            return view(cursor, store.dialect)
     finally:
         store.close()
 

@@ -86,7 +86,7 @@ def rebuild_store(settings: Settings) -> int:
     """Build the store from the log beside the old one, then put it in place
     (the caller holds the data directory's lock); the records read."""
     from tally.processor import Processor
-    from tally.store import Store
+    from tally.store import open_engine
 
     target = settings.store_path
     building = target.with_name(target.name + ".rebuild")
@@ -95,7 +95,7 @@ def rebuild_store(settings: Settings) -> int:
             stale.unlink()
     reader = LogReader(settings.log_dir)
     total = sum(reader.durable(s) for s in reader.streams())
-    store = Store(building)
+    store = open_engine(building)
     try:
         processor = Processor(settings, store)
         with store.bulk():
@@ -111,7 +111,7 @@ def rebuild_store(settings: Settings) -> int:
                     advance, limit=REBUILD_BATCH_RECORDS, limit_bytes=REBUILD_BATCH_BYTES
                 )
             click.echo("Indexing identities for the person page…")
-        store.con.execute("CHECKPOINT")
+        store.checkpoint()
     finally:
         store.close()
     # The old store's WAL goes first: beside the new store it would not match
@@ -186,7 +186,8 @@ def _applied(settings: Settings) -> dict[str, Applied]:
 
     store = open_store(settings, read_only=True)
     try:
-        rows = store.con.execute("SELECT stream, position, records FROM positions").fetchall()
+        with store.reading() as con:
+            rows = con.execute("SELECT stream, position, records FROM positions").fetchall()
     finally:
         store.close()
     return {stream: Applied(position, records) for stream, position, records in rows}

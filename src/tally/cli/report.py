@@ -18,7 +18,7 @@ import click
 
 from tally import local
 from tally.catalog import Catalog
-from tally.cli.inspect import read_store
+from tally.cli.inspect import read_store_in_dialect
 from tally.cli.options import data_dir_option, echo_json, echo_table, errors_to_exit, product_option
 from tally.errors import InvalidInput
 from tally.reports import Product, run_report
@@ -113,7 +113,7 @@ def ask(data_dir: Path, product: str, kind: str, body: dict[str, Any]) -> dict[s
     finally:
         catalog.close()
     asked = Product(found.name, found.timezone, found.revenue_property)
-    return read_store(settings, lambda con: run_report(con, asked, kind, body))
+    return read_store_in_dialect(settings, lambda con, d: run_report(con, asked, kind, body, d=d))
 
 
 def _output(

@@ -10,8 +10,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import duckdb
-
 from tally.reports.query import ABTest
 from tally.reports.sql import (
     DIALECT,
@@ -21,12 +19,13 @@ from tally.reports.sql import (
     person_restriction,
     sql,
 )
+from tally.store.contract import Cursor
 
 #: A variant wins when its certainty of beating the baseline is above this.
 WINNING_CERTAINTY = 0.95
 
 
-def run(con: duckdb.DuckDBPyConnection, q: ABTest, d: Dialect = DIALECT) -> dict[str, Any]:
+def run(con: Cursor, q: ABTest, d: Dialect = DIALECT) -> dict[str, Any]:
     counts = sorted(_counts(con, q, d))
     rates = {name: converted / people for name, people, converted in counts}
     sizes = {name: people for name, people, _ in counts}
@@ -68,7 +67,7 @@ def _certainty(p_b: float, n_b: int, p_v: float, n_v: int) -> float | None:
     return 0.5 * (1 + math.erf(z / math.sqrt(2)))
 
 
-def _counts(con: duckdb.DuckDBPyConnection, q: ABTest, d: Dialect) -> list[tuple[str, int, int]]:
+def _counts(con: Cursor, q: ABTest, d: Dialect) -> list[tuple[str, int, int]]:
     """(variant, participants, converted people) for every variant seen in range."""
     c = q.common
     first = d.order_key("v")

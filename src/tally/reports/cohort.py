@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import duckdb
-
 from tally.reports.query import Cohort
 from tally.reports.sql import (
     DIALECT,
@@ -22,12 +20,13 @@ from tally.reports.sql import (
     person_restriction,
     sql,
 )
+from tally.store.contract import Cursor
 
 #: Bucket sizes in seconds; a cohort "month" is 30 days (SPEC §9).
 SIZES = {"hour": 3600, "day": 86_400, "week": 7 * 86_400, "month": 30 * 86_400}
 
 
-def run(con: duckdb.DuckDBPyConnection, q: Cohort, d: Dialect = DIALECT) -> dict[str, Any]:
+def run(con: Cursor, q: Cohort, d: Dialect = DIALECT) -> dict[str, Any]:
     c = q.common
     starts = interval_starts(c.start, c.end, q.interval, c.tz)
     size = SIZES[q.interval]

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import duckdb
-
 from tally.reports.metrics import NO_SEGMENT, segment_join
 from tally.reports.query import Funnel
 from tally.reports.sql import (
@@ -25,9 +23,10 @@ from tally.reports.sql import (
     person_restriction,
     sql,
 )
+from tally.store.contract import Cursor
 
 
-def run(con: duckdb.DuckDBPyConnection, q: Funnel, d: Dialect = DIALECT) -> dict[str, Any]:
+def run(con: Cursor, q: Funnel, d: Dialect = DIALECT) -> dict[str, Any]:
     seen = display_names(con, q.common.product, [s.event for s in q.steps])
     labels = [seen.get(s.event, s.label) for s in q.steps]
     whole = _counts(con, q, segmented=False, d=d).get(NO_SEGMENT)
@@ -60,9 +59,7 @@ def _steps(labels: list[str], row: tuple[Any, ...] | None) -> list[dict[str, Any
     return out
 
 
-def _counts(
-    con: duckdb.DuckDBPyConnection, q: Funnel, *, segmented: bool, d: Dialect
-) -> dict[Any, tuple[Any, ...]]:
+def _counts(con: Cursor, q: Funnel, *, segmented: bool, d: Dialect) -> dict[Any, tuple[Any, ...]]:
     """segment value -> (people at step 1..n, median gap at step 1..n)."""
     if q.mode == "strict":
         return _strict(con, q, segmented=segmented, d=d)
@@ -129,9 +126,7 @@ def _occurrences(q: Funnel, d: Dialect) -> list[Sql]:
     ]
 
 
-def _strict(
-    con: duckdb.DuckDBPyConnection, q: Funnel, *, segmented: bool, d: Dialect
-) -> dict[Any, tuple[Any, ...]]:
+def _strict(con: Cursor, q: Funnel, *, segmented: bool, d: Dialect) -> dict[Any, tuple[Any, ...]]:
     """Strict mode: ``f<i>`` holds only the people who reached step i (inner
     joins), and carries only what a later step needs: the previous step's
     time, step 1's time for a window, and an occurrence's key ``k<j>`` when a

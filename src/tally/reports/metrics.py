@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import duckdb
-
 from tally.reports.query import Metrics, Segment
 from tally.reports.sql import (
     DIALECT,
@@ -17,6 +15,7 @@ from tally.reports.sql import (
     person_restriction,
     sql,
 )
+from tally.store.contract import Cursor
 
 NO_SEGMENT = "__all__"
 
@@ -51,7 +50,7 @@ def segment_join(
     )
 
 
-def run(con: duckdb.DuckDBPyConnection, q: Metrics, d: Dialect = DIALECT) -> dict[str, Any]:
+def run(con: Cursor, q: Metrics, d: Dialect = DIALECT) -> dict[str, Any]:
     c = q.common
     starts = interval_starts(c.start, c.end, q.interval, c.tz)
 
@@ -77,7 +76,7 @@ def run(con: duckdb.DuckDBPyConnection, q: Metrics, d: Dialect = DIALECT) -> dic
 
 
 def _cells(
-    con: duckdb.DuckDBPyConnection,
+    con: Cursor,
     q: Metrics,
     segment: Segment | None,
     starts: list[int],

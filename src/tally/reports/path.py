@@ -10,17 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import duckdb
-
 from tally.reports.query import Path
 from tally.reports.sql import DIALECT, Dialect, Sql, event_filters, person_restriction, sql
+from tally.store.contract import Cursor
 
 #: How many (collapsed) steps a path shows.
 STEPS = 5
 _SLOTS = [f"s{i}" for i in range(1, STEPS + 1)]
 
 
-def run(con: duckdb.DuckDBPyConnection, q: Path, d: Dialect = DIALECT) -> dict[str, Any]:
+def run(con: Cursor, q: Path, d: Dialect = DIALECT) -> dict[str, Any]:
     query = _query(q, d)
     rows = con.execute(query.text, list(query.params)).fetchall()
     paths = [

@@ -16,8 +16,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import duckdb
-
 from tally.display import display_name
 from tally.reports.query import EventCondition, Filter, IdentityCondition, People, PropertyCondition
 from tally.reports.sql import (
@@ -33,6 +31,7 @@ from tally.reports.sql import (
     sql,
     values_list,
 )
+from tally.store.contract import Cursor
 from tally.views.common import KNOWN_IDENTITIES
 
 #: Rows fetched at a time when the whole result is streamed as CSV.
@@ -43,7 +42,7 @@ _COUNT_OPS = {"at_least": ">=", "at_most": "<=", "exactly": "="}
 _ABSENCE_PASSES = ("has_no_value", "not_equals")
 
 
-def run(con: duckdb.DuckDBPyConnection, q: People, d: Dialect = DIALECT) -> dict[str, Any]:
+def run(con: Cursor, q: People, d: Dialect = DIALECT) -> dict[str, Any]:
     search = _Search(q, d)
     shown, select, joins = search.shown("pg")
     page = sql("ORDER BY name LIMIT ? OFFSET ?", q.page_size, (q.page - 1) * q.page_size)
@@ -77,7 +76,7 @@ def run(con: duckdb.DuckDBPyConnection, q: People, d: Dialect = DIALECT) -> dict
 
 
 def csv_rows(
-    con: duckdb.DuckDBPyConnection, q: People, d: Dialect = DIALECT, *, chunk: int = CSV_CHUNK
+    con: Cursor, q: People, d: Dialect = DIALECT, *, chunk: int = CSV_CHUNK
 ) -> Iterator[list[str]]:
     """The whole result (every page) for ``Accept: text/csv``: the header
     ``person, identities, <column labels>``, then one row per person, fetched

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import duckdb
-
 from tally.reports.query import Revenue
 from tally.reports.sql import (
     DIALECT,
@@ -24,11 +22,12 @@ from tally.reports.sql import (
     person_restriction,
     sql,
 )
+from tally.store.contract import Cursor
 
 DAY = 86_400
 
 
-def run(con: duckdb.DuckDBPyConnection, q: Revenue, d: Dialect = DIALECT) -> dict[str, Any]:
+def run(con: Cursor, q: Revenue, d: Dialect = DIALECT) -> dict[str, Any]:
     c = q.common
     starts = interval_starts(c.start, c.end, q.interval, c.tz)
     cells = _cells(con, q, starts, d)
@@ -63,7 +62,7 @@ def run(con: duckdb.DuckDBPyConnection, q: Revenue, d: Dialect = DIALECT) -> dic
 
 
 def _cells(
-    con: duckdb.DuckDBPyConnection, q: Revenue, starts: list[int], d: Dialect
+    con: Cursor, q: Revenue, starts: list[int], d: Dialect
 ) -> dict[tuple[str, int | None], tuple[int, float | None, int]]:
     """(kind, interval start or None for the whole range) -> (people, sum, count)."""
     c = q.common

@@ -19,20 +19,18 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
 from tally import identity_graph
-from tally.beacon import DEFAULT_BLOCKED, Beacon, KeyLookup, parse_record
+from tally.beacon import DEFAULT_BLOCKED, Beacon, KeyLookup
 from tally.errors import QueryTooLarge, Unavailable
 from tally.identity_graph import Edge, Order
 from tally.log.reader import Entry
-from tally.migrate.records import parse_import_reject
-from tally.operations import parse_operator
+from tally.store.batch import ApplyStats, Prepared, Progress, StoreFailure, prepare
 from tally.store.graph import rederive
 from tally.store.rows import INT, TEXT, Rows, insert, orders, registered, reject_rows
 from tally.store.schema import (
@@ -49,6 +47,9 @@ from tally.store.schema import (
 )
 from tally.store.stage import REJECT, Stage
 
+if TYPE_CHECKING:
+    from tally.reports.sql import Dialect
+
 log = logging.getLogger("tally.store")
 
 DEFAULT_CAP = 1000
@@ -57,61 +58,6 @@ INTERNAL_ERROR = "internal_error"
 _KNOWN_CACHE = 2_000_000  # identities remembered as stored (about 200 MB at most)
 #: An in-memory database beside the store for batches on their way in.
 STAGING = "tally_staging"
-
-
-@dataclass
-class Prepared:
-    """A batch read and normalised but not written: :func:`prepare` makes it
-    without touching the store, so that the processor prepares one batch while
-    the store writes the one before (DuckDB releases the GIL while it works)."""
-
-    entries: Sequence[Entry]
-    keys: KeyLookup
-    blocked: frozenset[str]
-    stage: Stage
-    revocations: list[tuple[str, Edge]]
-    error: Exception | None = None  # a bug met while preparing: applied record by record
-    #: Positions past damage that ends the batch's part of a stream (the reader
-    #: skipped it): saved with the batch, so it is not read again.
-    reach: dict[str, int] = field(default_factory=dict)
-    staged: str | None = None  # its table in the staging database (Store.stage)
-
-
-def prepare(
-    entries: Sequence[Entry], keys: KeyLookup, *, blocked: frozenset[str] = DEFAULT_BLOCKED
-) -> Prepared:
-    """Normalise ``entries`` (SPEC §1 to §4) and build their table; never raises."""
-    stage = Stage()
-    revocations: list[tuple[str, Edge]] = []
-    try:
-        for entry in entries:
-            record = entry.record
-            order = (record.recv_ns, entry.stream, entry.position)
-            if record.method == "OPERATOR":
-                revocation = parse_operator(record)
-                if revocation is not None:
-                    revocations.append(
-                        (revocation.product, Edge(revocation.a, revocation.b, order))
-                    )
-                continue
-            parsed = parse_record(record, keys, blocked=blocked)
-            if parsed is None:  # not a tracking call: perhaps a line an import could not read
-                parsed = parse_import_reject(record, keys)
-            if parsed is not None:
-                stage.add(order, parsed)
-        if len(stage):
-            stage.freeze()
-    except Exception as exc:  # a bug: Store.write applies the batch record by record
-        return Prepared(entries, keys, blocked, Stage(), [], exc)
-    return Prepared(entries, keys, blocked, stage, revocations)
-
-
-@dataclass
-class ApplyStats:
-    records: int = 0
-    applied: int = 0
-    duplicates: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
 
 
 #: Errors of the store's machinery, not of a record: a full disk, an I/O error,
@@ -162,17 +108,57 @@ def _size(limit: int) -> str:
     return f"{limit:,} bytes"
 
 
-class StoreFailure(Unavailable):
-    """The store could not write a batch; nothing of it was applied."""
+class DuckDBStaging:
+    """Batches staged on one cursor of the store (contract.Staging), for the
+    thread that prepares them."""
 
-    default_code = "store_failing"
+    def __init__(self, store: Store, con: duckdb.DuckDBPyConnection) -> None:
+        self._store, self._con = store, con
+
+    def stage(self, prepared: Prepared) -> None:
+        self._store.stage(prepared, self._con)
+
+    def unstage(self, prepared: Prepared) -> None:
+        self._store.unstage(prepared, self._con)
+
+    def close(self) -> None:
+        self._con.close()
 
 
-#: Told how far a long conversion of the store is: (rows done, rows in all).
-Progress = Callable[[int, int], None]
+def open_duckdb(path: Path, *, read_only: bool = False, progress: Progress | None = None) -> Store:
+    """The DuckDB engine at ``path`` (contract.Opener): DuckDB's errors as
+    :class:`Unavailable` (``store_unavailable``)."""
+    try:
+        return Store(path, read_only=read_only, progress=progress)
+    except duckdb.Error as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, duckdb.IOException) and "lock" in first:  # held by another process
+            raise Unavailable(
+                f"cannot open the store {path}: {exc}", code="store_unavailable"
+            ) from exc
+        # Damaged: the log holds everything the store knew.
+        raise Unavailable(
+            f"cannot open the store {path}: {first}; if it is damaged, move it "
+            "aside and run `tally rebuild` (the log holds every record)",
+            code="store_unavailable",
+        ) from exc
+
+
+def as_duckdb(store_or_cursor: object, what: str) -> duckdb.DuckDBPyConnection:
+    """The DuckDB connection behind an engine or a cursor of the contract, for
+    the few readers that need DuckDB itself (docs/store.md, "What a second
+    engine provides": exports read Arrow batches, a snapshot copies the
+    database); another engine is told that ``what`` needs DuckDB."""
+    if isinstance(store_or_cursor, Store):
+        return store_or_cursor.con
+    if isinstance(store_or_cursor, duckdb.DuckDBPyConnection):
+        return store_or_cursor
+    raise Unavailable(f"{what} needs the DuckDB store (docs/store.md)", code="store_unsupported")
 
 
 class Store:
+    """The DuckDB engine: both sides of the store contract (tally.store.contract)."""
+
     def __init__(
         self, path: Path | str, *, read_only: bool = False, progress: Progress | None = None
     ) -> None:
@@ -277,6 +263,33 @@ class Store:
 
     def close(self) -> None:
         self.con.close()
+
+    @property
+    def dialect(self) -> Dialect:
+        """DuckDB's spelling of what the reports need (contract.Reader). It
+        lives with the reports (tally.reports.sql), above the store: imported
+        when asked, so that the store imports nothing of them."""
+        from tally.reports.sql import DIALECT
+
+        return DIALECT
+
+    def is_failure(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is DuckDB's machinery failing (:func:`is_infrastructure`)."""
+        return is_infrastructure(exc)
+
+    def limit_threads(self, threads: int) -> None:
+        """DuckDB's threads outside reports (:meth:`all_threads` lends every core)."""
+        self.threads = threads
+        self.con.execute(f"SET threads = {int(threads)}")
+
+    def checkpoint(self) -> None:
+        """The WAL written into the database file."""
+        self.con.execute("CHECKPOINT")
+
+    def staging(self) -> DuckDBStaging:
+        """A cursor of its own for the processor's preparing thread, to
+        :meth:`stage` batches on (contract.Staging)."""
+        return DuckDBStaging(self, self.cursor())
 
     def recover(self) -> None:
         """After a failed write: reconnect if DuckDB has invalidated the

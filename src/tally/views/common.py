@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import duckdb
 from pydantic import Field
 
 from tally.errors import InvalidInput, NotFound
+from tally.store.contract import Cursor
 from tally.store.schema import IDENTITY_HASH
 from tally.validation import Params, validated
 
@@ -44,7 +44,7 @@ def known_identities_hashed(hashes: str) -> str:
     )
 
 
-def identity_hashes(con: duckdb.DuckDBPyConnection, identities: list[str]) -> list[int]:
+def identity_hashes(con: Cursor, identities: list[str]) -> list[int]:
     """The hashes (schema.py) of ``identities``, as the store keeps them."""
     row = con.execute(
         f"SELECT list({IDENTITY_HASH.format('x')}) FROM unnest(?::VARCHAR[]) t(x)", [identities]
@@ -94,7 +94,7 @@ def paging(page: Any, page_size: Any) -> tuple[int, int]:
     return checked.page, checked.page_size
 
 
-def resolve_person(con: duckdb.DuckDBPyConnection, product: str, identity: str) -> str:
+def resolve_person(con: Cursor, product: str, identity: str) -> str:
     """The person an identity belongs to; 404 for identities that no applied
     record names (SPEC §11: one seen only in rejected records is unknown)."""
     identity = identity.strip()
@@ -119,7 +119,7 @@ def resolve_person(con: duckdb.DuckDBPyConnection, product: str, identity: str) 
     return str(person or identity)
 
 
-def identities_of(con: duckdb.DuckDBPyConnection, product: str, person: str) -> list[str]:
+def identities_of(con: Cursor, product: str, person: str) -> list[str]:
     rows = con.execute(
         "SELECT identity FROM identities WHERE product = ? AND ph = "
         f"{IDENTITY_HASH.format('?::VARCHAR')} AND person = ? ORDER BY identity",

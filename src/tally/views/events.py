@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import duckdb
-
 from tally.display import display_name
 from tally.names import name_key, normalise_name
+from tally.store.contract import Cursor
 from tally.views.common import (
     hashed_in,
     identities_of,
@@ -20,7 +19,7 @@ from tally.views.common import (
 )
 
 
-def property_names(con: duckdb.DuckDBPyConnection, product: str) -> dict[str, str]:
+def property_names(con: Cursor, product: str) -> dict[str, str]:
     """Property key -> display name (SPEC §2: the first spelling seen)."""
     rows = con.execute(
         "SELECT key, display FROM names WHERE product = ? AND kind = 'property'", [product]
@@ -28,7 +27,7 @@ def property_names(con: duckdb.DuckDBPyConnection, product: str) -> dict[str, st
     return dict(rows)
 
 
-def displays(con: duckdb.DuckDBPyConnection, product: str, persons: list[str]) -> dict[str, str]:
+def displays(con: Cursor, product: str, persons: list[str]) -> dict[str, str]:
     """How each of ``persons`` is shown (tally.display), from their identities."""
     found: dict[str, list[str]] = {p: [p] for p in persons}
     if persons:
@@ -46,7 +45,7 @@ def displays(con: duckdb.DuckDBPyConnection, product: str, persons: list[str]) -
 
 
 def events_view(
-    con: duckdb.DuckDBPyConnection,
+    con: Cursor,
     product: str,
     *,
     event: str | None = None,

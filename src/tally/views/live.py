@@ -13,9 +13,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import duckdb
-
 from tally.errors import InvalidInput
+from tally.store.contract import Cursor
 from tally.views.common import iso, iso_ns
 
 LIMIT = 500
@@ -40,7 +39,7 @@ _PARTS = """
 """
 
 
-def applied_positions(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+def applied_positions(con: Cursor) -> dict[str, int]:
     return dict(con.execute("SELECT stream, position FROM positions").fetchall())
 
 
@@ -56,7 +55,7 @@ def parse_cursor(text: str) -> dict[str, int]:
 
 
 def live_between(
-    con: duckdb.DuckDBPyConnection,
+    con: Cursor,
     product: str,
     since: dict[str, int],
     until: dict[str, int],

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import duckdb
+from tally.store.contract import Cursor
 
 
-def names_view(con: duckdb.DuckDBPyConnection, product: str) -> dict[str, Any]:
+def names_view(con: Cursor, product: str) -> dict[str, Any]:
     """Event names with their events, property names with the values set on
     people (SPEC §6), most frequent first; shown as first spelled (SPEC §2)."""
     # Counted by key first, then named: joining every row to its name before

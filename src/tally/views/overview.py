@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import duckdb
-
 from tally.log.reader import LogReader
 from tally.reports.sql import DIALECT, interval_starts, iso_local
+from tally.store.contract import Cursor
 from tally.views.common import KNOWN_IDENTITIES
 from tally.views.status import pipeline_view
 
@@ -25,7 +24,7 @@ TOP_EVENTS = 10
 
 
 def overview_view(
-    con: duckdb.DuckDBPyConnection,
+    con: Cursor,
     product: str,
     timezone: str,
     reader: LogReader,

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import duckdb
-
 from tally import identity_graph
 from tally.display import display_name
 from tally.identity_graph import Edge
+from tally.store.contract import Cursor
 from tally.store.schema import IDENTITY_HASH
 from tally.views.common import (
     hashed_in,
@@ -26,7 +25,7 @@ HASHED = IDENTITY_HASH.format("?::VARCHAR")
 
 
 def person_view(
-    con: duckdb.DuckDBPyConnection,
+    con: Cursor,
     product: str,
     identity: str,
     *,
@@ -54,9 +53,7 @@ def person_view(
         con.rollback()
 
 
-def _properties(
-    con: duckdb.DuckDBPyConnection, product: str, hashes: list[int]
-) -> list[dict[str, Any]]:
+def _properties(con: Cursor, product: str, hashes: list[int]) -> list[dict[str, Any]]:
     condition, params = hashed_in("ih", hashes, indexed=False)
     rows = con.execute(
         """
@@ -97,7 +94,7 @@ def _properties(
     ]
 
 
-def _unaliased(con: duckdb.DuckDBPyConnection, product: str, identities: list[str]) -> bool:
+def _unaliased(con: Cursor, product: str, identities: list[str]) -> bool:
     """Whether no alias, revoked or not, names this one-identity person: then
     its page need not read the aliases. Every identity an alias names is in
     ``identities`` (capped ones too) unless revoked, and revocations are few."""
@@ -113,7 +110,7 @@ def _unaliased(con: duckdb.DuckDBPyConnection, product: str, identities: list[st
 
 
 def _aliases(
-    con: duckdb.DuckDBPyConnection,
+    con: Cursor,
     product: str,
     identities: list[str],
     hashes: list[int],
@@ -160,9 +157,7 @@ def _aliases(
     }
 
 
-def _events(
-    con: duckdb.DuckDBPyConnection, product: str, hashes: list[int], page: int, size: int
-) -> dict[str, Any]:
+def _events(con: Cursor, product: str, hashes: list[int], page: int, size: int) -> dict[str, Any]:
     condition, params = hashed_in("ih", hashes, indexed=False)
     # The person's events by a scan of the narrow columns (events has no index
     # on ``ih``: docs/store.md): their count, and the page's row ids.

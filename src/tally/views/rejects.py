@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import duckdb
-
+from tally.store.contract import Cursor
 from tally.views.common import iso_ns, paging
 
 #: Rejects that replaying cannot change: the identity graph re-decides capped
@@ -28,7 +27,7 @@ def _scope(product: str | None, reason: str | None) -> tuple[str, list[Any]]:
 
 
 def rejects_view(
-    con: duckdb.DuckDBPyConnection,
+    con: Cursor,
     product: str | None,
     *,
     reason: str | None = None,
@@ -74,9 +73,7 @@ def rejects_view(
     }
 
 
-def replayable(
-    con: duckdb.DuckDBPyConnection, product: str | None, reason: str | None
-) -> list[tuple[str, int]]:
+def replayable(con: Cursor, product: str | None, reason: str | None) -> list[tuple[str, int]]:
     """Log positions of the rejects that a replay re-applies."""
     condition, params = _scope(product, reason)
     rows = con.execute(

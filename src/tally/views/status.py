@@ -5,17 +5,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import duckdb
-
 from tally import __version__
 from tally.log.damage import Quarantine
 from tally.log.reader import LogReader
+from tally.store.contract import Cursor
 from tally.views.common import KNOWN_IDENTITIES
 
 
-def pipeline_view(
-    con: duckdb.DuckDBPyConnection, reader: LogReader, *, now_ns: int | None = None
-) -> dict[str, Any]:
+def pipeline_view(con: Cursor, reader: LogReader, *, now_ns: int | None = None) -> dict[str, Any]:
     """Per stream: where the log ends, where the store is, and how far behind.
 
     Reads only the frame headers of the records not applied yet, so it costs
@@ -49,7 +46,7 @@ def pipeline_view(
     }
 
 
-def store_view(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+def store_view(con: Cursor) -> dict[str, Any]:
     def scalar(sql: str) -> int:
         row = con.execute(sql).fetchone()
         return int(row[0]) if row and row[0] is not None else 0
@@ -82,7 +79,7 @@ _DAMAGE_FIELDS = ("stream", "segment", "start", "end", "reason", "found_at", "fi
 
 
 def status_view(
-    con: duckdb.DuckDBPyConnection,
+    con: Cursor,
     reader: LogReader,
     processor: dict[str, Any] | None = None,
 ) -> dict[str, Any]:

@@ -104,7 +104,9 @@ async def _answer(
 ) -> dict[str, Any]:
     found = report_product(web.core, product)
     return await web.core.queries.run(
-        request, lambda cursor: run_report(cursor, found, kind, body), all_threads=True
+        request,
+        lambda cursor: run_report(cursor, found, kind, body, d=web.core.dialect),
+        all_threads=True,
     )
 
 
@@ -175,7 +177,9 @@ async def report_csv(request: Request) -> Response:
         query = parse(kind, body, report_product(web.core, product.name))
         assert isinstance(query, People)
         chunks = await web.core.queries.stream(
-            request, lambda cursor: people_csv_chunks(cursor, query), all_threads=True
+            request,
+            lambda cursor: people_csv_chunks(cursor, query, web.core.dialect),
+            all_threads=True,
         )
         return StreamingResponse(chunks, media_type="text/csv; charset=utf-8", headers=headers)
     table = TABLES[kind](await _answer(request, web, product.name, kind, body))
