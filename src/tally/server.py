@@ -26,6 +26,7 @@ from multiprocessing.process import BaseProcess
 
 import uvicorn
 
+from tally import heap
 from tally.api import build_app
 from tally.api_core import Core
 from tally.backup.snapshot import remove_stale_snapshots
@@ -125,6 +126,7 @@ def serve(
     settings: Settings, announce: Callable[[Started], None], progress: Progress | None = None
 ) -> None:
     restrict()  # the collectors, started later, inherit it
+    heap.fix_mmap_threshold()  # a large answer's blocks go back when freed (tally.heap)
     existed = settings.data_dir.exists()
     check_writable(settings)
     configure_logging(settings)

@@ -321,10 +321,17 @@ class Store:
         every reader: DuckDB (2.0) bounds no connection or query on its own
         (its ``operator_memory_limit`` only hints when some operators spill).
         Without the spill limit DuckDB would fill 90% of the free disk, the
-        log's disk too."""
+        log's disk too.
+
+        What a query frees goes back to the system within seconds: DuckDB's
+        allocator purges freed pages from background threads. Without them it
+        purges only while it allocates, and the pages of the widest series the
+        limits allow (84,006 days) stayed with the server (20 to 50 MiB) until the
+        next large query (issue 14; ``bench/hostile.py --only metrics-widest``)."""
         self.memory_limit, self.spill_limit = memory, spill
         self.con.execute(f"SET memory_limit = '{memory}B'")
         self.con.execute(f"SET max_temp_directory_size = '{spill}B'")
+        self.con.execute("SET allocator_background_threads = true")
 
     @contextlib.contextmanager
     def all_threads(self) -> Iterator[None]:
