@@ -5,7 +5,8 @@ the current person of every identity whose person changed since. The
 invariant: ``coalesce(moved.ph, ph)`` is the identity's current person (what
 the alias graph, ``identities``, says) for every row, whatever order the
 records arrived in and whenever ``moved`` was folded into the rows. Folding
-changes no answer; a store of schema 3 is converted with the same answers.
+changes no answer; a store of schema 3 is converted with the same answers, and
+a conversion that cannot finish leaves it of schema 3, as it was.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from hypothesis import strategies as st
 from test_layout import answers, product
 from test_order_independence import CAPS, KEYS, fresh_store, interleave, record_sets
 
-from journeys import PRODUCT, Row, build, keys, rows, snapshot, total_order
+from journeys import PRODUCT, T0, Row, build, keys, rows, snapshot, total_order
+from mounts import Mounts
 from tally.errors import Unavailable
 from tally.reports import Product, run_report
 from tally.store.schema import SCHEMA_VERSION
@@ -180,3 +182,46 @@ def test_a_store_of_schema_3_is_converted_with_the_same_answers(tmp_path: Path) 
         ("property_values", "ph", "NO"),
     ]
     converted.close()
+
+
+def test_a_conversion_without_room_on_disk_says_so_and_leaves_the_store_of_schema_3(
+    tmp_path: Path,
+) -> None:
+    mounts = Mounts()
+    try:
+        disk = mounts.tmpfs(tmp_path / "disk", 64)
+        path = disk.path / "store.duckdb"
+        store = Store(path)
+        # 1,000,000 events of 5,000 identities: their persons take more room
+        # than is left below.
+        store.con.execute(
+            "INSERT INTO events SELECT 'acme', 'u' || (i % 5000), 'e' || (i % 7), ? + i, "
+            "(? + i) * 1000000000, 'c0', i, map(), map(), md5_number_lower('u' || (i % 5000)), "
+            "md5_number_lower('u' || (i % 5000)) FROM range(1000000) t(i)",
+            [T0, T0],
+        )
+        store.close()
+        _as_schema_3(path)
+        con = duckdb.connect(str(path), read_only=True)
+        lying = con.execute("SELECT * FROM events ORDER BY rowid").fetchall()
+        con.close()
+        filler = disk.fill(leave=2 << 20)
+
+        with pytest.raises(Unavailable, match="could not be converted to schema 4") as failed:
+            Store(path)
+        assert "It is unchanged, still of schema 3" in str(failed.value), str(failed.value)
+        assert failed.value.code == "store_conversion_failed"
+        con = duckdb.connect(str(path), read_only=True)
+        assert con.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchall() == [
+            ("3",)
+        ]
+        assert con.execute("SELECT * FROM events ORDER BY rowid").fetchall() == lying
+        con.close()
+
+        filler.unlink()  # room made: the next start converts it
+        again = Store(path)
+        assert again.schema_version() == 4
+        assert rows(again, "SELECT count(*) FROM events WHERE ph <> ih") == [(0,)]
+        again.close()
+    finally:
+        mounts.close()
