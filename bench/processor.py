@@ -224,7 +224,8 @@ def fill_history(store: Store, events: int) -> None:
             'event ' || (i % 20), {START} - 86400 * 90 + i // 120,
             ({START} - 86400 * 90)::BIGINT * 1000000000 + i, 'h' || (i % 2), i * 250,
             MAP {{'plan': 'plan' || (i % 4), 'amount': (i % 1000)::VARCHAR}}, MAP {{}},
-            md5_number_lower('user' || (i % 1000000) || '@example.com')
+            md5_number_lower('user' || (i % 1000000) || '@example.com'),
+            md5_number_lower('user' || (i % 1000000) || '@example.com')  -- no aliases: itself
         FROM range({events}) t(i);
         INSERT INTO seen SELECT {START} - 86400 * 90 + i // 120, (hash(i) // 2)::BIGINT,
             (hash(i + 1) // 2)::BIGINT, ({START} - 86400 * 90)::BIGINT * 1000000000 + i,
@@ -232,6 +233,7 @@ def fill_history(store: Store, events: int) -> None:
         INSERT INTO property_values SELECT 'default', 'user' || (i % 1000000) || '@example.com',
             'plan', 'plan' || (i % 4), {START} - 86400 * 90 + i // 60,
             ({START} - 86400 * 90)::BIGINT * 1000000000 + i, 'h' || (i % 2), i * 250,
+            md5_number_lower('user' || (i % 1000000) || '@example.com'),
             md5_number_lower('user' || (i % 1000000) || '@example.com')
         FROM range({events} // 2) t(i);
         INSERT INTO known_identities SELECT DISTINCT 'default', 'user' || i || '@example.com',

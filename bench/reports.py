@@ -140,6 +140,9 @@ CREATE OR REPLACE TEMP MACRO u(i, s) AS rnd(i, s)::DOUBLE / 4294967296.0;
 CREATE OR REPLACE TEMP MACRO user_id(p) AS printf('user%07d@example.com', p);
 CREATE OR REPLACE TEMP MACRO anon_id(p) AS printf('anon-%08x', rnd(p, 103));
 CREATE OR REPLACE TEMP MACRO aliased(p) AS u(p, 101) < 0.2;
+-- The person of p (its smallest identity), as it is once every alias is applied.
+CREATE OR REPLACE TEMP MACRO person_of(p) AS
+    CASE WHEN aliased(p) THEN least(anon_id(p), user_id(p)) ELSE user_id(p) END;
 CREATE OR REPLACE TEMP MACRO alias_time(p) AS {start} + floor(u(p, 102) * {span})::BIGINT;
 -- The identity a record of person p at time t was sent with.
 CREATE OR REPLACE TEMP MACRO ident(p, t) AS
@@ -172,7 +175,8 @@ SELECT '{product}', ident(p, time), {names}[k + 1], time, recv_ns, 'c0', j * 256
         WHEN k IN (0, 1) THEN MAP {{'plan': plan, 'url': '/page/' || ((r >> 14) % 50)}}
         ELSE MAP {{'plan': plan}}
     END,
-    MAP {{}}::MAP(VARCHAR, VARCHAR), md5_number_lower(ident(p, time))
+    MAP {{}}::MAP(VARCHAR, VARCHAR), md5_number_lower(ident(p, time)),
+    md5_number_lower(person_of(p))
 FROM h
 """
 
@@ -203,7 +207,8 @@ PROPERTIES_SQL = """
 INSERT INTO property_values
 SELECT '{product}', ident(p, time), key, value, time,
     time * 1000000000 + (p * 16 + slot) % 1000000000 AS recv_ns, 'c0',
-    1000000000000 + (p * 16 + slot) * 256, md5_number_lower(ident(p, time))
+    1000000000000 + (p * 16 + slot) * 256, md5_number_lower(ident(p, time)),
+    md5_number_lower(person_of(p))
 FROM ({rows}) WHERE time < {end}
 ORDER BY recv_ns
 """

@@ -236,11 +236,29 @@ def tables(store: Store) -> list[str]:
     ]
 
 
+#: The tables whose rows store a person (``ph``) as it was when they were written.
+PERSONS_STORED = ("events", "property_values")
+
+
+def content(name: str) -> str:
+    """SQL for a table's content: a stored person as the person it stands for
+    now, ``coalesce(moved.ph, ph)`` (store/schema.py); which of the two holds
+    it depends on the order records arrived in and when ``moved`` was folded,
+    as where a sorted block begins does, and is not content."""
+    if name not in PERSONS_STORED:
+        return f'SELECT * FROM "{name}"'
+    return (
+        f'SELECT t.* REPLACE (coalesce(m.ph, t.ph) AS ph) FROM "{name}" t '
+        "LEFT JOIN moved m ON m.product = t.product AND m.ih = t.ih"
+    )
+
+
 def snapshot(store: Store) -> dict[str, list[tuple[Any, ...]]]:
     """Every table's rows, sorted: events, property values, aliases with their
     status, identities, known identities, names, rejects, revocations, counters,
-    de-duplication keys, positions, meta."""
-    return {name: rows(store, f'SELECT * FROM "{name}"') for name in tables(store)}
+    de-duplication keys, positions, meta; ``moved`` is in the persons of the
+    rows of events and property values (:func:`content`)."""
+    return {name: rows(store, content(name)) for name in tables(store) if name != "moved"}
 
 
 PEOPLE_SQL = f"""

@@ -29,6 +29,7 @@ import duckdb
 import httpx
 from click.testing import CliRunner
 
+from journeys import content
 from serverproc import RunningServer, wait_until
 from tally.cli import main
 from tally.log import LogReader
@@ -63,8 +64,10 @@ def dump_store(path: Path) -> dict[str, list[tuple[Any, ...]]]:
     try:
         tables = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
         dump = {}
-        for table in sorted(tables):
-            rows = con.execute(f'SELECT * FROM "{table}"').fetchall()
+        # A stored person as the person it stands for (journeys.content): which
+        # of `ph` and `moved` holds it depends on how the records were batched.
+        for table in sorted(set(tables) - {"moved"}):
+            rows = con.execute(content(table)).fetchall()
             dump[table] = sorted((tuple(plain(v) for v in row) for row in rows), key=repr)
         # The indexes too (a rebuild drops them while it writes, then builds them).
         dump["(indexes)"] = con.execute(

@@ -203,9 +203,9 @@ class _Search:
     def _universe(self) -> Sql:
         """Every identity the product knows, with its person (SPEC §5)."""
         return (
-            Sql(f"SELECT {self.d.person('k')} AS person, k.identity FROM (SELECT *, ")
+            Sql(f"SELECT {self.d.graph_person('k')} AS person, k.identity FROM (SELECT *, ")
             + f"{self.d.identity_hash('identity')} AS ih FROM ({KNOWN_IDENTITIES})) k"
-            + self.d.person_join("k")
+            + self.d.graph_join("k")
             + sql(" WHERE k.product = ?", self.q.common.product)
         )
 

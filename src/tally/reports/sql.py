@@ -209,15 +209,31 @@ class Dialect:
         return IDENTITY_HASH.format(text)
 
     def person_join(self, alias: str) -> str:
-        """Joins the alias graph (SPEC §5): a person is resolved at query time.
-        ``alias`` has ``product`` and ``ih``, the hash of its identity."""
+        """Joins the persons moved since ``alias``'s rows were written (SPEC
+        §5): ``alias`` (events or property values) has ``product``, ``ih``,
+        the hash of its identity, and ``ph``, its person when written. Every
+        row's ``ph`` is its identity's current person unless the identity is
+        in ``moved``, whose ``ph`` then is (store/schema.py), whatever order
+        the records arrived in; ``moved`` is small (the store folds it)."""
+        return (
+            f" LEFT JOIN moved m_{alias} ON m_{alias}.product = {alias}.product"
+            f" AND m_{alias}.ih = {alias}.ih"
+        )
+
+    def person(self, alias: str) -> str:
+        """A person, as a number: the hash of its smallest identity (schema.py)."""
+        return f"coalesce(m_{alias}.ph, {alias}.ph)"
+
+    def graph_join(self, alias: str) -> str:
+        """Joins the alias graph, for rows that store no person (known
+        identities): ``alias`` has ``product`` and ``ih``."""
         return (
             f" LEFT JOIN identities i_{alias} ON i_{alias}.product = {alias}.product"
             f" AND i_{alias}.ih = {alias}.ih"
         )
 
-    def person(self, alias: str) -> str:
-        """A person, as a number: the hash of its smallest identity (schema.py)."""
+    def graph_person(self, alias: str) -> str:
+        """The person of a row joined by :meth:`graph_join`."""
         return f"coalesce(i_{alias}.ph, {alias}.ih)"
 
     def with_identities(self, rows: str, product: str) -> Sql:
@@ -327,10 +343,11 @@ def events_of(
     ``extra`` is selected as ``n``. The text ends inside the WHERE clause, so
     callers can add ``AND …``.
 
-    Without ``people`` the person is NULL and ``identities`` is not read: a
+    Without ``people`` the person is NULL and ``moved`` is not read: a
     question whose answer does not depend on who did what (a count of
     occurrences, a sum) skips resolving every event's person (SPEC §5), which
-    was half of such a question's time on ten million events (issue 12)."""
+    was half of such a question's time on ten million events when it joined
+    ``identities`` (issue 12)."""
     where = sql("e.product = ?", product)
     if events is not None:
         where += Sql(" AND e.event IN ") + values_list(list(events))

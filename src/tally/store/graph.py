@@ -4,6 +4,11 @@ When aliases arrive, are replaced by an earlier duplicate, or are revoked, the
 groups they touch are re-derived as a whole by :func:`identity_graph.derive`,
 from every edge and revocation stored for them, so the result does not depend
 on which of them the processor read first.
+
+Every identity whose person the re-derivation changes, and that rows may
+already carry (a known identity: its events and property values), gets its
+new person in ``moved``: the rows keep the person they were written with
+until the store folds ``moved`` into them (schema.py).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import duckdb
 from tally import identity_graph
 from tally.identity_graph import Edge
 from tally.store.rows import INT, TEXT, Rows, insert, orders, registered, reject_rows
+from tally.store.schema import IDENTITY_HASH
 
 _TOUCHING = "(a IN (SELECT identity FROM _members) OR b IN (SELECT identity FROM _members))"
 
@@ -47,6 +53,13 @@ def rederive(con: duckdb.DuckDBPyConnection, product: str, seeds: set[str], cap:
             f"WHERE product = ? AND {_TOUCHING}",
             [product],
         ).fetchall()
+        before = dict(
+            con.execute(
+                "SELECT identity, person FROM identities "
+                "WHERE product = ? AND identity IN (SELECT identity FROM _members)",
+                [product],
+            ).fetchall()
+        )
         for table in ("identities", "aliases"):
             column = (
                 "identity IN (SELECT identity FROM _members)"
@@ -83,6 +96,7 @@ def rederive(con: duckdb.DuckDBPyConnection, product: str, seeds: set[str], cap:
             product, identity, derived.person.get(identity, identity), derived.group[identity]
         )
     insert(con, "identities", identities, hashes={"ih": "identity", "ph": "person"})
+    _move(con, product, everyone, before, derived)
 
     # Capped edges are listed as rejects (SPEC §11 `alias_cap`), as derived now.
     with registered(con, "_edges", orders(e.order[1:] for e in edges)):
@@ -107,3 +121,29 @@ def rederive(con: duckdb.DuckDBPyConnection, product: str, seeds: set[str], cap:
         )
     insert(con, "rejects", rejects)
     return len(capped)
+
+
+def _move(
+    con: duckdb.DuckDBPyConnection,
+    product: str,
+    everyone: set[str],
+    before: dict[str, str],
+    derived: identity_graph.Derived,
+) -> None:
+    """Give ``moved`` the new person of every known identity whose person
+    changed (an identity outside ``identities`` is its own person)."""
+    changed = Rows(identity=TEXT, person=TEXT)
+    for identity in sorted(everyone):
+        person = derived.person.get(identity, identity) if identity in derived.group else identity
+        if person != before.get(identity, identity):
+            changed.append(identity, person)
+    if not len(changed):
+        return
+    with registered(con, "_changed", changed):
+        con.execute(
+            f"INSERT INTO moved SELECT ?, {IDENTITY_HASH.format('c.identity')}, "
+            f"{IDENTITY_HASH.format('c.person')} FROM _changed c JOIN known_identities k "
+            "ON k.product = ? AND k.identity = c.identity "
+            "ON CONFLICT DO UPDATE SET ph = EXCLUDED.ph",
+            [product, product],
+        )

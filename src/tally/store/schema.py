@@ -7,9 +7,19 @@ comparing that key, never by the order in which the processor read the streams,
 which is what makes the store a function of the set of records (SPEC §5).
 
 Events keep the identity they were sent with; ``identities`` maps each aliased
-identity to its person (the smallest identity of its component), so a person is
-``coalesce(identities.person, identity)`` at query time and a merge rewrites
-only that small table.
+identity to its person (the smallest identity of its component). Every event
+and property value also keeps ``ph``, its identity's person as the store knew
+it when the row was written (schema 4), and ``moved`` holds the current person
+of every identity whose person changed since rows of it may have been written.
+The invariant, whatever order the records arrive in: a stored row's ``ph`` is
+its identity's current person unless that identity is in ``moved``, whose
+``ph`` then is. A person is ``coalesce(moved.ph, ph)`` at query time, and a
+merge or a revocation rewrites only the small tables (``identities``,
+``moved``); answers never depend on arrival order (SPEC §5). Only what is
+stored in ``ph`` does: it is how rows lie, like the blocks below, not what
+they hold. When ``moved`` has :data:`FOLD_ROWS` rows, the processor rewrites
+the ``ph`` of their rows and empties it, in the transaction of a batch
+(``Store._fold``), so that the join stays small.
 
 Events are kept in sorted blocks (schema 3): the processor appends each batch
 at the end of ``events`` in arrival order, and once :data:`COMPACT_ROWS` events
@@ -25,9 +35,9 @@ because it is not content: the store is a function of the records (SPEC §5);
 where a block begins depends on how the records were batched.
 
 Reports group people by number, not by text: every identity column has a
-64-bit hash beside it (``ih``; ``ph`` for ``identities.person``), computed by
+64-bit hash beside it (``ih``; ``ph`` for a person), computed by
 :data:`IDENTITY_HASH` when the row is written, so a person is
-``coalesce(identities.ph, ih)`` and reports join and count integers. The hash
+``coalesce(moved.ph, ph)`` and reports join and count integers. The hash
 is MD5's (a standard, so the same in every DuckDB version and in ClickHouse);
 two identities of one product with the same hash would be one person in
 reports: the chance (n²/2⁶⁵ for n identities) is about 1 in 37 million for a
@@ -36,7 +46,7 @@ million identities, 1 in 370,000 for ten million, 1 in 37 for a billion.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: The order of events within a sorted block: one event's occurrences, in time.
 EVENTS_SORT = "product, event, time"
@@ -44,6 +54,9 @@ EVENTS_SORT = "product, event, time"
 COMPACT_ROWS = 1_000_000
 #: The comment of ``events``: how many of its rows are in sorted blocks.
 SORTED_COMMENT = '{{"sorted_rows": {}}}'
+
+#: Rows of ``moved`` at which the processor folds it into the stored persons.
+FOLD_ROWS = 10_000
 
 #: The hash of an identity (SQL over one text expression).
 IDENTITY_HASH = "md5_number_lower({})"
@@ -79,7 +92,8 @@ CREATE TABLE IF NOT EXISTS events (
     position BIGINT NOT NULL,
     properties MAP(VARCHAR, VARCHAR),  -- property key -> value, as sent with the event
     metadata MAP(VARCHAR, VARCHAR),    -- _c, _u, _ip, _ua, ...
-    ih UBIGINT NOT NULL                -- IDENTITY_HASH(identity)
+    ih UBIGINT NOT NULL,               -- IDENTITY_HASH(identity)
+    ph UBIGINT NOT NULL                -- its person when written; moved.ph if moved since
 );
 
 -- Person property history: every value ever set, from /s and /e (SPEC §6).
@@ -92,7 +106,8 @@ CREATE TABLE IF NOT EXISTS property_values (
     recv_ns BIGINT NOT NULL,
     stream VARCHAR NOT NULL,
     position BIGINT NOT NULL,
-    ih UBIGINT NOT NULL
+    ih UBIGINT NOT NULL,
+    ph UBIGINT NOT NULL              -- as events.ph
 );
 
 -- Alias edges (SPEC §5). `status`: accepted, alias_cap (rejected by the cap) or
@@ -129,6 +144,16 @@ CREATE TABLE IF NOT EXISTS identities (
     grp VARCHAR NOT NULL,
     ih UBIGINT NOT NULL,
     ph UBIGINT NOT NULL              -- IDENTITY_HASH(person)
+);
+
+-- The current person of every identity whose person changed after rows of it
+-- may have been written (events.ph and property_values.ph are stale for it):
+-- small, folded into those rows when it grows (schema.py, FOLD_ROWS).
+CREATE TABLE IF NOT EXISTS moved (
+    product VARCHAR NOT NULL,
+    ih UBIGINT NOT NULL,
+    ph UBIGINT NOT NULL,
+    PRIMARY KEY (product, ih)
 );
 
 -- Every identity that an applied record names (a person page 404s on others).
@@ -210,3 +235,21 @@ MIGRATE_1_TO_2 = [
         ("aliases", "bh", "b"),
     )
 ]
+
+#: From schema 3 to 4: every event's and property value's person, from the
+#: identity graph as it is (``moved`` starts empty). The column is made afresh,
+#: so that it follows ``ih`` as in a new store.
+MIGRATE_3_TO_4 = [
+    statement
+    for table in ("events", "property_values")
+    for statement in (
+        f"ALTER TABLE {table} DROP COLUMN IF EXISTS ph",
+        # NOT NULL before the rows are written: DuckDB cannot check a
+        # constraint over updates outstanding in the transaction.
+        f"ALTER TABLE {table} ADD COLUMN ph UBIGINT DEFAULT 0",
+        f"ALTER TABLE {table} ALTER COLUMN ph SET NOT NULL",
+        f"UPDATE {table} SET ph = coalesce((SELECT i.ph FROM identities i "
+        f"WHERE i.product = {table}.product AND i.ih = {table}.ih), ih)",
+        f"ALTER TABLE {table} ALTER COLUMN ph DROP DEFAULT",
+    )
+] + ["DELETE FROM moved"]

@@ -38,9 +38,11 @@ from tally.store.schema import (
     DDL,
     DROP_INDEXES,
     EVENTS_SORT,
+    FOLD_ROWS,
     IDENTITY_HASH,
     INDEXES,
     MIGRATE_1_TO_2,
+    MIGRATE_3_TO_4,
     RETIRED_INDEXES,
     SCHEMA_VERSION,
     SORTED_COMMENT,
@@ -56,6 +58,8 @@ DEFAULT_CAP = 1000
 PROPERTY_DROPPED = "property_dropped"
 INTERNAL_ERROR = "internal_error"
 _KNOWN_CACHE = 2_000_000  # identities remembered as stored (about 200 MB at most)
+#: A batch's rows joined to their identity's person, as the graph has it now.
+_PERSON_JOIN = " LEFT JOIN identities i ON i.product = k.product AND i.ih = k.ih"
 #: An in-memory database beside the store for batches on their way in.
 STAGING = "tally_staging"
 
@@ -166,6 +170,9 @@ class Store:
         #: Unsorted events at the end of ``events`` that make a sorted block
         #: (schema.py); a test may lower it to see blocks made.
         self.compact_rows = COMPACT_ROWS
+        #: Rows of ``moved`` at which a batch folds them into the stored
+        #: persons (schema.py); a test may lower it to see folds made.
+        self.fold_rows = FOLD_ROWS
         self.con = duckdb.connect(str(path), read_only=read_only)
         self._known: set[tuple[str | None, str | None]] = set()
         self._staged = itertools.count()
@@ -196,6 +203,8 @@ class Store:
             self.con.execute(RETIRED_INDEXES)
             if self.schema_version() == 2:
                 self._migrate_2_to_3_layout(progress)
+            if self.schema_version() == 3:
+                self._migrate_3_to_4_persons()
             self.con.execute(INDEXES)
         elif (found := self.schema_version()) != SCHEMA_VERSION:
             self.con.close()
@@ -260,6 +269,37 @@ class Store:
                 "writes them again before dropping the old rows): make room and start again",
                 code="store_conversion_failed",
             ) from exc
+
+    def _migrate_3_to_4_persons(self) -> None:
+        """Stores the person of every event and property value (schema.py) in
+        a store of schema 3, in one transaction: a conversion that cannot
+        finish leaves the store as it was, of schema 3, and says why."""
+        ((events, values),) = self.con.execute(
+            "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM property_values)"
+        ).fetchall()
+        log.info("converting the store to schema 4: the person of %s events and %s property "
+                 "values", f"{events:,}", f"{values:,}")  # fmt: skip
+        started = time.monotonic()
+        try:
+            self.con.execute("BEGIN")
+            for statement in MIGRATE_3_TO_4:
+                self.con.execute(statement)
+            self.con.execute("UPDATE meta SET value = '4' WHERE name = 'schema_version'")
+            self.con.execute("COMMIT")
+        except BaseException as exc:  # an error, or the operator's Ctrl-C: nothing changes
+            with contextlib.suppress(duckdb.Error):
+                self.con.execute("ROLLBACK")
+            self.con.close()
+            if not isinstance(exc, duckdb.Error):
+                raise
+            raise Unavailable(
+                f"the store {self.path} could not be converted to schema 4 (the person on "
+                f"each event): {str(exc).splitlines()[0]}. It is unchanged, still of schema "
+                "3; make room on its disk (it writes a column of each event and property "
+                "value) and start again",
+                code="store_conversion_failed",
+            ) from exc
+        log.info("converted the store to schema 4 in %.1f s", time.monotonic() - started)
 
     def close(self) -> None:
         self.con.close()
@@ -590,6 +630,7 @@ class Store:
     ) -> ApplyStats:
         stats = ApplyStats(records=len(prepared.entries))
         stage, revocations = prepared.stage, prepared.revocations
+        self._fold_when_full()
         touched: dict[str, set[str]] = {}
         if len(stage):
             touched = self._write(prepared, stats)
@@ -700,15 +741,18 @@ class Store:
             "INSERT INTO seen SELECT dedup_time, h1, h2, recv_ns, stream, position FROM _kept"
         )
         self._compact()
+        # Each row's person as the identity graph has it before this batch's
+        # aliases: those that change it are in `moved` after rederive (schema.py).
         con.execute(
-            "INSERT INTO events SELECT product, identity, event, time, recv_ns, stream, position, "
-            "map(prop_keys, prop_values), metadata, ih FROM _kept "
-            "WHERE kind = 'event'"
+            "INSERT INTO events SELECT k.product, k.identity, k.event, k.time, k.recv_ns, "
+            "k.stream, k.position, map(k.prop_keys, k.prop_values), k.metadata, k.ih, "
+            f"coalesce(i.ph, k.ih) FROM _kept k{_PERSON_JOIN} WHERE k.kind = 'event'"
         )
         con.execute(
-            "INSERT INTO property_values SELECT product, identity, unnest(prop_keys), "
-            "unnest(prop_values), time, recv_ns, stream, position, ih "
-            "FROM _kept WHERE kind IN ('event', 'set') AND len(prop_keys) > 0"
+            "INSERT INTO property_values SELECT k.product, k.identity, unnest(k.prop_keys), "
+            "unnest(k.prop_values), k.time, k.recv_ns, k.stream, k.position, k.ih, "
+            f"coalesce(i.ph, k.ih) FROM _kept k{_PERSON_JOIN} "
+            "WHERE k.kind IN ('event', 'set') AND len(k.prop_keys) > 0"
         )
         con.execute(
             "INSERT INTO aliases SELECT product, identity, other, time, recv_ns, stream, "
@@ -765,6 +809,28 @@ class Store:
             "SELECT product, identity, other FROM _kept WHERE kind = 'alias'"
         ).fetchall():
             touched.setdefault(product, set()).update((a, b))
+
+    # -- the persons stored on rows (schema.py) --------------------------------------------------
+
+    def _fold_when_full(self) -> None:
+        ((rows,),) = self.con.execute("SELECT count(*) FROM moved").fetchall()
+        if rows >= self.fold_rows:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Rewrite the stored person of the rows of every identity in ``moved``
+        and empty it, inside the caller's transaction: a reader sees the rows
+        and ``moved`` before or after, and the same persons either way."""
+        for table in ("events", "property_values"):
+            self.con.execute(
+                f"UPDATE {table} SET ph = m.ph FROM moved m "
+                f"WHERE m.product = {table}.product AND m.ih = {table}.ih AND {table}.ph <> m.ph"
+            )
+        self.con.execute("DELETE FROM moved")
+
+    def fold(self) -> None:
+        """Fold ``moved`` now, in a transaction of its own (see :meth:`_fold`)."""
+        self._transaction(self._fold)
 
     # -- events in sorted blocks (schema.py) -----------------------------------------------------
 
