@@ -9,8 +9,6 @@ import sys
 
 import pytest
 
-from tally import heap
-
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="glibc's mallopt, /proc"
 )
