@@ -58,12 +58,25 @@ total order of SPEC §11 (``recv_ns``, ``stream``, ``position``); ``ih``/``ph``/
 
 - ``events``: one row per applied event: ``identity`` as sent, ``event`` (the
   name key), ``time`` (event time, s), ``recv_ns``, ``stream``, ``position``,
-  ``properties`` (key -> value, as sent with the event), ``metadata``, ``ih``.
+  ``properties`` (key -> value, as sent with the event), ``metadata``, ``ih``,
+  and ``ph``: the identity's person as the store knew it when the row was
+  written.
 - ``property_values``: every value ever set on an identity (SPEC §6):
-  ``identity``, ``key``, ``value``, ``time``, the order columns, ``ih``.
+  ``identity``, ``key``, ``value``, ``time``, the order columns, ``ih``, ``ph``.
+- ``moved``: ``ih`` -> ``ph``, the current person of every identity whose
+  person changed since rows of it may have been written. The invariant an
+  engine keeps, whatever order records arrive in (SPEC §5): a row's ``ph`` is
+  its identity's current person unless the identity is in ``moved``, whose
+  ``ph`` then is; a row's person is ``coalesce(moved.ph, ph)``
+  (:meth:`~tally.reports.sql.Dialect.person_join`,
+  :meth:`~tally.reports.sql.Dialect.person`). An engine may fold ``moved``
+  into the rows at any time, in one transaction (what rows store then
+  changes, never what they mean).
 - ``identities``: aliased identities only: ``identity`` -> ``person`` (the
-  smallest identity of its component) and ``grp``; ``ih``, ``ph``. A person
-  is ``coalesce(person, identity)``: :meth:`~tally.reports.sql.Dialect.person`.
+  smallest identity of its component) and ``grp``; ``ih``, ``ph``. For rows
+  that store no person (``known_identities``), a person is
+  ``coalesce(identities.ph, ih)``
+  (:meth:`~tally.reports.sql.Dialect.graph_person`).
 - ``aliases``: alias edges ``a``, ``b``, ``time``, the order columns and
   ``status`` (``accepted``, ``alias_cap``, ``revoked``); ``ah``, ``bh``.
 - ``revocations``: operators' revocations ``a``, ``b`` with their order.
@@ -85,7 +98,8 @@ everything an engine spells differently through the engine's
 (``order_key``, ``first_by``, ``last_by``, ``prop``, ``numeric``,
 ``exact_sum``, ``median``, ``ordered_list``, ``bit``, ``bit_or``,
 ``has_bit``, ``below_bit``, ``bucket_join``, ``identity_hash``,
-``person_join``, ``person``, ``with_identities``, ``person_name``) keep the
+``person_join``, ``person``, ``graph_join``, ``graph_person``,
+``with_identities``, ``person_name``) keep the
 meaning their docstrings state. What still bypasses the dialect is listed in
 docs/store.md ("What a second engine provides").
 """
