@@ -4,6 +4,14 @@ When aliases arrive, are replaced by an earlier duplicate, or are revoked, the
 groups they touch are re-derived as a whole by :func:`identity_graph.derive`,
 from every edge and revocation stored for them, so the result does not depend
 on which of them the processor read first.
+
+The look-ups find the stored rows of those groups without comparing text
+across whole tables, so that their cost does not grow with ``identities`` and
+``aliases`` (issue 12): a seed's row by its hash (``ih``), an edge by the
+hashes of its ends (``ah``, ``bh``), the text compared only on the rows the
+hashes matched, so that two identities sharing a hash (schema.py gives the
+odds) never bring in a group that is not theirs. The rows found are deleted
+by row id, not looked up a second time.
 """
 
 from __future__ import annotations
@@ -15,45 +23,83 @@ import duckdb
 from tally import identity_graph
 from tally.identity_graph import Edge
 from tally.store.rows import INT, TEXT, Rows, insert, orders, registered, reject_rows
+from tally.store.schema import IDENTITY_HASH
 
-_TOUCHING = "(a IN (SELECT identity FROM _members) OR b IN (SELECT identity FROM _members))"
+#: The distinct hashes of the identities of a registered view (its ``identity``).
+_HASHES = f"SELECT DISTINCT {IDENTITY_HASH.format('identity')} AS h FROM {{}}"
+
+
+def _texts(values: set[str]) -> Rows:
+    rows = Rows(identity=TEXT)
+    for value in sorted(values):
+        rows.append(value)
+    return rows
+
+
+def _delete(con: duckdb.DuckDBPyConnection, table: str, rowids: list[int]) -> None:
+    """Delete rows of ``table`` by the row ids a look-up of this transaction found."""
+    if rowids:
+        rows = Rows(r=INT)
+        for rowid in rowids:
+            rows.append(rowid)
+        with registered(con, "_rowids", rows):
+            con.execute(f"DELETE FROM {table} WHERE rowid IN (SELECT r FROM _rowids)")
+
+
+def _groups(
+    con: duckdb.DuckDBPyConnection, product: str, seeds: set[str]
+) -> tuple[set[str], list[int]]:
+    """The identities of the groups of ``seeds`` (``identities.grp``), and the
+    row ids of their rows in ``identities``."""
+    with registered(con, "_seeds", _texts(seeds)):
+        found = con.execute(
+            "SELECT identity, grp FROM identities "
+            f"WHERE product = ? AND ih IN ({_HASHES.format('_seeds')})",
+            [product],
+        ).fetchall()
+    groups = {grp for identity, grp in found if identity in seeds}  # the text confirms
+    if not groups:
+        return set(), []
+    with registered(con, "_groups", _texts(groups)):
+        rows = con.execute(
+            "SELECT rowid, identity FROM identities "
+            "WHERE product = ? AND grp IN (SELECT identity FROM _groups)",
+            [product],
+        ).fetchall()
+    return {identity for _, identity in rows}, [rowid for rowid, _ in rows]
+
+
+def _edges(
+    con: duckdb.DuckDBPyConnection, product: str, members: set[str]
+) -> tuple[
+    list[tuple[str, str, int, int, str, int]], list[int], list[tuple[str, str, int, str, int]]
+]:
+    """The stored edges touching ``members``, their row ids in ``aliases``,
+    and the revocations touching them."""
+    hashes = _HASHES.format("_members")
+    with registered(con, "_members", _texts(members)):
+        found = con.execute(
+            "SELECT rowid, a, b, time, recv_ns, stream, position FROM aliases "
+            f"WHERE product = ? AND (ah IN ({hashes}) OR bh IN ({hashes}))",
+            [product],
+        ).fetchall()
+        # Revocations are the operator's few: no hashes, read by their text.
+        revocations = con.execute(
+            "SELECT a, b, recv_ns, stream, position FROM revocations WHERE product = ? AND "
+            "(a IN (SELECT identity FROM _members) OR b IN (SELECT identity FROM _members))",
+            [product],
+        ).fetchall()
+    touching = [row for row in found if row[1] in members or row[2] in members]
+    return [row[1:] for row in touching], [row[0] for row in touching], revocations
 
 
 def rederive(con: duckdb.DuckDBPyConnection, product: str, seeds: set[str], cap: int) -> int:
     """Re-derive the groups of ``seeds``; how many edges the cap rejects."""
-    seed_rows = Rows(identity=TEXT)
-    for seed in sorted(seeds):
-        seed_rows.append(seed)
-    with registered(con, "_seeds", seed_rows):
-        members = seeds | {
-            row[0]
-            for row in con.execute(
-                "SELECT identity FROM identities WHERE product = ? AND grp IN "
-                "(SELECT grp FROM identities JOIN _seeds USING (identity) WHERE product = ?)",
-                [product, product],
-            ).fetchall()
-        }
-    member_rows = Rows(identity=TEXT)
-    for member in sorted(members):
-        member_rows.append(member)
-    with registered(con, "_members", member_rows):
-        edge_rows = con.execute(
-            "SELECT a, b, time, recv_ns, stream, position FROM aliases "
-            f"WHERE product = ? AND {_TOUCHING}",
-            [product],
-        ).fetchall()
-        revocation_rows = con.execute(
-            "SELECT a, b, recv_ns, stream, position FROM revocations "
-            f"WHERE product = ? AND {_TOUCHING}",
-            [product],
-        ).fetchall()
-        for table in ("identities", "aliases"):
-            column = (
-                "identity IN (SELECT identity FROM _members)"
-                if table == "identities"
-                else _TOUCHING
-            )
-            con.execute(f"DELETE FROM {table} WHERE product = ? AND {column}", [product])
+    grouped, identity_rows = _groups(con, product, seeds)
+    members = seeds | grouped
+    edge_rows, alias_rows, revocation_rows = _edges(con, product, members)
+    _delete(con, "identities", identity_rows)
+    _delete(con, "aliases", alias_rows)
     edges = [Edge(a, b, (r, s, p)) for a, b, _, r, s, p in edge_rows]
     times = {(r, s, p): t for _, _, t, r, s, p in edge_rows}
     revocations = [Edge(a, b, (r, s, p)) for a, b, r, s, p in revocation_rows]
