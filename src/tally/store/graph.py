@@ -48,9 +48,9 @@ def _delete(con: duckdb.DuckDBPyConnection, table: str, rowids: list[int]) -> No
 
 def _groups(
     con: duckdb.DuckDBPyConnection, product: str, seeds: set[str]
-) -> tuple[set[str], list[int]]:
-    """The identities of the groups of ``seeds`` (``identities.grp``), and the
-    row ids of their rows in ``identities``."""
+) -> list[tuple[int, str, str, str]]:
+    """The rows in ``identities`` of the groups of ``seeds`` (``grp``), as
+    (row id, identity, person, group)."""
     with registered(con, "_seeds", _texts(seeds)):
         found = con.execute(
             "SELECT identity, grp FROM identities "
@@ -59,27 +59,26 @@ def _groups(
         ).fetchall()
     groups = {grp for identity, grp in found if identity in seeds}  # the text confirms
     if not groups:
-        return set(), []
+        return []
     with registered(con, "_groups", _texts(groups)):
-        rows = con.execute(
-            "SELECT rowid, identity FROM identities "
+        return con.execute(
+            "SELECT rowid, identity, person, grp FROM identities "
             "WHERE product = ? AND grp IN (SELECT identity FROM _groups)",
             [product],
         ).fetchall()
-    return {identity for _, identity in rows}, [rowid for rowid, _ in rows]
 
 
 def _edges(
     con: duckdb.DuckDBPyConnection, product: str, members: set[str]
 ) -> tuple[
-    list[tuple[str, str, int, int, str, int]], list[int], list[tuple[str, str, int, str, int]]
+    list[tuple[int, str, str, int, int, str, int, str]], list[tuple[str, str, int, str, int]]
 ]:
-    """The stored edges touching ``members``, their row ids in ``aliases``,
-    and the revocations touching them."""
+    """The rows in ``aliases`` touching ``members``, as (row id, a, b, time,
+    recv_ns, stream, position, status), and the revocations touching them."""
     hashes = _HASHES.format("_members")
     with registered(con, "_members", _texts(members)):
         found = con.execute(
-            "SELECT rowid, a, b, time, recv_ns, stream, position FROM aliases "
+            "SELECT rowid, a, b, time, recv_ns, stream, position, status FROM aliases "
             f"WHERE product = ? AND (ah IN ({hashes}) OR bh IN ({hashes}))",
             [product],
         ).fetchall()
@@ -89,45 +88,49 @@ def _edges(
             "(a IN (SELECT identity FROM _members) OR b IN (SELECT identity FROM _members))",
             [product],
         ).fetchall()
-    touching = [row for row in found if row[1] in members or row[2] in members]
-    return [row[1:] for row in touching], [row[0] for row in touching], revocations
+    return [row for row in found if row[1] in members or row[2] in members], revocations
 
 
 def rederive(con: duckdb.DuckDBPyConnection, product: str, seeds: set[str], cap: int) -> int:
-    """Re-derive the groups of ``seeds``; how many edges the cap rejects."""
-    grouped, identity_rows = _groups(con, product, seeds)
-    members = seeds | grouped
-    edge_rows, alias_rows, revocation_rows = _edges(con, product, members)
-    _delete(con, "identities", identity_rows)
-    _delete(con, "aliases", alias_rows)
-    edges = [Edge(a, b, (r, s, p)) for a, b, _, r, s, p in edge_rows]
-    times = {(r, s, p): t for _, _, t, r, s, p in edge_rows}
+    """Re-derive the groups of ``seeds``; how many edges the cap rejects.
+
+    Only the rows that the derivation changes are deleted and written again:
+    an edge whose status changed, an identity whose person or group did (the
+    rest stay as they are, so that the indexes on their hashes, and the
+    checkpoints that write those out, see only what changed)."""
+    stored = _groups(con, product, seeds)
+    members = seeds | {identity for _, identity, _, _ in stored}
+    edge_rows, revocation_rows = _edges(con, product, members)
+    edges = [Edge(a, b, (r, s, p)) for _, a, b, _, r, s, p, _ in edge_rows]
     revocations = [Edge(a, b, (r, s, p)) for a, b, r, s, p in revocation_rows]
     derived = identity_graph.derive(edges, revocations, cap)
 
     aliases = Rows(
         product=TEXT, a=TEXT, b=TEXT, time=INT, recv_ns=INT, stream=TEXT, position=INT, status=TEXT
     )
-    for edge in edges:
-        recv_ns, stream, position = edge.order
-        aliases.append(
-            product,
-            edge.a,
-            edge.b,
-            times[edge.order],
-            recv_ns,
-            stream,
-            position,
-            derived.status[edge.order],
-        )
+    stale: list[int] = []
+    for rowid, a, b, time, recv_ns, stream, position, status in edge_rows:
+        now = derived.status[(recv_ns, stream, position)]
+        if now != status:
+            stale.append(rowid)
+            aliases.append(product, a, b, time, recv_ns, stream, position, now)
+    _delete(con, "aliases", stale)
     insert(con, "aliases", aliases, hashes={"ah": "a", "bh": "b"})
 
     identities = Rows(product=TEXT, identity=TEXT, person=TEXT, grp=TEXT)
+    was: dict[str, list[tuple[int, str, str]]] = {}
+    for rowid, identity, person, grp in stored:
+        was.setdefault(identity, []).append((rowid, person, grp))
+    stale = []
     everyone = members | {e.a for e in edges} | {e.b for e in edges}
     for identity in sorted(i for i in everyone if i in derived.group):
-        identities.append(
-            product, identity, derived.person.get(identity, identity), derived.group[identity]
-        )
+        person, grp = derived.person.get(identity, identity), derived.group[identity]
+        rows = was.pop(identity, [])
+        if [(p, g) for _, p, g in rows] != [(person, grp)]:
+            stale.extend(rowid for rowid, _, _ in rows)
+            identities.append(product, identity, person, grp)
+    stale.extend(rowid for rows in was.values() for rowid, _, _ in rows)  # in no group now
+    _delete(con, "identities", stale)
     insert(con, "identities", identities, hashes={"ih": "identity", "ph": "person"})
 
     # Capped edges are listed as rejects (SPEC §11 `alias_cap`), as derived now.
