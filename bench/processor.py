@@ -342,6 +342,7 @@ def measure_live(size: int, store_path: Path | None, chunk: Path, work: Path) ->
     unsorted = 0
     started = time.perf_counter()
     if store_path is not None:
+        store.con.execute("SET enable_progress_bar = false")
         unsorted = store.compact()
         store.checkpoint()
     block = time.perf_counter() - started
