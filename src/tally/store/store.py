@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
+import pyarrow as pa
 
 from tally import identity_graph
 from tally.beacon import DEFAULT_BLOCKED, Beacon, KeyLookup
@@ -705,35 +706,43 @@ class Store:
             known.clear()
         if not len(fresh):
             return
-        stored = self._stored_hashes(fresh)
-        new = Rows(product=TEXT, identity=TEXT)
-        for product, identity in zip(*fresh.columns, strict=True):
-            others = stored.get((product, identity), set())
-            if identity not in others:
-                new.append(product, identity)
-            if clash := others - {identity}:
-                # Reports take two identities with one hash for one person
-                # (schema.py): say so loudly if it ever happens (schema.py
-                # gives the odds).
+        # The primary key leaves those already stored; the new ones come back.
+        with registered(self.con, "_fresh", fresh):
+            new = self.con.execute(
+                "INSERT INTO known_identities (product, identity, ih) SELECT product, identity, "
+                f"{IDENTITY_HASH.format('identity')} FROM _fresh "
+                "ON CONFLICT DO NOTHING RETURNING product, identity, ih"
+            ).fetchall()
+        if new:
+            self._report_clashes(new)
+
+    def _report_clashes(self, new: list[tuple[str, str, int]]) -> None:
+        """Log each identity just stored whose hash another identity of its
+        product has: reports take the two for one person (schema.py gives the
+        odds). Only the narrow ``ih`` column is read for all known identities
+        (a join on the text read every identity: its cost grew with them,
+        issue 12); the text only for a hash held more than once."""
+        hashes = Rows(ih=pa.uint64())
+        for ih in sorted({ih for _, _, ih in new}):
+            hashes.append(ih)
+        with registered(self.con, "_new_hashes", hashes):
+            twice = self.con.execute(
+                "SELECT ih FROM known_identities WHERE ih IN (SELECT ih FROM _new_hashes) "
+                "GROUP BY ih HAVING count(*) > 1"
+            ).fetchall()
+        held: list[tuple[str, str, int]] = []
+        if twice:  # (a text column read in full, for a clash, which is rare)
+            held = self.con.execute(
+                "SELECT product, identity, ih FROM known_identities WHERE ih = ANY(?::UBIGINT[])",
+                [[ih for (ih,) in twice]],
+            ).fetchall()
+        sharing: dict[tuple[str, int], set[str]] = {}
+        for product, identity, ih in held:
+            sharing.setdefault((product, ih), set()).add(identity)
+        for product, identity, ih in new:
+            if clash := sharing.get((product, ih), set()) - {identity}:
                 log.error("identities %r and %r of %r have the same hash: reports count "
                           "them as one person", identity, min(clash), product)  # fmt: skip
-        insert(self.con, "known_identities", new, "ON CONFLICT DO NOTHING",
-               hashes={"ih": "identity"})  # fmt: skip
-
-    def _stored_hashes(self, fresh: Rows) -> dict[tuple[str, str], set[str]]:
-        """The stored identities that have the hash of one of ``fresh``'s, by
-        the fresh (product, identity): itself if it is stored, another if two
-        share a hash. One join answers both: those stored are not inserted
-        again (an upsert looked them up, then a second join for the clashes)."""
-        found: dict[tuple[str, str], set[str]] = {}
-        with registered(self.con, "_fresh", fresh):
-            for product, identity, other in self.con.execute(
-                f"SELECT f.product, f.identity, k.identity FROM (SELECT product, identity, "
-                f"{IDENTITY_HASH.format('identity')} AS ih FROM _fresh) f "
-                "JOIN known_identities k ON k.product = f.product AND k.ih = f.ih"
-            ).fetchall():
-                found.setdefault((product, identity), set()).add(other)
-        return found
 
     def _spread(self, stage: Stage, stats: ApplyStats, touched: dict[str, set[str]]) -> None:
         con = self.con
@@ -839,17 +848,28 @@ class Store:
         in the batch's transaction (a crash keeps them as they were or sorted,
         never half of each), before the batch's own (DuckDB numbers the rows a
         transaction adds apart from the table's until it commits)."""
+        if (unsorted := self._unsorted()) >= self.compact_rows:
+            self._sort_events(unsorted)
+
+    def compact(self) -> int:
+        """Sort the unsorted events into a block now, however few; how many
+        there were. ``bench/processor.py`` starts its live-path measures just
+        after a block was made, as into an empty store."""
+        unsorted = self._unsorted()
+        self._transaction(lambda: self._sort_events(unsorted))
+        return unsorted
+
+    def _unsorted(self) -> int:
+        """How many events lie unsorted at the end of ``events`` (schema.py)."""
         ((rows, comment),) = self.con.execute(
             "SELECT (SELECT count(*) FROM events), comment FROM duckdb_tables() "
             "WHERE database_name = current_database() AND schema_name = 'main' "
             "AND table_name = 'events'"  # not a backup's copy being attached beside
         ).fetchall()
         try:
-            unsorted = rows - int(json.loads(comment)["sorted_rows"])
+            return int(rows - int(json.loads(comment)["sorted_rows"]))
         except (TypeError, ValueError, KeyError):  # no block yet (a new store)
-            unsorted = rows
-        if unsorted >= self.compact_rows:
-            self._sort_events(unsorted)
+            return int(rows)
 
     def _sort_events(self, rows: int | None, progress: Progress | None = None) -> None:
         """Rewrite the last ``rows`` events (None: all) as sorted blocks of
