@@ -329,16 +329,12 @@ class _Search:
         the select list ``<rows>.name, <each column>, identities``, and the
         joins that give them."""
         d, c = self.d, self.q.common
-        ctes = [
-            Sql("ids AS (") + d.with_identities(rows, c.product, named=True) + ")",
-            Sql(
-                f"lists AS (SELECT person, {d.ordered_list('identity', 'identity')} AS identities"
-                " FROM ids GROUP BY person)"
-            ),
-        ]
+        ctes = [Sql("lists AS (") + d.identity_lists(rows, c.product) + ")"]
         joins = [f" LEFT JOIN lists ON lists.person = {rows}.person"]
         events = [(n, k) for n, k in enumerate(self.q.columns) if k.kind == "event"]
         props = [(n, k) for n, k in enumerate(self.q.columns) if k.kind == "property"]
+        if events or props:  # the columns read the events and values of every identity
+            ctes.append(Sql("ids AS (") + d.with_identities(rows, c.product, named=True) + ")")
         if events:
             # Events in the search's range, with its where (every event it names).
             pick = {"first_time": "min(e.time)", "last_time": "max(e.time)", "count": "count(*)"}

@@ -268,6 +268,21 @@ class Dialect:
             *[product] * 5,
         )
 
+    def identity_lists(self, rows: str, product: str) -> Sql:
+        """Each person of ``rows`` (which has ``person`` and ``name``, as
+        :meth:`person_name` gives it) with ``identities``, the list of its
+        identities in order: :meth:`with_identities` (``named``) grouped by
+        person, but reading ``identities`` for the aliased people alone (a
+        union and a grouping fewer to plan: 0.16 ms of a people search)."""
+        listed = self.ordered_list("identity", "identity")
+        return sql(
+            "SELECT r.person, coalesce(n.identities, CASE WHEN r.name IS NOT NULL "
+            f"THEN [r.name] END) AS identities FROM {rows} r LEFT JOIN (SELECT ph, {listed} "
+            "AS identities FROM identities WHERE product = ? "
+            f"AND ph IN (SELECT person FROM {rows}) GROUP BY ph) n ON n.ph = r.person",
+            product,
+        )
+
     def person_name(self, rows: str, product: str) -> tuple[str, Sql]:
         """The name of each person of ``rows`` (its smallest identity, SPEC §5):
         the select expression, and the joins it needs."""
