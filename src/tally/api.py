@@ -144,9 +144,9 @@ async def replay(request: Request) -> Response:
 
 async def report(request: Request) -> Response:
     core = authorise(request)
-    name = product_of(core, request)
+    product = report_product(core, request.path_params["product"])  # (404 before the body)
+    name = product.name
     body = await json_body(request)
-    product = report_product(core, name)
     kind = request.path_params["kind"]
     if kind == "people" and "text/csv" in request.headers.get("accept", ""):
         query = parse(kind, body, product)  # a bad body is a 400 before any row is sent
@@ -170,14 +170,15 @@ async def report(request: Request) -> Response:
 
 
 def report_product(core: Core, name: str) -> Product:
-    """The product as the reports read it (its time zone, its revenue property)."""
+    """The product as the reports read it (its time zone, its revenue property),
+    or NotFound: one catalog read, which is also :func:`product_of`'s check."""
     found = core.catalog.product(name)
     return Product(found.name, found.timezone, found.revenue_property)
 
 
 async def overview(request: Request) -> Response:
     core = authorise(request)
-    product = report_product(core, product_of(core, request))
+    product = report_product(core, request.path_params["product"])
     return await _in_thread(request, core, overview_view, product.name, product.timezone,
                             core.reader, core.settings.data_dir)  # fmt: skip
 

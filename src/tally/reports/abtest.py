@@ -19,6 +19,7 @@ from tally.reports.sql import (
     person_restriction,
     sql,
 )
+from tally.reports.statements import execute
 from tally.store.contract import Cursor
 
 #: A variant wins when its certainty of beating the baseline is above this.
@@ -93,5 +94,5 @@ def _counts(con: Cursor, q: ABTest, d: Dialect) -> list[tuple[str, int, int]]:
         + "SELECT x.variant, count(*), count(y.person) FROM exposed x "
         + "LEFT JOIN converted y ON y.person = x.person GROUP BY 1"
     )
-    rows = con.execute(query.text, list(query.params)).fetchall()
+    rows = execute(con, query).fetchall()
     return [(str(name), int(people), int(converted)) for name, people, converted in rows]

@@ -20,6 +20,7 @@ from tally.reports.sql import (
     person_restriction,
     sql,
 )
+from tally.reports.statements import execute
 from tally.store.contract import Cursor
 
 #: Bucket sizes in seconds; a cohort "month" is 30 days (SPEC §9).
@@ -87,7 +88,7 @@ def run(con: Cursor, q: Cohort, d: Dialect = DIALECT) -> dict[str, Any]:
     sizes: dict[int, int] = {}
     values: dict[tuple[int, int], int] = {}
     reached: dict[tuple[int, int], int] = {}
-    for what, bucket, idx, count in con.execute(query.text, list(query.params)).fetchall():
+    for what, bucket, idx, count in execute(con, query).fetchall():
         if what == "size":
             sizes[bucket] = count
         elif what == "value":

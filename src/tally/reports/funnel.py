@@ -23,6 +23,7 @@ from tally.reports.sql import (
     person_restriction,
     sql,
 )
+from tally.reports.statements import execute
 from tally.store.contract import Cursor
 
 
@@ -104,7 +105,7 @@ def _counts(con: Cursor, q: Funnel, *, segmented: bool, d: Dialect) -> dict[Any,
         + seg
         + " GROUP BY seg"
     )
-    rows = con.execute(query.text, list(query.params)).fetchall()
+    rows = execute(con, query).fetchall()
     return {row[0]: tuple(row[1:]) for row in rows}
 
 
@@ -178,7 +179,7 @@ def _strict(con: Cursor, q: Funnel, *, segmented: bool, d: Dialect) -> dict[Any,
                 f"FROM f{i} x"
             )
     query = Sql("WITH ") + join(parts, ", ") + " " + " UNION ALL ".join(per_step)
-    rows = con.execute(query.text, list(query.params)).fetchall()
+    rows = execute(con, query).fetchall()
     people: dict[Any, list[int]] = {}
     gaps: dict[Any, list[Any]] = {}
     for step, seg, count, gap in rows:

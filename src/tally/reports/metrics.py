@@ -15,6 +15,7 @@ from tally.reports.sql import (
     person_restriction,
     sql,
 )
+from tally.reports.statements import execute
 from tally.store.contract import Cursor
 
 NO_SEGMENT = "__all__"
@@ -128,7 +129,7 @@ def _cells(
             + d.bucket_join("x.time", starts)
             + " GROUP BY GROUPING SETS ((b.bucket, seg), (seg))"
         )
-    rows = con.execute(query.text, list(query.params)).fetchall()
+    rows = execute(con, query).fetchall()
     out: dict[Any, dict[int | None, tuple[Any, ...]]] = {}
     for bucket, seg, people, times, total, count, average, grouped in rows:
         cell = (people, times, total, count, average)

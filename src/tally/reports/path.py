@@ -12,6 +12,7 @@ from typing import Any
 
 from tally.reports.query import Path
 from tally.reports.sql import DIALECT, Dialect, Sql, event_filters, person_restriction, sql
+from tally.reports.statements import execute
 from tally.store.contract import Cursor
 
 #: How many (collapsed) steps a path shows.
@@ -21,7 +22,7 @@ _SLOTS = [f"s{i}" for i in range(1, STEPS + 1)]
 
 def run(con: Cursor, q: Path, d: Dialect = DIALECT) -> dict[str, Any]:
     query = _query(q, d)
-    rows = con.execute(query.text, list(query.params)).fetchall()
+    rows = execute(con, query).fetchall()
     paths = [
         {
             "steps": [step for step in row[:STEPS] if step is not None],

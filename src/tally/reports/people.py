@@ -31,6 +31,7 @@ from tally.reports.sql import (
     sql,
     values_list,
 )
+from tally.reports.statements import execute
 from tally.store.contract import Cursor
 from tally.views.common import KNOWN_IDENTITIES
 
@@ -56,7 +57,7 @@ def run(con: Cursor, q: People, d: Dialect = DIALECT) -> dict[str, Any]:
         + joins
         + " ORDER BY pg.name"
     )
-    rows = con.execute(query.text, list(query.params)).fetchall()
+    rows = execute(con, query).fetchall()
     return {
         "people": [
             {
@@ -90,7 +91,7 @@ def csv_rows(
     query = (
         search.named("mn") + shown + " SELECT " + select + " FROM mn" + joins + " ORDER BY mn.name"
     )
-    result = con.execute(query.text, list(query.params))
+    result = execute(con, query)
     while rows := result.fetchmany(chunk):
         for person, *values, identities in rows:
             cells = ("" if v is None else str(v) for v in search.values(values))
@@ -323,20 +324,17 @@ class _Search:
     # -- showing --------------------------------------------------------------------------------
 
     def shown(self, rows: str) -> tuple[Sql, Sql, Sql]:
-        """For the people of the CTE ``rows`` (which has ``person``): more
-        CTEs (each after ``, ``), the select list ``<rows>.person, <each
-        column>, identities``, and the joins that give them."""
+        """For the people of the CTE ``rows`` (which has ``person`` and
+        ``name``, as :meth:`named` makes it): more CTEs (each after ``, ``),
+        the select list ``<rows>.name, <each column>, identities``, and the
+        joins that give them."""
         d, c = self.d, self.q.common
-        ctes = [
-            Sql("ids AS (") + d.with_identities(rows, c.product) + ")",
-            Sql(
-                f"lists AS (SELECT person, {d.ordered_list('identity', 'identity')} AS identities"
-                " FROM ids GROUP BY person)"
-            ),
-        ]
+        ctes = [Sql("lists AS (") + d.identity_lists(rows, c.product) + ")"]
         joins = [f" LEFT JOIN lists ON lists.person = {rows}.person"]
         events = [(n, k) for n, k in enumerate(self.q.columns) if k.kind == "event"]
         props = [(n, k) for n, k in enumerate(self.q.columns) if k.kind == "property"]
+        if events or props:  # the columns read the events and values of every identity
+            ctes.append(Sql("ids AS (") + d.with_identities(rows, c.product, named=True) + ")")
         if events:
             # Events in the search's range, with its where (every event it names).
             pick = {"first_time": "min(e.time)", "last_time": "max(e.time)", "count": "count(*)"}

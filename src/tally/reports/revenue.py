@@ -22,6 +22,7 @@ from tally.reports.sql import (
     person_restriction,
     sql,
 )
+from tally.reports.statements import execute
 from tally.store.contract import Cursor
 
 DAY = 86_400
@@ -107,7 +108,7 @@ def _cells(
         + d.bucket_join("f.moment", starts)
         + " GROUP BY GROUPING SETS ((f.kind, b.bucket), (f.kind))"
     )
-    rows = con.execute(query.text, list(query.params)).fetchall()
+    rows = execute(con, query).fetchall()
     return {
         (kind, None if grouped else bucket): (people, total, count)
         for kind, bucket, people, total, count, grouped in rows
