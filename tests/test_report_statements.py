@@ -35,13 +35,28 @@ def test_a_kept_statement_answers_with_each_calls_values_on_any_cursor() -> None
 
 def test_the_texts_kept_are_bounded_least_recently_used_first() -> None:
     con = duckdb.connect()
-    texts = [f"SELECT {i} + ? /* bounded */" for i in range(statements.KEPT + 1)]
+    # Texts of about 1,000 characters: enough of them to pass KEPT_CHARS.
+    pad = "0 + " * 240
+    count = statements.KEPT_CHARS // len(f"SELECT {pad}0 + ? /* bounded */") + 2
+    texts = [f"SELECT {pad}{i} + ? /* bounded */" for i in range(count)]
     oldest = statements.parsed(con, texts[0])
     kept = statements.parsed(con, texts[1])
     for text in texts[2:]:
         statements.parsed(con, texts[1])  # used again: stays
         statements.parsed(con, text)
-    assert len(statements._parsed) <= statements.KEPT
+    assert sum(map(len, statements._kept.statements)) <= statements.KEPT_CHARS
     assert statements.parsed(con, texts[1]) is kept
     assert statements.parsed(con, texts[0]) is not oldest  # dropped, parsed again
     assert statements.execute(con, sql(texts[0], 2)).fetchall() == [(2,)]
+
+
+def test_a_text_too_long_to_keep_is_parsed_every_time() -> None:
+    con = duckdb.connect()
+    columns = statements.LONGEST_KEPT // 8 + 1  # ", ? AS c" and a number: 8+ characters
+    text = "SELECT " + ", ".join(f"? AS c{i}" for i in range(columns)) + " /* long */"
+    assert len(text) > statements.LONGEST_KEPT
+    first = statements.parsed(con, text)
+    assert statements.parsed(con, text) is not first
+    assert text not in statements._kept.statements
+    row = statements.execute(con, sql(text, *range(columns))).fetchone()
+    assert row == tuple(range(columns))

@@ -24,12 +24,28 @@ from tally.store.contract import Cursor, Result
 if TYPE_CHECKING:  # (tally.reports.sql runs its own queries through this module)
     from tally.reports.sql import Sql
 
-#: The parsed statements kept, least recently used dropped first: far more
-#: than the shapes of questions asked in practice.
-KEPT = 512
+#: The parsed statements kept, least recently used dropped first, bounded by
+#: the length of their texts: a parsed statement takes about 20 bytes per
+#: character of its text (a funnel's 1,769 characters, 33 KiB; a people search
+#: of 50 conditions, 7,596 characters, 149 KiB), so that a client asking ever
+#: new shapes holds at most ~5 MiB here (issue 14), while the ~100 shapes of
+#: everyday questions all stay parsed.
+KEPT_CHARS = 256 * 1024
+#: A text longer than this is parsed every time (it is a rare, heavy question).
+LONGEST_KEPT = 32 * 1024
 
-_parsed: OrderedDict[str, duckdb.Statement] = OrderedDict()
-_lock = threading.Lock()
+
+class _Kept:
+    """The parsed statements by text, most recently used last, and the
+    length of their texts."""
+
+    def __init__(self) -> None:
+        self.statements: OrderedDict[str, duckdb.Statement] = OrderedDict()
+        self.chars = 0
+        self.lock = threading.Lock()
+
+
+_kept = _Kept()
 
 
 def execute(con: Cursor, query: Sql) -> Result:
@@ -41,14 +57,19 @@ def execute(con: Cursor, query: Sql) -> Result:
 
 def parsed(con: duckdb.DuckDBPyConnection, text: str) -> duckdb.Statement:
     """The one statement of ``text``, parsed by ``con`` the first time."""
-    with _lock:
-        statement = _parsed.get(text)
+    with _kept.lock:
+        statement = _kept.statements.get(text)
         if statement is not None:
-            _parsed.move_to_end(text)
+            _kept.statements.move_to_end(text)
             return statement
     (statement,) = con.extract_statements(text)
-    with _lock:
-        _parsed[text] = statement
-        while len(_parsed) > KEPT:
-            _parsed.popitem(last=False)
+    if len(text) > LONGEST_KEPT:
+        return statement
+    with _kept.lock:
+        if text not in _kept.statements:
+            _kept.statements[text] = statement
+            _kept.chars += len(text)
+        while _kept.chars > KEPT_CHARS:
+            dropped, _ = _kept.statements.popitem(last=False)
+            _kept.chars -= len(dropped)
     return statement
