@@ -5,9 +5,10 @@ Starts ``tally serve`` (a temporary data directory, 127.0.0.1, a free port,
 case; every other setting its default), tracks 20,000 events through the wire
 and waits until they are applied, sends normal traffic alone until the
 server's memory is steady (``--warm-up``: 10 s of wrk at a time until the RSS
-is twice in a row within 3% of the one before, at most 90 s), then runs ``wrk -t1 -c16 --latency`` with
-valid tracking calls (bench/ingest.lua) alone (the baseline, first and last)
-and beside each hostile case. For each: wrk's p50, p99 and requests/s, the
+is twice in a row within 3% of the one before, at most 90 s), then runs
+``wrk -t1 -c16 --latency`` with valid tracking calls (bench/ingest.lua) alone
+(the baseline, first and last) and beside each hostile case. For each: wrk's
+p50, p99 and requests/s, the
 peak RSS of the server's process tree (sampled every 50 ms), its RSS before
 and after (once the processor has applied what the case left behind, and a
 settle), whether the hostile client got the answer it should, and the CPU that
