@@ -205,16 +205,7 @@ def test_a_conversion_without_room_on_disk_says_so_and_leaves_the_store_of_schem
         lying = _as_schema_2(path)
         filler = disk.fill(leave=2 << 20)
 
-        with pytest.raises(Unavailable, match="could not be converted to schema 3") as failed:
-            Store(path)
-        assert "It is unchanged, still of schema 2" in str(failed.value), str(failed.value)
-        assert failed.value.code == "store_conversion_failed"
-        con = duckdb.connect(str(path), read_only=True)
-        assert con.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchall() == [
-            ("2",)
-        ]
-        assert con.execute("SELECT * FROM events ORDER BY rowid").fetchall() == lying
-        con.close()
+        assert_refused_and_unchanged(path, 2, lying)
 
         filler.unlink()  # room made: the next start converts it
         again = Store(path)
@@ -225,3 +216,18 @@ def test_a_conversion_without_room_on_disk_says_so_and_leaves_the_store_of_schem
         again.close()
     finally:
         mounts.close()
+
+
+def assert_refused_and_unchanged(path: Path, old: int, events: list[Any]) -> None:
+    """Opening the store at ``path`` (of schema ``old``) on a full disk fails,
+    saying why, and leaves it of schema ``old`` with ``events`` as they were."""
+    with pytest.raises(Unavailable, match=f"could not be converted to schema {old + 1}") as failed:
+        Store(path)
+    assert f"It is unchanged, still of schema {old}" in str(failed.value), str(failed.value)
+    assert failed.value.code == "store_conversion_failed"
+    con = duckdb.connect(str(path), read_only=True)
+    assert con.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchall() == [
+        (str(old),)
+    ]
+    assert con.execute("SELECT * FROM events ORDER BY rowid").fetchall() == events
+    con.close()

@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -252,10 +252,26 @@ class Store:
 
         if progress is not None and rows:
             progress(0, rows)  # the bar from the start
+        self._convert(
+            3,
+            lambda: self._sort_events(None, told),
+            "(events in sorted blocks)",
+            "the conversion needs about as much free disk as the events take (it writes "
+            "them again before dropping the old rows): make room and start again",
+        )
+
+    def _convert(self, version: int, work: Callable[[], None], what: str, room: str) -> None:
+        """``work`` and the new schema ``version`` in one transaction. A
+        conversion that cannot finish (a full disk, memory), or the
+        operator's Ctrl-C, changes nothing; a failure is said as
+        ``store_conversion_failed``, with ``what`` the conversion does and
+        ``room`` what it needs."""
         try:
             self.con.execute("BEGIN")
-            self._sort_events(None, told)
-            self.con.execute("UPDATE meta SET value = '3' WHERE name = 'schema_version'")
+            work()
+            self.con.execute(
+                "UPDATE meta SET value = ? WHERE name = 'schema_version'", [str(version)]
+            )
             self.con.execute("COMMIT")
         except BaseException as exc:  # an error, or the operator's Ctrl-C: nothing changes
             with contextlib.suppress(duckdb.Error):
@@ -264,10 +280,9 @@ class Store:
             if not isinstance(exc, duckdb.Error):
                 raise
             raise Unavailable(
-                f"the store {self.path} could not be converted to schema 3 (events in "
-                f"sorted blocks): {str(exc).splitlines()[0]}. It is unchanged, still of schema "
-                "2; the conversion needs about as much free disk as the events take (it "
-                "writes them again before dropping the old rows): make room and start again",
+                f"the store {self.path} could not be converted to schema {version} {what}: "
+                f"{str(exc).splitlines()[0]}. It is unchanged, still of schema "
+                f"{version - 1}; {room}",
                 code="store_conversion_failed",
             ) from exc
 
@@ -281,25 +296,18 @@ class Store:
         log.info("converting the store to schema 4: the person of %s events and %s property "
                  "values", f"{events:,}", f"{values:,}")  # fmt: skip
         started = time.monotonic()
-        try:
-            self.con.execute("BEGIN")
+
+        def fill() -> None:
             for statement in MIGRATE_3_TO_4:
                 self.con.execute(statement)
-            self.con.execute("UPDATE meta SET value = '4' WHERE name = 'schema_version'")
-            self.con.execute("COMMIT")
-        except BaseException as exc:  # an error, or the operator's Ctrl-C: nothing changes
-            with contextlib.suppress(duckdb.Error):
-                self.con.execute("ROLLBACK")
-            self.con.close()
-            if not isinstance(exc, duckdb.Error):
-                raise
-            raise Unavailable(
-                f"the store {self.path} could not be converted to schema 4 (the person on "
-                f"each event): {str(exc).splitlines()[0]}. It is unchanged, still of schema "
-                "3; make room on its disk (it writes a column of each event and property "
-                "value) and start again",
-                code="store_conversion_failed",
-            ) from exc
+
+        self._convert(
+            4,
+            fill,
+            "(the person on each event)",
+            "make room on its disk (it writes a column of each event and property value) "
+            "and start again",
+        )
         log.info("converted the store to schema 4 in %.1f s", time.monotonic() - started)
 
     def close(self) -> None:
