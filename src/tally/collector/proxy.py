@@ -12,8 +12,12 @@ been relayed whole (its end told by its framing, which the relay follows), and
 reused within :data:`KEEP_SECONDS`, well inside uvicorn's own keep-alive (5 s):
 a new connection costs the core about 0.2 ms of an API call's floor
 (bench/floor.py). A request on a kept connection that the core closed before
-answering anything is sent once more on a new one (the core closes only idle
-connections, which have read nothing). An import's request (below) has a
+answering anything is sent once more on a new one when repeating it is
+harmless (the core closes only idle connections, which have read nothing,
+but a core that dies while it works closes the same way): an idempotent method
+(RFC 9110 §9.2.2) or a report, which only reads (RFC 9112 §9.3.1: a
+non-idempotent request is not retried automatically). Any other request is
+answered 503, as when the core is down. An import's request (below) has a
 connection of its own, closed after its answer.
 
 A client that goes away before the answer (it closes or resets its connection;
@@ -35,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -175,7 +180,7 @@ async def forward(
                     answer_head = await _ask(reader, writer, request)
                 except (OSError, asyncio.IncompleteReadError) as exc:
                     stale = not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial
-                    if kept is None or not stale:
+                    if kept is None or not stale or not repeatable(request):
                         raise
                     # Closed by the core while it was idle, before reading this
                     # request: once more, on a connection of its own.
@@ -191,8 +196,8 @@ async def forward(
                 return False  # aborted: the caller answers, or the client is gone
             else:
                 answer_head = sent
-        except asyncio.IncompleteReadError:
-            log.warning("the core closed without an answer")
+        except (OSError, asyncio.IncompleteReadError) as exc:  # nothing relayed yet
+            log.warning("the core closed without an answer: %r", exc)
             _answer(transport, _unavailable(), upload)
             return False
         # Before the whole body has arrived, the rest of it cannot be told
@@ -270,6 +275,19 @@ def _keep(core_socket: Path, reader: asyncio.StreamReader, writer: asyncio.Strea
     if len(idle) >= KEEP_AT_MOST:
         idle.pop(0).writer.close()
     idle.append(_Kept(reader, writer))
+
+
+#: Methods whose request means the same sent twice (RFC 9110 §9.2.2).
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
+#: ``POST /api/v1/products/{product}/reports/{kind}``: a report only reads.
+_REPORT = re.compile(rb"POST /api/v1/products/[^/?# ]+/reports/[a-z]+[? ]")
+
+
+def repeatable(request: bytes) -> bool:
+    """Whether ``request`` may be sent to the core again when it is not known
+    whether the core read it: its method is idempotent, or it asks a report."""
+    method = request.split(b" ", 1)[0]
+    return method in _IDEMPOTENT or _REPORT.match(request) is not None
 
 
 async def _ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> bytes:
