@@ -14,6 +14,7 @@ password: it signs in once with it and must choose its own.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -60,8 +61,14 @@ CREATE TABLE IF NOT EXISTS sessions (
 """
 
 _hasher = PasswordHasher()
-#: Checked against when the name is unknown, so that both take as long.
-_DUMMY_HASH = _hasher.hash("not a password of anyone's")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked against when the name is unknown, so that both take as long.
+    Made on first use: an argon2 hash takes about half a second here, which
+    every command and process that imports this module would pay."""
+    return _hasher.hash("not a password of anyone's")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +117,12 @@ class Accounts:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         self._seen_noted: dict[str, int] = {}
+
+    @staticmethod
+    def prepare_sign_in() -> None:
+        """Make the hash that an unknown name is checked against now, not at
+        the first sign-in (which would then take longer than the others)."""
+        _dummy_hash()
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -186,7 +199,7 @@ class Accounts:
         the same words whether the name is unknown or the password wrong."""
         row = self._db.execute("SELECT hash FROM users WHERE name = ?", (name,)).fetchone()
         try:
-            _hasher.verify(row[0] if row else _DUMMY_HASH, password)
+            _hasher.verify(row[0] if row else _dummy_hash(), password)
         except (VerificationError, InvalidHashError):
             raise Unauthorized(WRONG, code="wrong_password") from None
         if row is None:  # pragma: no cover - the dummy hash matches no password

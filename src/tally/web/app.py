@@ -143,6 +143,8 @@ PAGE_ERRORS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
 def attach(app: Starlette, core: Core) -> None:
     """The dashboard's state, on the app that routes its pages."""
     app.state.web = Web(core, Accounts(core.catalog))
+    # The first sign-in with an unknown name takes as long as any other.
+    Accounts.prepare_sign_in()
     # Jinja compiles a template when it is first used: 40 ms for the report
     # page's, which its first visitor would wait for.
     for name in TEMPLATES.env.list_templates():
