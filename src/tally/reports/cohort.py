@@ -37,7 +37,7 @@ def run(con: Cursor, q: Cohort, d: Dialect = DIALECT) -> dict[str, Any]:
     # count for nothing.
     events = sorted({q.first_event, q.return_event})
     # Each person's cohort: by arithmetic where the starts are evenly spaced.
-    bucket, buckets = d.bucket("a.t0", starts)
+    cohort_of, cohort_join = d.bucket("a.t0", starts)
     returns = (
         Sql("WITH ev AS (SELECT person, event, time FROM (")
         + events_of(c.product, events, c.start, None, d, filters=c.where)
@@ -46,9 +46,9 @@ def run(con: Cursor, q: Cohort, d: Dialect = DIALECT) -> dict[str, Any]:
         + " AND "
         + person_restriction(c, "person", d)
         + " GROUP BY person), ca AS (SELECT a.*, "
-        + bucket
+        + cohort_of
         + " AS bucket FROM a"
-        + buckets
+        + cohort_join
         + sql("), j AS (SELECT a.person, a.bucket, (e.time - a.t0) // ? AS idx FROM ev e ", size)
         + sql("JOIN ca a ON e.person = a.person AND e.time >= a.t0 AND e.time < a.t0 + ? ",
               size * q.buckets)
