@@ -36,6 +36,8 @@ def run(con: Cursor, q: Cohort, d: Dialect = DIALECT) -> dict[str, Any]:
     # `to`), are each in bucket (time - t0) // size; past the last one they
     # count for nothing.
     events = sorted({q.first_event, q.return_event})
+    # Each person's cohort: by arithmetic where the starts are evenly spaced.
+    cohort_of, cohort_join = d.bucket("a.t0", starts)
     returns = (
         Sql("WITH ev AS (SELECT person, event, time FROM (")
         + events_of(c.product, events, c.start, None, d, filters=c.where)
@@ -43,8 +45,10 @@ def run(con: Cursor, q: Cohort, d: Dialect = DIALECT) -> dict[str, Any]:
               q.first_event, c.end)
         + " AND "
         + person_restriction(c, "person", d)
-        + " GROUP BY person), ca AS (SELECT a.*, b.bucket FROM a"
-        + d.bucket_join("a.t0", starts)
+        + " GROUP BY person), ca AS (SELECT a.*, "
+        + cohort_of
+        + " AS bucket FROM a"
+        + cohort_join
         + sql("), j AS (SELECT a.person, a.bucket, (e.time - a.t0) // ? AS idx FROM ev e ", size)
         + sql("JOIN ca a ON e.person = a.person AND e.time >= a.t0 AND e.time < a.t0 + ? ",
               size * q.buckets)

@@ -108,27 +108,38 @@ def _cells(
         + person_restriction(c, "person", d)
         + ")"
     )
+    # The interval of each row, by arithmetic where the starts are evenly
+    # spaced, else by a join (Dialect.bucket).
+    bucket, buckets = d.bucket("x.time", starts)
+    # Without a segment, no segment column to group by (a constant one cost
+    # daily people on ten million events a fifth of its time).
+    seg_column, seg = (f", {seg_expr} AS seg", "seg") if segment else ("", seg_expr)
+    pairs = Sql("SELECT DISTINCT x.person, ") + bucket + f" AS bucket{seg_column} FROM x"
+    rows_of = Sql("SELECT x.person, x.n, ") + bucket + f" AS bucket{seg_column} FROM x"
     # Only what the measure needs; for distinct people, the distinct (person,
     # interval) pairs first, which the two groupings then count.
     if q.measure == "people":
         query += (
-            Sql(f", xb AS (SELECT DISTINCT x.person, b.bucket, {seg_expr} AS seg FROM x")
+            Sql(", xb AS (")
+            + pairs
             + join
-            + d.bucket_join("x.time", starts)
-            + ") SELECT bucket, seg, count(*), 0, NULL, 0, NULL, 0 FROM xb GROUP BY bucket, seg"
-            + " UNION ALL SELECT NULL, seg, count(DISTINCT person), 0, NULL, 0, NULL, 1 "
-            + "FROM xb GROUP BY seg"
+            + buckets
+            + f") SELECT bucket, {seg}, count(*), 0, NULL, 0, NULL, 0 FROM xb GROUP BY ALL"
+            + f" UNION ALL SELECT NULL, {seg}, count(DISTINCT person), 0, NULL, 0, NULL, 1 "
+            + "FROM xb GROUP BY ALL"
         )
     else:
-        people = "count(DISTINCT x.person)" if q.measure == "average_per_person" else "0"
-        numbers = "sum(x.n), count(x.n), avg(x.n)" if q.property else "NULL, 0, NULL"
+        people = "count(DISTINCT person)" if q.measure == "average_per_person" else "0"
+        numbers = "sum(n), count(n), avg(n)" if q.property else "NULL, 0, NULL"
         query += (
-            Sql(f" SELECT b.bucket, {seg_expr} AS seg, {people}, count(*), {numbers}, ")
-            + "grouping(b.bucket) FROM x"
+            Sql(", xb AS (")
+            + rows_of
             + join
-            + d.bucket_join("x.time", starts)
-            + " GROUP BY GROUPING SETS ((b.bucket, seg), (seg))"
-        )
+            + buckets
+            + f") SELECT bucket, {seg}, {people}, count(*), {numbers}, grouping(bucket) FROM xb"
+            + (" GROUP BY GROUPING SETS ((bucket, seg), (seg))" if segment
+               else " GROUP BY GROUPING SETS ((bucket), ())")
+        )  # fmt: skip
     rows = execute(con, query).fetchall()
     out: dict[Any, dict[int | None, tuple[Any, ...]]] = {}
     for bucket, seg, people, times, total, count, average, grouped in rows:
