@@ -181,11 +181,17 @@ def _move(
             changed.append(identity, person)
     if not len(changed):
         return
+    # Known by the hash alone: the narrow ``ih`` column is scanned, never the
+    # text of every known identity (its cost grew with them, issue 12). An
+    # identity that is not known but has a known one's hash is one person with
+    # it in reports already (schema.py gives the odds); no row carries it but
+    # the other's.
     with registered(con, "_changed", changed):
         con.execute(
-            f"INSERT INTO moved SELECT ?, {IDENTITY_HASH.format('c.identity')}, "
-            f"{IDENTITY_HASH.format('c.person')} FROM _changed c JOIN known_identities k "
-            "ON k.product = ? AND k.identity = c.identity "
+            "INSERT INTO moved SELECT ?, c.ih, c.ph FROM "
+            f"(SELECT {IDENTITY_HASH.format('identity')} AS ih, "
+            f"{IDENTITY_HASH.format('person')} AS ph FROM _changed) c "
+            "WHERE c.ih IN (SELECT ih FROM known_identities WHERE product = ?) "
             "ON CONFLICT DO UPDATE SET ph = EXCLUDED.ph",
             [product, product],
         )

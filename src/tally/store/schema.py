@@ -17,9 +17,10 @@ its identity's current person unless that identity is in ``moved``, whose
 merge or a revocation rewrites only the small tables (``identities``,
 ``moved``); answers never depend on arrival order (SPEC §5). Only what is
 stored in ``ph`` does: it is how rows lie, like the blocks below, not what
-they hold. When ``moved`` has :data:`FOLD_ROWS` rows, the processor rewrites
-the ``ph`` of their rows and empties it, in the transaction of a batch
-(``Store._fold``), so that the join stays small.
+they hold. When ``moved`` has :data:`FOLD_ROWS` rows and one for every
+:data:`FOLD_SHARE` events, the processor rewrites the ``ph`` of their rows
+and empties it, in the transaction of a batch (``Store._fold``), so that the
+join stays small.
 
 Events are kept in sorted blocks (schema 3): the processor appends each batch
 at the end of ``events`` in arrival order, and once :data:`COMPACT_ROWS` events
@@ -55,8 +56,17 @@ COMPACT_ROWS = 1_000_000
 #: The comment of ``events``: how many of its rows are in sorted blocks.
 SORTED_COMMENT = '{{"sorted_rows": {}}}'
 
-#: Rows of ``moved`` at which the processor folds it into the stored persons.
+#: Rows of ``moved`` at which the processor folds it into the stored persons,
+#: at the least...
 FOLD_ROWS = 10_000
+#: ... and once it has a row for every FOLD_SHARE events: a fold rewrites the
+#: ``ph`` of rows in every row group of ``events`` and ``property_values``
+#: (the moved identities' rows lie everywhere), so its cost grows with the
+#: history (2.2 s at 8 million events, 0.4 s at 1 million); folding after a
+#: number of moved rows that grows as the history does keeps its cost per
+#: record the same at any size (docs/benchmarks.md, "Session 10: apply12"),
+#: and ``moved``, which reports join, at most 1% of the events.
+FOLD_SHARE = 100
 
 #: The hash of an identity (SQL over one text expression).
 IDENTITY_HASH = "md5_number_lower({})"
