@@ -84,3 +84,28 @@ def test_the_kept_count_of_events_follows_inserts_deletes_and_blocks(tmp_path: P
     again.apply(build(product(seed=8, records=300)), keys)
     assert again._event_rows() == _events(again)
     again.close()
+
+
+def test_tidy_folds_what_batches_left_in_moved(tmp_path: Path) -> None:
+    records = product()
+    unfolded = Store(tmp_path / "unfolded.duckdb")
+    unfolded.fold_rows = 10**9
+    _apply(unfolded, records)
+
+    store = Store(tmp_path / "s.duckdb")
+    store.fold_rows, store.fold_share = 1, 1  # no batch folds (see above)
+    _apply(store, records)
+    left = moved(store)
+    assert left > 0
+    store.fold_rows = left + 1
+    assert store.tidy() is False  # fewer rows than fold_rows: left as they are
+    assert moved(store) == left
+    store.fold_rows = left
+    assert store.tidy() is True
+    assert moved(store) == 0
+    assert resolved(store) == resolved(unfolded) == from_graph(store)
+    assert snapshot(store) == snapshot(unfolded)
+    assert answers(store) == answers(unfolded)
+    assert store.tidy() is False
+    for each in (store, unfolded):
+        each.close()

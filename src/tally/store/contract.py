@@ -224,6 +224,11 @@ class Writer(Protocol):
         reconnect); errors are left for the next write."""
         ...
 
+    def tidy(self) -> bool:
+        """The processor has nothing to apply: upkeep the engine put off while
+        records came (DuckDB: fold ``moved``); whether it did any."""
+        ...
+
     def limit_threads(self, threads: int) -> None:
         """The engine's own worker threads outside reports (the processor
         yields to ingest with one; :meth:`Reader.all_threads` lends more)."""

@@ -862,6 +862,18 @@ class Store:
         """Fold ``moved`` now, in a transaction of its own (see :meth:`_fold`)."""
         self._transaction(self._fold)
 
+    def tidy(self) -> bool:
+        """Fold ``moved`` once it has :attr:`fold_rows` rows, whatever the
+        history: the processor calls this when it has nothing to apply. A batch
+        folds only once ``moved`` also has a row for every :attr:`fold_share`
+        events (a fold costs what the history does); between bursts, reports
+        get their small ``moved`` back. Whether it folded."""
+        ((rows,),) = self.con.execute("SELECT count(*) FROM moved").fetchall()
+        if rows < self.fold_rows:
+            return False
+        self.fold()
+        return True
+
     # -- events in sorted blocks (schema.py) -----------------------------------------------------
 
     def _compact(self) -> None:
