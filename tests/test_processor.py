@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_layout import product
 
 from journeys import Keys, build, event
 from serverproc import wait_until
@@ -161,4 +162,33 @@ def test_the_running_processor_reports_a_failing_store_and_resumes(tmp_path: Pat
     finally:
         processor.stop()
         assert rejects(processor) == 0
+        store.close()
+
+
+def test_the_running_processor_folds_moved_once_caught_up(tmp_path: Path) -> None:
+    config = Settings(data_dir=tmp_path)
+    entries = build(product())
+    for stream in sorted({e.stream for e in entries}):
+        writer = SegmentWriter(config.log_dir / stream)
+        for entry in entries:
+            if entry.stream == stream:
+                writer.write_durable(encode_record(entry.record))
+        writer.close()
+    store = Store(config.store_path)
+    store.fold_rows, store.fold_share = 1, 1  # no batch folds (tests/test_store_history.py)
+
+    def moved() -> int:
+        with store.cursor() as cursor:
+            ((count,),) = cursor.execute("SELECT count(*) FROM moved").fetchall()
+        return int(count)
+
+    processor = Processor(config, store, keys=Keys)
+    processor.start()
+    try:
+        wait_until(lambda: processor.progress.records == len(entries), 30, "every record read")
+        # Its batches left rows in moved (they never fold here: test_store_history.py);
+        # caught up, the processor folds them.
+        wait_until(lambda: moved() == 0, 10, "moved folded once the processor is idle")
+    finally:
+        processor.stop()
         store.close()

@@ -383,6 +383,7 @@ class Processor:
         _lower_priority()
         idle = 0.0
         retry = RETRY_FIRST_SECONDS
+        untidy = True
         while not self._stop.is_set():
             self._health.tell(self)
             try:
@@ -394,6 +395,12 @@ class Processor:
                 )
                 if applied:
                     self.publish_applied()
+                    untidy = True
+                elif untidy:
+                    # Caught up: the upkeep the store put off while records
+                    # came (a fold of `moved`: store/schema.py), once.
+                    self.store.tidy()
+                    untidy = False
             except Exception as exc:
                 # The store failed (a full disk, an I/O error: StoreFailure) or
                 # a bug: nothing of the batch was applied and no position moved.

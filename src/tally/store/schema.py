@@ -20,7 +20,8 @@ stored in ``ph`` does: it is how rows lie, like the blocks below, not what
 they hold. When ``moved`` has :data:`FOLD_ROWS` rows and one for every
 :data:`FOLD_SHARE` events, the processor rewrites the ``ph`` of their rows
 and empties it, in the transaction of a batch (``Store._fold``), so that the
-join stays small.
+join stays small; once it has nothing to apply, at :data:`FOLD_ROWS` rows
+alone (``Store.tidy``).
 
 Events are kept in sorted blocks (schema 3): the processor appends each batch
 at the end of ``events`` in arrival order, and once :data:`COMPACT_ROWS` events
