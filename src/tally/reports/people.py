@@ -105,7 +105,7 @@ class _Search:
     def named(self, cte: str, tail: Sql | None = None) -> Sql:
         """:meth:`matches`, then the CTE ``cte`` of the matching people with
         their names (``person``, ``name``), ``tail`` (ORDER BY, LIMIT) inside."""
-        name, joins = self.d.person_name("m", self.q.common.product)
+        name, joins = self.d.person_name_narrowed("m", self.q.common.product)
         return (
             self.matches()
             + f", {cte} AS (SELECT m.person, {name} AS name FROM m"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -100,12 +101,17 @@ def resolve_person(con: Cursor, product: str, identity: str) -> str:
     identity = identity.strip()
     # By hash first (indexed, schema.py), the text then makes it exact; the
     # aliases are read only for an identity that no event or property names.
+    # Materialised: tested in the scan with the hash, the product and the
+    # text made DuckDB scan the whole table (8 ms on 1.2M known identities,
+    # against 0.6 by the index: docs/benchmarks.md, people12).
     hashed = IDENTITY_HASH.format("?::VARCHAR")
     row = con.execute(
-        "SELECT EXISTS (SELECT 1 FROM known_identities WHERE product = ? AND "
-        f"ih = {hashed} AND identity = ?), (SELECT person FROM identities WHERE product = ? "
-        f"AND ih = {hashed} AND identity = ?)",
-        [product, identity, identity, product, identity, identity],
+        "WITH k AS MATERIALIZED (SELECT product, identity FROM known_identities "
+        f"WHERE ih = {hashed}), i AS MATERIALIZED (SELECT product, identity, person "
+        f"FROM identities WHERE ih = {hashed}) "
+        "SELECT EXISTS (SELECT 1 FROM k WHERE product = ? AND identity = ?), "
+        "(SELECT person FROM i WHERE product = ? AND identity = ?)",
+        [identity, identity, product, identity, product, identity],
     ).fetchone()
     known, person = row if row else (False, None)
     if not known:
@@ -117,6 +123,61 @@ def resolve_person(con: Cursor, product: str, identity: str) -> str:
     if not known:
         raise NotFound(f"no person with identity {identity!r} in {product!r}", field="identity")
     return str(person or identity)
+
+
+@dataclass(frozen=True)
+class Person:
+    """One person as a page shows it: ``person``, its ``identities`` in order
+    with their ``hashes`` (schema.IDENTITY_HASH), ``ph``, the hash of the
+    person (what ``events.ph`` holds for it, docs/store.md), and ``moved``, the
+    hashes of its identities that are in ``moved`` (their rows' ``ph`` may be
+    stale). ``unaliased``: no alias row names it (it is not in
+    ``identities``) and no revocation does; ``names``: the product's display
+    names, ``(kind, key)`` -> display (SPEC §2)."""
+
+    person: str
+    identities: list[str]
+    hashes: dict[str, int]
+    ph: int
+    moved: list[int]
+    unaliased: bool
+    names: dict[tuple[str, str], str]
+
+
+def find_person(con: Cursor, product: str, identity: str) -> Person:
+    """The person of ``identity`` (as :func:`resolve_person`, 404 for an
+    unknown one) with its identities, in two statements."""
+    person = resolve_person(con, product, identity)
+    hashed = IDENTITY_HASH.format("?::VARCHAR")
+    row = con.execute(
+        # By the person's hash (indexed) first; product and text then make it
+        # exact on the few rows found (testing them in the same scan as the
+        # hash made DuckDB scan the table: docs/benchmarks.md, people12).
+        f"WITH g AS MATERIALIZED (SELECT product, identity, person, ih FROM identities "
+        f"WHERE ph = {hashed}) "
+        "SELECT (SELECT list((identity, ih) ORDER BY identity) FROM g "
+        f"WHERE product = ? AND person = ?), {hashed}, "
+        f"(SELECT list(ih ORDER BY ih) FROM moved WHERE product = ? AND ph = {hashed}), "
+        "EXISTS (SELECT 1 FROM revocations WHERE product = ? AND (a = ? OR b = ?)), "
+        "(SELECT list((kind, key, display)) FROM names WHERE product = ?)",
+        [person, product, person, person, product, person, product, person, person, product],
+    ).fetchone()
+    assert row is not None
+    members, ph, moved, revoked, names = row
+    if members:
+        identities = [m[0] for m in members]
+        hashes = {m[0]: int(m[1]) for m in members}
+    else:  # outside the alias graph: the person is its one identity
+        identities, hashes = [person], {person: int(ph)}
+    return Person(
+        person=person,
+        identities=identities,
+        hashes=hashes,
+        ph=int(ph),
+        moved=list(moved or []),
+        unaliased=not members and not revoked,
+        names={(n[0], n[1]): n[2] for n in names or []},
+    )
 
 
 def identities_of(con: Cursor, product: str, person: str) -> list[str]:

@@ -7,21 +7,11 @@ from typing import Any
 from tally import identity_graph
 from tally.display import display_name
 from tally.identity_graph import Edge
+from tally.reports.sql import DIALECT
 from tally.store.contract import Cursor
-from tally.store.schema import IDENTITY_HASH
-from tally.views.common import (
-    hashed_in,
-    identities_of,
-    identity_hashes,
-    iso,
-    iso_ns,
-    paging,
-    resolve_person,
-)
-from tally.views.events import property_names
+from tally.views.common import Person, find_person, hashed_in, iso, iso_ns, paging
 
 HISTORY_LIMIT = 100
-HASHED = IDENTITY_HASH.format("?::VARCHAR")
 
 
 def person_view(
@@ -36,29 +26,48 @@ def person_view(
     # One snapshot for every part of the page, while the processor writes.
     con.begin()
     try:
-        person = resolve_person(con, product, identity)
-        identities = identities_of(con, product, person)
-        hashes = identity_hashes(con, identities)
+        found = find_person(con, product, identity)
+        identities = found.identities
         return {
             "product": product,
-            "person": person,
-            "display": display_name(person, identities),
+            "person": found.person,
+            "display": display_name(found.person, identities),
             "identity": identity.strip(),
             "identities": identities,
-            "properties": _properties(con, product, hashes),
-            "aliases": _aliases(con, product, identities, hashes, identity.strip()),
-            "events": _events(con, product, hashes, page_number, size),
+            "properties": _properties(con, product, found),
+            "aliases": _aliases(con, product, found, identity.strip()),
+            "events": _events(con, product, found, page_number, size),
         }
     finally:
         con.rollback()
 
 
-def _properties(con: Cursor, product: str, hashes: list[int]) -> list[dict[str, Any]]:
-    condition, params = hashed_in("ih", hashes, indexed=False)
+def _theirs(alias: str, found: Person) -> tuple[str, list[Any]]:
+    """A condition that the rows of ``alias`` (events or property values) are
+    the person's, and its parameters: the rows whose person (``moved``'s, else
+    their own ``ph``: Dialect.person) is ``found``'s. Its ``ph`` is tested in
+    the scan, one integer a row (testing ``ih`` against a list of its
+    identities cost twice as long); the rows of its identities in ``moved``,
+    whose ``ph`` may be stale, are read by ``ih`` too, and ``moved`` then
+    drops the rows of identities moved away from it since they were written
+    (SPEC §5: a late merge and a revoked alias show at once)."""
+    wanted = f"{alias}.ph = ?::UBIGINT"
+    params: list[Any] = [found.ph]
+    if found.moved:
+        wanted = f"({wanted} OR {alias}.ih = ANY(?::UBIGINT[]))"
+        params.append(found.moved)
+    return (
+        f"{alias}.product = ? AND {wanted} AND {DIALECT.person(alias)} = ?::UBIGINT",
+        [*params, found.ph],
+    )
+
+
+def _properties(con: Cursor, product: str, found: Person) -> list[dict[str, Any]]:
+    condition, params = _theirs("v", found)
     rows = con.execute(
         """
         WITH found AS MATERIALIZED (
-            SELECT rowid AS r FROM property_values WHERE product = ? AND {condition}
+            SELECT v.rowid AS r FROM property_values v{join} WHERE {condition}
         ), v AS (
             -- Rows by rowid: DuckDB reads the wide columns of these rows only.
             SELECT * FROM property_values WHERE rowid IN (SELECT r FROM found)
@@ -71,7 +80,7 @@ def _properties(con: Cursor, product: str, hashes: list[int]) -> list[dict[str, 
                     ORDER BY v.time DESC, v.recv_ns DESC, v.stream DESC, v.position DESC)
         FROM v LEFT JOIN names n ON n.product = v.product AND n.kind = 'property' AND n.key = v.key
         GROUP BY v.key, n.display ORDER BY coalesce(n.display, v.key)
-        """.replace("{condition}", condition),
+        """.replace("{condition}", condition).replace("{join}", DIALECT.person_join("v")),
         [product, *params],
     ).fetchall()
     return [
@@ -94,42 +103,26 @@ def _properties(con: Cursor, product: str, hashes: list[int]) -> list[dict[str, 
     ]
 
 
-def _unaliased(con: Cursor, product: str, identities: list[str]) -> bool:
-    """Whether no alias, revoked or not, names this one-identity person: then
-    its page need not read the aliases. Every identity an alias names is in
-    ``identities`` (capped ones too) unless revoked, and revocations are few."""
-    if len(identities) != 1:
-        return False
-    row = con.execute(
-        f"SELECT EXISTS (SELECT 1 FROM identities WHERE product = ? AND ih = {HASHED} "
-        "AND identity = ?) OR EXISTS (SELECT 1 FROM revocations WHERE product = ? "
-        "AND (a = ? OR b = ?))",
-        [product, identities[0], identities[0], product, identities[0], identities[0]],
-    ).fetchone()
-    return row == (False,)
-
-
-def _aliases(
-    con: Cursor,
-    product: str,
-    identities: list[str],
-    hashes: list[int],
-    asked: str,
-) -> dict[str, Any]:
+def _aliases(con: Cursor, product: str, found: Person, asked: str) -> dict[str, Any]:
     rows: list[Any] = []
-    if not _unaliased(con, product, identities):
+    identities = found.identities
+    # Not read for a one-identity person that no alias, revoked or not,
+    # names: every identity an alias names is in ``identities`` (capped ones
+    # too) unless revoked, and revocations are few.
+    if not found.unaliased:
+        hashes = [found.hashes[i] for i in identities]
         of_a, _ = hashed_in("ah", hashes)
         of_b, _ = hashed_in("bh", hashes)
         # Each end by its hash (indexed); then exactly, by its text.
         columns = "a, b, time, recv_ns, stream, position, status"
-        found = con.execute(
+        found_rows = con.execute(
             f"SELECT {columns} FROM aliases WHERE product = ? AND {of_a} UNION "
             f"SELECT {columns} FROM aliases WHERE product = ? AND {of_b} "
             "ORDER BY recv_ns, stream, position",
             [product, *hashes, product, *hashes],
         ).fetchall()
         mine = set(identities)
-        rows = [row for row in found if row[0] in mine or row[1] in mine]
+        rows = [row for row in found_rows if row[0] in mine or row[1] in mine]
     edges = [Edge(a, b, (r, s, p)) for a, b, _, r, s, p, _ in rows]
     status = {(r, s, p): st for _, _, _, r, s, p, st in rows}
     times = {(r, s, p): t for _, _, t, r, s, p, _ in rows}
@@ -157,51 +150,53 @@ def _aliases(
     }
 
 
-def _events(con: Cursor, product: str, hashes: list[int], page: int, size: int) -> dict[str, Any]:
-    condition, params = hashed_in("ih", hashes, indexed=False)
-    # The person's events by a scan of the narrow columns (events has no index
-    # on ``ih``: docs/store.md): their count, and the page's row ids.
-    total, keys = con.execute(
-        """
+def _events(con: Cursor, product: str, found: Person, page: int, size: int) -> dict[str, Any]:
+    condition, params = _theirs("e", found)
+    # The person's events by a scan of the narrow columns (events has no index:
+    # docs/store.md): their count, and the page's order keys and names.
+    rows = con.execute(
+        f"""
         WITH found AS MATERIALIZED (
-            SELECT time, recv_ns, stream, position, rowid AS r FROM events
-            WHERE product = ? AND {condition}
+            SELECT e.event, e.ih, e.time, e.recv_ns, e.stream, e.position, e.rowid AS r
+            FROM events e{DIALECT.person_join("e")} WHERE {condition}
         )
-        SELECT (SELECT count(*) FROM found), list(r)
-        FROM (SELECT * FROM found ORDER BY time DESC, recv_ns DESC, stream DESC, position DESC
-              LIMIT ? OFFSET ?)
-        """.replace("{condition}", condition),
+        SELECT t.total, p.* FROM (SELECT count(*) AS total FROM found) t LEFT JOIN (
+            SELECT * FROM found ORDER BY time DESC, recv_ns DESC, stream DESC, position DESC
+            LIMIT ? OFFSET ?
+        ) p ON true ORDER BY p.time DESC, p.recv_ns DESC, p.stream DESC, p.position DESC
+        """,
         [product, *params, size, (page - 1) * size],
-    ).fetchone() or (0, [])
-    rows: list[Any] = []
-    if keys:
-        # Then the page's rows whole, by row id (in the same snapshot): DuckDB
-        # reads the wide columns of those rows only.
-        found = con.execute(
-            "SELECT event, identity, time, recv_ns, map_entries(properties), stream, position "
-            "FROM events WHERE rowid IN (SELECT unnest(?::BIGINT[]))",
-            [keys],
-        ).fetchall()
-        rows = sorted(found, key=lambda r: (r[2], r[3], r[5], r[6]), reverse=True)
-    events = dict(
-        con.execute(
-            "SELECT key, display FROM names WHERE product = ? AND kind = 'event'", [product]
-        ).fetchall()
-    )
-    names = property_names(con, product)
+    ).fetchall()
+    total = int(rows[0][0]) if rows else 0
+    shown = [row[1:] for row in rows if row[1] is not None]
+    properties: dict[int, Any] = {}
+    if shown:
+        # Then the page's properties, by row id (in the same snapshot): DuckDB
+        # reads the wide column of those rows only. The identity as sent is
+        # the one of the row's hash (no two of a product share one).
+        properties = dict(
+            con.execute(
+                "SELECT rowid, map_entries(properties) FROM events WHERE rowid = ANY(?::BIGINT[])",
+                [[row[-1] for row in shown]],
+            ).fetchall()
+        )
+    identity_of = {h: i for i, h in found.hashes.items()}
+    names = found.names
     return {
         "total": total,
         "page": page,
         "page_size": size,
         "items": [
             {
-                "event": events.get(key, key),
+                "event": names.get(("event", key), key),
                 "key": key,
-                "identity": identity,
+                "identity": identity_of[ih],
                 "time": iso(time),
                 "received": iso_ns(recv_ns),
-                "properties": {names.get(p["key"], p["key"]): p["value"] for p in props},
+                "properties": {
+                    names.get(("property", p["key"]), p["key"]): p["value"] for p in properties[r]
+                },
             }
-            for key, identity, time, recv_ns, props, _, _ in rows
+            for key, ih, time, recv_ns, _, _, r in shown
         ],
     }
