@@ -428,9 +428,13 @@ def measure_live_all(sizes: list[int], chunk_records: int, repeat: int, work: Pa
             )
 
 
-def measure_rebuild(work: Path, n: int) -> tuple[float, int]:
-    """``tally rebuild`` of a generated log of ``n`` records (cached in ``DATA``)."""
-    cached = DATA / f"rebuild-{n}"
+def measure_rebuild(work: Path, n: int, jobs: int | None = None) -> tuple[float, int]:
+    """``tally rebuild`` of a generated log of ``n`` records (cached in ``DATA``;
+    ``--live-at``'s log of as many records is the same one, 10 records a person,
+    and is used when it is there); ``jobs`` is its ``--jobs``, if given."""
+    cached = DATA / f"history-{n}"
+    if n != LIVE_PEOPLE * 10 or not (cached / "complete").exists():
+        cached = DATA / f"rebuild-{n}"
     if not (cached / "complete").exists():
         shutil.rmtree(cached, ignore_errors=True)
         write_log(cached / "log", n)
@@ -446,10 +450,28 @@ def measure_rebuild(work: Path, n: int) -> tuple[float, int]:
         capture_output=True,
     )
     started = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "tally", "rebuild"], check=True, env=env, stdout=subprocess.DEVNULL
-    )
-    return time.perf_counter() - started, n
+    command = [sys.executable, "-m", "tally", "rebuild"]
+    if jobs is not None:
+        command += ["--jobs", str(jobs)]
+    rebuild = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    tree_peak = 0
+    while rebuild.poll() is None:
+        tree_peak = max(tree_peak, tree_rss(rebuild.pid))
+        time.sleep(0.5)
+    seconds = time.perf_counter() - started
+    if rebuild.returncode:
+        raise SystemExit(f"tally rebuild failed (exit {rebuild.returncode})")
+    print(f"  the rebuild's processes together: peak RSS {tree_peak / 2**30:.2f} GiB (sampled)")
+    return seconds, n
+
+
+def tree_rss(pid: int) -> int:
+    """The resident bytes of a process and its children (its preparing workers)."""
+    try:
+        top = psutil.Process(pid)
+        return sum(p.memory_info().rss for p in [top, *top.children(recursive=True)])
+    except psutil.Error:  # it ended meanwhile
+        return 0
 
 
 def measure_end_to_end(work: Path, seconds: int, connections: int) -> None:
@@ -529,6 +551,9 @@ def main() -> None:
         metavar="SECONDS",
         help="also run tally serve under wrk for SECONDS and sample the applied lag",
     )
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="`tally rebuild --jobs` (by default its own)"
+    )
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (end-to-end)")
     parser.add_argument(
         "--live-at",
@@ -574,7 +599,7 @@ def main() -> None:
         if args.end_to_end:
             measure_end_to_end(work, args.end_to_end, args.connections)
         if args.rebuild:
-            seconds, n = measure_rebuild(work, args.rebuild)
+            seconds, n = measure_rebuild(work, args.rebuild, args.jobs)
             peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB
             print(
                 f"tally rebuild of {n:,} records: {seconds:.1f} s ({n / seconds:,.0f} records/s), "
