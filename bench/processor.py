@@ -453,15 +453,35 @@ def measure_rebuild(work: Path, n: int, jobs: int | None = None) -> tuple[float,
     command = [sys.executable, "-m", "tally", "rebuild"]
     if jobs is not None:
         command += ["--jobs", str(jobs)]
-    rebuild = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
-    tree_peak = 0
+    rebuild = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    assert rebuild.stdout is not None
+    indexing: list[float] = []  # when the rebuild said it builds the indexes
+
+    def watch(lines: Any) -> None:
+        for line in lines:
+            if line.startswith("Indexing"):
+                indexing.append(time.perf_counter() - started)
+            elif line.startswith("Wrote"):
+                print(f"  {line.strip()}")
+
+    threading.Thread(target=watch, args=(rebuild.stdout,), daemon=True).start()
+    tree_peak, peak_at = 0, 0.0
     while rebuild.poll() is None:
-        tree_peak = max(tree_peak, tree_rss(rebuild.pid))
+        if (rss := tree_rss(rebuild.pid)) > tree_peak:
+            tree_peak, peak_at = rss, time.perf_counter() - started
         time.sleep(0.5)
     seconds = time.perf_counter() - started
     if rebuild.returncode:
         raise SystemExit(f"tally rebuild failed (exit {rebuild.returncode})")
-    print(f"  the rebuild's processes together: peak RSS {tree_peak / 2**30:.2f} GiB (sampled)")
+    print(
+        f"  the rebuild's processes together: peak RSS {tree_peak / 2**30:.2f} GiB "
+        f"(sampled twice a second), at {peak_at:.0f} s"
+    )
+    if indexing:
+        print(
+            f"  every record applied at {indexing[0]:.1f} s; indexes and checkpoint "
+            f"{seconds - indexing[0]:.1f} s"
+        )
     return seconds, n
 
 

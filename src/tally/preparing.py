@@ -15,8 +15,12 @@ count, the revocations, the positions of the batch's records and the damage
 it met. The writer applies the batches in each stream's order, and SPEC §4's
 de-duplication across batches happens in the store, as on the live path.
 
-At most two slices a worker are in flight, so memory is bounded by the
-segment size (64 MiB of log; two batches of ``limit`` records each at most).
+At most one slice a worker is in flight, and one more (each worker busy,
+one slice done and waiting to be written), so memory is bounded by the
+segment size (64 MiB of log or a little more: a writer cuts a segment after
+the write that fills it). A worker holds one batch of ``limit`` records as
+Python objects at a time, and the Arrow tables of its slice (~300 bytes a
+record).
 A worker that dies makes the catch-up raise (``BrokenProcessPool``); the batch
 it held is never written, and the caller (``tally rebuild``) throws away the
 store it was building. Workers ignore Ctrl-C: it is this process's.
@@ -25,9 +29,12 @@ store it was building. Workers ignore Ctrl-C: it is this process's.
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import multiprocessing
+import os
 import signal
+import time
 from array import array
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -160,6 +167,7 @@ def _prepare_slice(task: _Task) -> list[Part]:
             cut()
     if batch or met:
         cut()
+    gc.collect()
     return parts
 
 
@@ -188,9 +196,21 @@ def _prepared_part(
     )
 
 
-def _ignore_interrupts() -> None:
+#: Workers' priority below the writing process's (Linux: nice): the writer is
+#: the one that cannot be spread, and it waits for no worker while one batch
+#: ahead is ready; the workers take what CPU it leaves.
+WORKER_NICE = 0
+
+
+def _start_worker() -> None:
     # Ctrl-C is the writing process's to handle: it stops the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICE)
+    # A batch makes about ten container objects a record, none of them in a
+    # cycle: the collector would scan them again and again (tally.processor's
+    # gc_paused). A worker collects after each slice instead.
+    gc.disable()
 
 
 # -- the writing side ---------------------------------------------------------------------------
@@ -306,14 +326,12 @@ class Pool:
         """Every slice's parts in order; ``rows`` gives the keys for each slice
         as it is handed out (the catalog, read again each time)."""
         context = multiprocessing.get_context("spawn")  # no fork of a process with threads
-        executor = ProcessPoolExecutor(
-            self.jobs, mp_context=context, initializer=_ignore_interrupts
-        )
+        executor = ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_start_worker)
         pending: deque[Future[list[Part]]] = deque()
         todo = iter(slices)
         try:
             while True:
-                while len(pending) < 2 * self.jobs and (piece := next(todo, None)) is not None:
+                while len(pending) <= self.jobs and (piece := next(todo, None)) is not None:
                     task = (self.log_dir, piece, rows(), self.blocked, self.limit, self.limit_bytes)
                     pending.append(executor.submit(_prepare_slice, task))
                 if not pending:
@@ -330,9 +348,10 @@ def write_in_order(
     make: Callable[[Part], Prepared],
     staging: Staging,
     write: Callable[[Prepared], Any],
-) -> None:
+) -> tuple[float, float]:
     """Write every part, in order; the next is received and staged on a thread
-    of its own while one is written (DuckDB releases the GIL as it writes)."""
+    of its own while one is written (DuckDB releases the GIL as it writes).
+    The seconds spent writing, and waiting for the next part staged."""
 
     def next_staged() -> Prepared | None:
         part = next(parts, None)
@@ -343,15 +362,24 @@ def write_in_order(
         return prepared
 
     ahead: Future[Prepared | None] | None = None
+    writing = waiting = 0.0
     with ThreadPoolExecutor(1, thread_name_prefix="tally-stage") as stager:
         try:
             ahead = stager.submit(next_staged)
-            while (prepared := ahead.result()) is not None:
+            while True:
+                started = time.perf_counter()
+                prepared = ahead.result()
+                waited = time.perf_counter()
+                waiting += waited - started
+                if prepared is None:
+                    break
                 ahead = stager.submit(next_staged)
                 write(prepared)
+                writing += time.perf_counter() - waited
             ahead = None
         finally:
             if ahead is not None:  # staged, never to be written: free its table
                 with contextlib.suppress(Exception):
                     if (left := ahead.result()) is not None:
                         staging.unstage(left)
+    return writing, waiting

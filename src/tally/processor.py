@@ -107,6 +107,9 @@ class Progress:
     duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     last_batch_seconds: float = 0.0
+    #: Of a catch-up in processes: seconds writing, and waiting for batches.
+    writing_seconds: float = 0.0
+    waiting_seconds: float = 0.0
 
     def add(self, stats: ApplyStats, seconds: float) -> None:
         self.batches += 1
@@ -359,7 +362,9 @@ class Processor:
         staging = self.store.staging()
         try:
             with gc_paused():
-                write_in_order(parts, make, staging, write)
+                writing, waiting = write_in_order(parts, make, staging, write)
+            self.progress.writing_seconds += writing
+            self.progress.waiting_seconds += waiting
         finally:
             parts.close()  # the workers stop, whatever happened
             staging.close()
