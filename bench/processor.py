@@ -531,15 +531,18 @@ def measure_end_to_end(work: Path, seconds: int, connections: int) -> None:
                 (time.monotonic() - started, pipeline["lag_records"], pipeline["lag_seconds"])
             )
         output = load.communicate()[0]
-        rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
         ended = time.monotonic()
+        rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+        sent = re.search(r"(\d+) requests in", output)
         while True:
             pipeline = tally.status()["pipeline"]
             assert isinstance(pipeline, dict)
-            if pipeline["lag_records"] == 0 or time.monotonic() - ended > 600:
+            if pipeline["lag_records"] == 0 or time.monotonic() - ended > 3600:
                 break
             time.sleep(0.5)
         caught_up = time.monotonic() - ended
+        streams = tally.status()["pipeline"]["streams"]  # type: ignore[index]
+        applied = sum(s["applied_records"] for s in streams)
     finally:
         tally.stop()
     print(
@@ -552,6 +555,11 @@ def measure_end_to_end(work: Path, seconds: int, connections: int) -> None:
     print(
         f"  worst lag {worst[2]:.2f} s ({worst[1]:,} records); "
         f"caught up {caught_up:.1f} s after the load ended"
+    )
+    total = ended - started + caught_up
+    print(
+        f"  {int(sent.group(1)) if sent else 0:,} requests sent, {applied:,} records applied "
+        f"{total:.1f} s after the first was sent: {applied / total:,.0f} records/s end to end"
     )
 
 
