@@ -15,13 +15,13 @@ count, the revocations, the positions of the batch's records and the damage
 it met. The writer applies the batches in each stream's order, and SPEC §4's
 de-duplication across batches happens in the store, as on the live path.
 
-At most one slice a worker is in flight, besides the one being written (a
-worker prepares a record in ~14 µs, the writer writes it in ~16: a worker
-that waits for the writer to take its slice before it starts the next
-costs nothing), so memory is bounded by the segment size (64 MiB of log or
-a little more: a writer cuts a segment after the write that fills it). A
-worker holds one batch of ``limit`` records as Python objects at a time,
-and the Arrow tables of its slice (~300 bytes a record).
+At most one slice a worker is in flight and one more, besides the one being
+written (with one slice fewer, the worker and the writer waited for each
+other: docs/benchmarks.md, "Rebuild in worker processes"), so memory is
+bounded by the segment size (64 MiB of log or a little more: a writer cuts a
+segment after the write that fills it). A worker holds one batch of
+``limit`` records as Python objects at a time, and the Arrow tables of its
+slice (~300 bytes a record).
 A worker that dies makes the catch-up raise (``BrokenProcessPool``); the batch
 it held is never written, and the caller (``tally rebuild``) throws away the
 store it was building. Workers ignore Ctrl-C: it is this process's.
@@ -332,7 +332,7 @@ class Pool:
         todo = iter(slices)
         try:
             while True:
-                while len(pending) < self.jobs and (piece := next(todo, None)) is not None:
+                while len(pending) <= self.jobs and (piece := next(todo, None)) is not None:
                     task = (self.log_dir, piece, rows(), self.blocked, self.limit, self.limit_bytes)
                     pending.append(executor.submit(_prepare_slice, task))
                 if not pending:
