@@ -428,9 +428,13 @@ def measure_live_all(sizes: list[int], chunk_records: int, repeat: int, work: Pa
             )
 
 
-def measure_rebuild(work: Path, n: int) -> tuple[float, int]:
-    """``tally rebuild`` of a generated log of ``n`` records (cached in ``DATA``)."""
-    cached = DATA / f"rebuild-{n}"
+def measure_rebuild(work: Path, n: int, jobs: int | None = None) -> tuple[float, int]:
+    """``tally rebuild`` of a generated log of ``n`` records (cached in ``DATA``;
+    ``--live-at``'s log of as many records is the same one, 10 records a person,
+    and is used when it is there); ``jobs`` is its ``--jobs``, if given."""
+    cached = DATA / f"history-{n}"
+    if n != LIVE_PEOPLE * 10 or not (cached / "complete").exists():
+        cached = DATA / f"rebuild-{n}"
     if not (cached / "complete").exists():
         shutil.rmtree(cached, ignore_errors=True)
         write_log(cached / "log", n)
@@ -446,10 +450,48 @@ def measure_rebuild(work: Path, n: int) -> tuple[float, int]:
         capture_output=True,
     )
     started = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "tally", "rebuild"], check=True, env=env, stdout=subprocess.DEVNULL
+    command = [sys.executable, "-m", "tally", "rebuild"]
+    if jobs is not None:
+        command += ["--jobs", str(jobs)]
+    rebuild = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    assert rebuild.stdout is not None
+    indexing: list[float] = []  # when the rebuild said it builds the indexes
+
+    def watch(lines: Any) -> None:
+        for line in lines:
+            if line.startswith("Indexing"):
+                indexing.append(time.perf_counter() - started)
+            elif line.startswith("Wrote"):
+                print(f"  {line.strip()}")
+
+    threading.Thread(target=watch, args=(rebuild.stdout,), daemon=True).start()
+    tree_peak, peak_at = 0, 0.0
+    while rebuild.poll() is None:
+        if (rss := tree_rss(rebuild.pid)) > tree_peak:
+            tree_peak, peak_at = rss, time.perf_counter() - started
+        time.sleep(0.5)
+    seconds = time.perf_counter() - started
+    if rebuild.returncode:
+        raise SystemExit(f"tally rebuild failed (exit {rebuild.returncode})")
+    print(
+        f"  the rebuild's processes together: peak RSS {tree_peak / 2**30:.2f} GiB "
+        f"(sampled twice a second), at {peak_at:.0f} s"
     )
-    return time.perf_counter() - started, n
+    if indexing:
+        print(
+            f"  every record applied at {indexing[0]:.1f} s; indexes and checkpoint "
+            f"{seconds - indexing[0]:.1f} s"
+        )
+    return seconds, n
+
+
+def tree_rss(pid: int) -> int:
+    """The resident bytes of a process and its children (its preparing workers)."""
+    try:
+        top = psutil.Process(pid)
+        return sum(p.memory_info().rss for p in [top, *top.children(recursive=True)])
+    except psutil.Error:  # it ended meanwhile
+        return 0
 
 
 def measure_end_to_end(work: Path, seconds: int, connections: int) -> None:
@@ -489,15 +531,18 @@ def measure_end_to_end(work: Path, seconds: int, connections: int) -> None:
                 (time.monotonic() - started, pipeline["lag_records"], pipeline["lag_seconds"])
             )
         output = load.communicate()[0]
-        rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
         ended = time.monotonic()
+        rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+        sent = re.search(r"(\d+) requests in", output)
         while True:
             pipeline = tally.status()["pipeline"]
             assert isinstance(pipeline, dict)
-            if pipeline["lag_records"] == 0 or time.monotonic() - ended > 600:
+            if pipeline["lag_records"] == 0 or time.monotonic() - ended > 3600:
                 break
             time.sleep(0.5)
         caught_up = time.monotonic() - ended
+        streams = tally.status()["pipeline"]["streams"]  # type: ignore[index]
+        applied = sum(s["applied_records"] for s in streams)
     finally:
         tally.stop()
     print(
@@ -510,6 +555,11 @@ def measure_end_to_end(work: Path, seconds: int, connections: int) -> None:
     print(
         f"  worst lag {worst[2]:.2f} s ({worst[1]:,} records); "
         f"caught up {caught_up:.1f} s after the load ended"
+    )
+    total = ended - started + caught_up
+    print(
+        f"  {int(sent.group(1)) if sent else 0:,} requests sent, {applied:,} records applied "
+        f"{total:.1f} s after the first was sent: {applied / total:,.0f} records/s end to end"
     )
 
 
@@ -528,6 +578,9 @@ def main() -> None:
         default=0,
         metavar="SECONDS",
         help="also run tally serve under wrk for SECONDS and sample the applied lag",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="`tally rebuild --jobs` (by default its own)"
     )
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (end-to-end)")
     parser.add_argument(
@@ -574,7 +627,7 @@ def main() -> None:
         if args.end_to_end:
             measure_end_to_end(work, args.end_to_end, args.connections)
         if args.rebuild:
-            seconds, n = measure_rebuild(work, args.rebuild)
+            seconds, n = measure_rebuild(work, args.rebuild, args.jobs)
             peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB
             print(
                 f"tally rebuild of {n:,} records: {seconds:.1f} s ({n / seconds:,.0f} records/s), "

@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tally.beacon import UNKNOWN_KEY, KeyLookup, KeyStatus
+from tally.beacon import KeyLookup
 from tally.health import Health
 from tally.log.damage import Damage, Quarantine
 from tally.log.reader import Entry, LogReader
 from tally.log.writer import write_applied
 from tally.pacing import POLL_SECONDS, Load
+from tally.preparing import KeyRows, Part, Pool, lookup_for, plan, prepared_of, write_in_order
 from tally.settings import Settings
 from tally.store.batch import ApplyStats, Prepared, StoreFailure, prepare
 from tally.store.contract import Engine, Staging
@@ -66,9 +67,10 @@ class CatalogKeys:
 
     def __init__(self, catalog_path: Path) -> None:
         self._path = catalog_path
-        self._keys: dict[str, tuple[str, int | None]] = {}
+        self._keys: KeyRows = {}
 
-    def refresh(self) -> KeyLookup:
+    def rows(self) -> KeyRows:
+        """The keys as the catalog holds them now (as last read, if it is gone)."""
         if self._path.exists():
             db = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True, timeout=10)
             try:
@@ -76,20 +78,10 @@ class CatalogKeys:
             finally:
                 db.close()
             self._keys = {key: (product, revoked) for key, product, revoked in rows}
-        keys = self._keys
-        valid = {key: KeyStatus(product) for key, (product, _) in keys.items()}
-        revoked = {key: KeyStatus(product, revoked=True) for key, (product, _) in keys.items()}
+        return self._keys
 
-        def lookup(key: str, recv_ns: int) -> KeyStatus:
-            found = keys.get(key)
-            if found is None:
-                return UNKNOWN_KEY
-            revoked_ns = found[1]
-            if revoked_ns is not None and recv_ns >= revoked_ns:
-                return revoked[key]
-            return valid[key]
-
-        return lookup
+    def refresh(self) -> KeyLookup:
+        return lookup_for(self.rows())
 
 
 @dataclass(frozen=True)
@@ -115,6 +107,9 @@ class Progress:
     duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     last_batch_seconds: float = 0.0
+    #: Of a catch-up in processes: seconds writing, and waiting for batches.
+    writing_seconds: float = 0.0
+    waiting_seconds: float = 0.0
 
     def add(self, stats: ApplyStats, seconds: float) -> None:
         self.batches += 1
@@ -134,7 +129,10 @@ class Processor:
         self.store = store
         self.quarantine = Quarantine(settings.data_dir, "processor")
         self.reader = LogReader(settings.log_dir, self.quarantine.keep)
-        self.keys = keys or CatalogKeys(settings.catalog_path).refresh
+        #: The catalog's keys, unless the caller gives its own (then no worker
+        #: process can prepare batches: see catch_up_in_processes).
+        self.catalog_keys = CatalogKeys(settings.catalog_path) if keys is None else None
+        self.keys = keys or self.catalog_keys.refresh  # type: ignore[union-attr]
         self.progress = Progress()
         self.lock = threading.Lock()  # held while a batch is applied (replay takes it too)
         self._stop = threading.Event()
@@ -318,6 +316,57 @@ class Processor:
             if ahead is not None:  # prepared, never to be written: free its staging table
                 with contextlib.suppress(Exception):  # an error of its own was raised already
                     staging.unstage(ahead.result()[0])
+            staging.close()
+        return total
+
+    def catch_up_in_processes(
+        self,
+        on_batch: Callable[[int], None] | None = None,
+        *,
+        jobs: int,
+        limit: int = BATCH_RECORDS,
+        limit_bytes: int = BATCH_BYTES,
+    ) -> int:
+        """Apply everything the log holds, as :meth:`catch_up` does, with the
+        batches prepared by ``jobs`` worker processes (tally.preparing) while
+        this one stages and writes them in order: for ``tally rebuild``, which
+        nothing else runs beside. Each stream is cut at its segments; a batch
+        holds at most ``limit`` records and ``limit_bytes`` of the log. The keys
+        are the catalog's, read again for each slice handed out; with keys of
+        the caller's own, this is :meth:`catch_up`."""
+        if self.catalog_keys is None or jobs < 1:
+            return self.catch_up(on_batch, limit=limit, limit_bytes=limit_bytes)
+        catalog = self.catalog_keys
+        with self.lock:
+            positions = self.store.positions()
+        slices = plan(self.reader, positions)
+        if not slices:
+            return 0
+        blocked = self.settings.blocked_identities
+        pool = Pool(self.settings.log_dir, jobs, blocked, limit, limit_bytes)
+        parts = pool.parts(slices, catalog.rows)
+        total = 0
+
+        def make(part: Part) -> Prepared:
+            for damage, data in part.damage:
+                self.quarantine.keep(damage, data)
+            return prepared_of(part, self.reader, blocked)
+
+        def write(prepared: Prepared) -> None:
+            nonlocal total
+            with self.lock:
+                total += self._write(prepared)
+            if on_batch is not None:
+                on_batch(len(prepared.entries))
+
+        staging = self.store.staging()
+        try:
+            with gc_paused():
+                writing, waiting = write_in_order(parts, make, staging, write)
+            self.progress.writing_seconds += writing
+            self.progress.waiting_seconds += waiting
+        finally:
+            parts.close()  # the workers stop, whatever happened
             staging.close()
         return total
 

@@ -1,0 +1,175 @@
+"""``tally rebuild`` with its batches prepared in worker processes
+(tally.preparing) makes the store the live path makes, and a worker that dies
+makes it fail cleanly, the old store untouched."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from journeys import KEY, PRODUCT, T0, record, snapshot
+from tally.catalog import Catalog
+from tally.cli.maintenance import rebuild_store
+from tally.log.damage import Quarantine
+from tally.log.reader import LogReader
+from tally.log.record import encode_record
+from tally.log.writer import SegmentWriter, list_segments, segment_name
+from tally.operations import REVOKE_ALIAS_PATH
+from tally.preparing import plan
+from tally.processor import Processor
+from tally.settings import Settings
+from tally.store import Store
+
+OTHER_KEY = "fedcba9876543210fedcba9876543210fedcba98"
+SEGMENT_BYTES = 16 * 1024  # many segments: many slices, handed to the workers in turns
+
+
+def frames(n: int, later_ns: int, seed: int = 5) -> dict[str, list[bytes]]:
+    """A log of ``n`` tracking calls on three streams: events with properties,
+    property sets, aliases (some revoked by an operator record), retries (the
+    same call again, on the same stream or another), unknown keys, a key
+    revoked before its last records (received at ``later_ns``), bad times."""
+    rng = random.Random(seed)
+    streams: dict[str, list[bytes]] = {"c0": [], "c1": [], "c2": []}
+    sent: list[tuple[str, dict[str, str], int]] = []
+    for i in range(n):
+        person = f"p{rng.randrange(n // 8)}"
+        at = T0 + i // 20
+        roll = rng.random()
+        path, params = "/e", {"_k": KEY, "_p": person, "_n": f"Step {rng.randrange(6)}"}
+        if roll < 0.55:
+            params |= {"Plan": f"plan{rng.randrange(3)}", "_t": str(at - rng.randrange(5))}
+        elif roll < 0.70:
+            path, params = "/s", {"_k": KEY, "_p": person, "Country": f"c{rng.randrange(9)}"}
+        elif roll < 0.80:
+            path, params = "/a", {"_k": KEY, "_p": f"anon-{person}", "_n": person}
+        elif roll < 0.88 and sent:
+            path, params, at = sent[rng.randrange(max(len(sent) - 50, 0), len(sent))]
+        elif roll < 0.92:
+            params["_k"] = "nokey"
+        elif roll < 0.95:
+            params |= {"_k": OTHER_KEY, "_t": "yesterday"}
+        sent.append((path, params, at))
+        stream = f"c{rng.randrange(3)}"
+        streams[stream].append(encode_record(record(path, params, at, i)))
+    for i in range(n // 200):  # revocations of aliases sent, on the operator's stream
+        a = f"p{rng.randrange(n // 8)}"
+        revocation = {"product": PRODUCT, "a": f"anon-{a}", "b": a}
+        streams["c2"].append(encode_record(record(REVOKE_ALIAS_PATH, revocation, T0 + i)))
+    for i in range(200):  # received after OTHER_KEY is revoked: rejected as such
+        query = {"_k": OTHER_KEY, "_p": f"late{i}", "_n": "Late"}
+        late = record("/e", query, later_ns // 10**9, later_ns % 10**9 + i)
+        streams["c1"].append(encode_record(late))
+    return streams
+
+
+def write(log_dir: Path, streams: dict[str, list[bytes]]) -> None:
+    for stream, data in streams.items():
+        writer = SegmentWriter(log_dir / stream, segment_bytes=SEGMENT_BYTES)
+        for frame in data:
+            writer.write_durable(frame)
+        writer.close()
+
+
+def data_dir(path: Path, streams: dict[str, list[bytes]], later_ns: int) -> Settings:
+    settings = Settings(data_dir=path)
+    write(settings.log_dir, streams)
+    catalog = Catalog(settings.catalog_path)
+    try:
+        catalog.create_product(PRODUCT, key=KEY)
+        catalog.add_key(PRODUCT, key=OTHER_KEY)
+        catalog.revoke_key(OTHER_KEY)
+    finally:
+        catalog.close()
+    assert time.time_ns() < later_ns
+    # Damage in the middle of a stream: a frame of c1's third segment garbled.
+    third = settings.log_dir / "c1" / segment_name(list_segments(settings.log_dir / "c1")[2])
+    data = bytearray(third.read_bytes())
+    for i in range(40, 60):
+        data[i] ^= 0xFF
+    third.write_bytes(bytes(data))
+    return settings
+
+
+def test_a_rebuild_through_the_workers_makes_the_store_the_live_path_makes(
+    tmp_path: Path,
+) -> None:
+    later_ns = time.time_ns() + 3600 * 10**9
+    streams = frames(6000, later_ns)
+    live, rebuilt = (data_dir(tmp_path / name, streams, later_ns) for name in ("live", "rebuilt"))
+    slices = plan(LogReader(rebuilt.log_dir), {})
+    assert len(slices) > 20  # handed out many at a time, to two workers
+
+    store = Store(live.store_path)
+    processor = Processor(live, store)  # the catalog's keys, as `tally serve`
+    assert processor.catch_up(limit=500) == processor.progress.records
+    expected = snapshot(store)
+    store.close()
+
+    # Batches of 60 records: several in most slices, and the last of each cut short.
+    records = rebuild_store(rebuilt, jobs=2, batch_records=60)
+    store = Store(rebuilt.store_path)
+    got = snapshot(store)
+    store.close()
+
+    assert records == sum(len(v) for v in streams.values()) - 1  # the garbled frame
+    assert got == expected
+    reasons = {row[1] for row in got["rejects"]}
+    assert {"unknown_key", "revoked_key"} <= reasons, reasons
+    assert got["revocations"]
+    assert got["aliases"]
+    assert any(name == "duplicates" and count > 0 for name, count in got["counters"])
+    damage = [
+        (r["stream"], r["start"], r["end"]) for r in Quarantine(rebuilt.data_dir, "t").reports()
+    ]
+    assert damage == [
+        (r["stream"], r["start"], r["end"]) for r in Quarantine(live.data_dir, "t").reports()
+    ]
+    assert len(damage) == 1
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_worker_that_dies_fails_the_rebuild_and_leaves_the_old_store(tmp_path: Path) -> None:
+    later_ns = time.time_ns() + 3600 * 10**9
+    settings = data_dir(tmp_path / "data", frames(6000, later_ns), later_ns)
+    store = Store(settings.store_path)
+    Processor(settings, store).catch_up(limit=1000)  # the old store: a part of the log
+    store.close()
+    # More log than the old store holds: a rebuild long enough to kill a worker in.
+    write(settings.log_dir, {"c3": [f for fs in frames(60_000, later_ns, 9).values() for f in fs]})
+    before = digest(settings.store_path)
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    rebuild = subprocess.Popen(
+        [sys.executable, "-m", "tally", "rebuild", "--accept-loss", "--jobs", "1",
+         "--data-dir", str(settings.data_dir)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    killed = None
+    while killed is None and rebuild.poll() is None:
+        for child in psutil.Process(rebuild.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "spawn_main" in " ".join(child.cmdline()):
+                    child.send_signal(signal.SIGKILL)
+                    killed = child.pid
+                    break
+        time.sleep(0.01)
+    out, err = rebuild.communicate(timeout=120)
+    assert killed is not None, "the rebuild ended before a worker could be killed"
+    assert rebuild.returncode == 1, (out, err)
+    assert "error: a process preparing the rebuild's batches ended abruptly" in err
+    assert "Traceback" not in err
+    assert digest(settings.store_path) == before
+    assert not settings.store_path.with_name(settings.store_path.name + ".rebuild").exists()
