@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tally.collector.proxy import forward, repeatable
+from tally.collector.proxy import close_kept, forward, repeatable
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -101,6 +101,7 @@ def test_only_a_harmless_request_is_sent_again(tmp_path: Path, line: str, again:
             second = await ask(tmp_path / "core.sock", request(line, b"{}"))
             return first, second
         finally:
+            close_kept(tmp_path / "core.sock")
             server.close()
 
     first, second = asyncio.run(run())

@@ -266,6 +266,12 @@ def _take(core_socket: Path) -> _Kept | None:
     return None
 
 
+def close_kept(core_socket: Path) -> None:
+    """Close the idle connections kept to the core (a collector stopping)."""
+    for kept in _IDLE.pop(core_socket, []):
+        kept.writer.close()
+
+
 def _keep(core_socket: Path, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     idle = _IDLE.setdefault(core_socket, [])
     now = time.monotonic()

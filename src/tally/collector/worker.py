@@ -16,6 +16,7 @@ import uvloop
 
 from tally.collector.commit import GroupCommit
 from tally.collector.protocol import TrackingProtocol
+from tally.collector.proxy import close_kept
 from tally.collector.stats import Stats
 from tally.log.writer import SegmentWriter, StreamLocked
 from tally.serverlog import configure_logging
@@ -89,6 +90,8 @@ class Worker:
                 break
             await asyncio.sleep(0.01)
         self.commit.close()
+        if self.core_socket is not None:
+            close_kept(self.core_socket)
 
 
 async def _watch_supervisor(supervisor: int, stopping: asyncio.Event) -> None:
