@@ -33,7 +33,6 @@ import contextlib
 import gc
 import itertools
 import multiprocessing
-import os
 import signal
 import time
 from array import array
@@ -197,17 +196,11 @@ def _prepared_part(
     )
 
 
-#: Workers' priority below the writing process's (Linux: nice): the writer is
-#: the one that cannot be spread, and it waits for no worker while one batch
-#: ahead is ready; the workers take what CPU it leaves.
-WORKER_NICE = 0
-
-
 def _start_worker() -> None:
     # Ctrl-C is the writing process's to handle: it stops the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    with contextlib.suppress(OSError):
-        os.nice(WORKER_NICE)
+    # At the writing process's priority: at nice 10 other programs took the
+    # CPU ahead of the workers (docs/benchmarks.md, "Rebuild in worker processes").
     # A batch makes about ten container objects a record, none of them in a
     # cycle: the collector would scan them again and again (tally.processor's
     # gc_paused). A worker collects after each slice instead.
