@@ -148,7 +148,7 @@ def _two_events(
 
 
 #: People with at most this many occurrences have them found without a join
-#: (:func:`_one_event`).
+#: (:func:`_one_event`, whose formulas for the second and third are for three).
 FEW = 3
 
 
