@@ -35,11 +35,8 @@ if TYPE_CHECKING:
 #: Larger than the live processor's batches: fewer commits, and each table's
 #: rows are written as whole row groups (two batches are in memory at once:
 #: ~5 times their log bytes each, tally.processor.BATCH_BYTES). The live
-#: processor's 8 MiB would cut them at ~33,000 tracking calls. Each commit
-#: checkpoints the batch's rows: at 200,000 records a batch the writer spent
-#: 104 s of a 10M rebuild writing, against ~158 s at 100,000 (docs/benchmarks.md,
-#: "Session 11: rebuild13").
-REBUILD_BATCH_RECORDS = 200_000
+#: processor's 8 MiB would cut them at ~33,000 tracking calls.
+REBUILD_BATCH_RECORDS = 100_000
 REBUILD_BATCH_BYTES = 48 * 1024 * 1024
 
 
