@@ -19,10 +19,9 @@ At most one slice a worker is in flight and one more, besides the one being
 written (with one slice fewer, the worker and the writer waited for each
 other: docs/benchmarks.md, "Rebuild in worker processes"), so memory is
 bounded by the segment size (64 MiB of log or a little more: a writer cuts a
-segment after the write that fills it). A worker holds the parsed records of
-one batch of ``limit`` records as Python objects at a time (the log's records
-are let go as they are parsed), and the Arrow tables of its slice, packed
-with LZ4 (~130 bytes a record, ~270 unpacked), as they wait for the writer.
+segment after the write that fills it). A worker holds one batch of
+``limit`` records as Python objects at a time, and the Arrow tables of its
+slice (~300 bytes a record).
 A worker that dies makes the catch-up raise (``BrokenProcessPool``); the batch
 it held is never written, and the caller (``tally rebuild``) throws away the
 store it was building. Workers ignore Ctrl-C: it is this process's.
@@ -52,7 +51,7 @@ from tally.log.damage import KEEP_BYTES, Damage
 from tally.log.reader import Entry, LogReader
 from tally.log.record import Record
 from tally.log.writer import list_segments
-from tally.store.batch import Prepared, Preparer, prepare
+from tally.store.batch import Prepared, prepare
 from tally.store.stage import REJECT, Stage
 
 if TYPE_CHECKING:
@@ -107,26 +106,6 @@ def plan(reader: LogReader, positions: dict[str, int]) -> list[Slice]:
     return turns
 
 
-#: How a part's table crosses back and waits for the writer: Arrow's IPC
-#: stream, its buffers compressed with LZ4 (~4 times smaller than the table;
-#: the writer holds up to three slices of tables, docs/benchmarks.md,
-#: "Session 11: rebuild13").
-_PACKING = pa.ipc.IpcWriteOptions(compression="lz4")
-
-
-def pack(table: pa.Table) -> bytes:
-    """A table as the compressed bytes a :class:`Part` holds."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema, options=_PACKING) as writer:
-        writer.write_table(table)
-    return bytes(sink.getvalue())
-
-
-def unpack(packed: bytes) -> pa.Table:
-    """The table :func:`pack` made."""
-    return pa.ipc.open_stream(packed).read_all()
-
-
 @dataclass
 class Part:
     """One batch of a slice, prepared by a worker (what crosses back)."""
@@ -134,7 +113,7 @@ class Part:
     stream: str
     positions: array[int]  # of each record, in log order
     next_positions: array[int]
-    packed: bytes | None  # Stage.freeze(), packed; None when nothing applies
+    table: pa.Table | None  # Stage.freeze(); None when nothing applies
     duplicates: int  # within the batch (SPEC §4)
     revocations: list[tuple[str, Edge]]
     keys: KeyRows  # as the worker had them
@@ -146,11 +125,6 @@ class Part:
     @property
     def records(self) -> int:
         return len(self.positions)
-
-    @property
-    def table(self) -> pa.Table | None:
-        """The batch's table (Stage.freeze()), unpacked at each call."""
-        return None if self.packed is None else unpack(self.packed)
 
 
 #: (log directory, slice, API keys, blocked identities, batch records, batch bytes)
@@ -174,47 +148,52 @@ def _prepare_slice(task: _Task) -> list[Part]:
         if damage.start < piece.end:  # beyond it, the next slice's to tell
             met.append((damage, data[:KEEP_BYTES]))
 
-    # Each record is normalised as it is read and let go: the batch keeps its
-    # positions, its parsed records and their table, not the log's records.
-    preparer = Preparer(keys, blocked)
-    positions, next_positions = array("q"), array("q")
+    batch: list[Entry] = []
     size = 0
 
     def cut() -> None:
-        nonlocal preparer, positions, next_positions, size, met
-        after = next_positions[-1] if next_positions else piece.start
+        nonlocal batch, size, met
+        after = batch[-1].next_position if batch else piece.start
         reach = max((d.end for d, _ in met), default=0)
-        stage, failed = preparer.stage, preparer.error is not None
-        parts.append(
-            Part(
-                piece.stream,
-                positions,
-                next_positions,
-                None if failed or not len(stage) else pack(stage.freeze()),
-                0 if failed else stage.duplicates,
-                [] if failed else preparer.revocations,
-                rows,
-                reach if reach > after else 0,
-                met,
-                failed=failed,
-            )
-        )
-        preparer = Preparer(keys, blocked)
-        positions, next_positions, size, met = array("q"), array("q"), 0, []
+        parts.append(_prepared_part(piece.stream, batch, rows, keys, blocked, after, reach, met))
+        batch, size, met = [], 0, []
 
     for entry in LogReader(log_dir).read(piece.stream, piece.start, told):
         if entry.position >= piece.end:
             break
-        preparer.add(entry)
-        positions.append(entry.position)
-        next_positions.append(entry.next_position)
+        batch.append(entry)
         size += entry.next_position - entry.position
-        if len(positions) >= limit or size >= limit_bytes:
+        if len(batch) >= limit or size >= limit_bytes:
             cut()
-    if positions or met:
+    if batch or met:
         cut()
     gc.collect()
     return parts
+
+
+def _prepared_part(
+    stream: str,
+    batch: list[Entry],
+    rows: KeyRows,
+    keys: KeyLookup,
+    blocked: frozenset[str],
+    after: int,
+    reach: int,
+    met: list[tuple[Damage, bytes]],
+) -> Part:
+    prepared = prepare(batch, keys, blocked=blocked)
+    return Part(
+        stream,
+        array("q", [e.position for e in batch]),
+        array("q", [e.next_position for e in batch]),
+        prepared.stage.freeze() if prepared.error is None and len(prepared.stage) else None,
+        prepared.stage.duplicates,
+        prepared.revocations,
+        rows,
+        reach if reach > after else 0,
+        met,
+        failed=prepared.error is not None,
+    )
 
 
 def _start_worker() -> None:
@@ -319,8 +298,7 @@ def prepared_of(part: Part, reader: LogReader, blocked: frozenset[str]) -> Prepa
         entries = [_entry_at(reader, part.stream, p) for p in part.positions]
         prepared = prepare(entries, keys, blocked=blocked)
     else:
-        table = part.table
-        stage = Stage() if table is None else PreparedStage(table, part.duplicates)
+        stage = Stage() if part.table is None else PreparedStage(part.table, part.duplicates)
         prepared = Prepared(_Marks(reader, part), keys, blocked, stage, part.revocations)
     prepared.reach = {part.stream: part.reach} if part.reach else {}
     return prepared

@@ -46,58 +46,29 @@ def prepare(
     entries: Sequence[Entry], keys: KeyLookup, *, blocked: frozenset[str] = DEFAULT_BLOCKED
 ) -> Prepared:
     """Normalise ``entries`` (SPEC §1 to §4) and build their table; never raises."""
-    preparer = Preparer(keys, blocked)
-    for entry in entries:
-        if not preparer.add(entry):
-            break
-    return preparer.prepared(entries)
-
-
-class Preparer:
-    """:func:`prepare` a record at a time, for a caller that need not keep the
-    records themselves (a rebuild's worker keeps their positions only)."""
-
-    def __init__(self, keys: KeyLookup, blocked: frozenset[str]) -> None:
-        self.keys, self.blocked = keys, blocked
-        self.stage = Stage()
-        self.revocations: list[tuple[str, Edge]] = []
-        self.error: Exception | None = None
-
-    def add(self, entry: Entry) -> bool:
-        """Normalise one more record; False once a bug was met (the batch is
-        then applied record by record, Store.write)."""
-        if self.error is not None:
-            return False
-        try:
+    stage = Stage()
+    revocations: list[tuple[str, Edge]] = []
+    try:
+        for entry in entries:
             record = entry.record
             order = (record.recv_ns, entry.stream, entry.position)
             if record.method == "OPERATOR":
                 revocation = parse_operator(record)
                 if revocation is not None:
-                    self.revocations.append(
+                    revocations.append(
                         (revocation.product, Edge(revocation.a, revocation.b, order))
                     )
-                return True
-            parsed = parse_record(record, self.keys, blocked=self.blocked)
+                continue
+            parsed = parse_record(record, keys, blocked=blocked)
             if parsed is None:  # not a tracking call: perhaps a line an import could not read
-                parsed = parse_import_reject(record, self.keys)
+                parsed = parse_import_reject(record, keys)
             if parsed is not None:
-                self.stage.add(order, parsed)
-        except Exception as exc:  # a bug: Store.write applies the batch record by record
-            self.error = exc
-            return False
-        return True
-
-    def prepared(self, entries: Sequence[Entry]) -> Prepared:
-        """The batch of ``entries`` (those added) with its table built."""
-        if self.error is None and len(self.stage):
-            try:
-                self.stage.freeze()
-            except Exception as exc:  # a bug, as in add()
-                self.error = exc
-        if self.error is not None:
-            return Prepared(entries, self.keys, self.blocked, Stage(), [], self.error)
-        return Prepared(entries, self.keys, self.blocked, self.stage, self.revocations)
+                stage.add(order, parsed)
+        if len(stage):
+            stage.freeze()
+    except Exception as exc:  # a bug: Store.write applies the batch record by record
+        return Prepared(entries, keys, blocked, Stage(), [], exc)
+    return Prepared(entries, keys, blocked, stage, revocations)
 
 
 @dataclass
