@@ -16,6 +16,7 @@ history de-duplication that follows leaves records out in SQL.
 from __future__ import annotations
 
 import json
+import struct
 from itertools import accumulate
 
 import pyarrow as pa
@@ -27,6 +28,8 @@ REJECT = "reject"
 
 _STRINGS = pa.string()
 _INT = pa.int64()
+#: A 16-byte de-duplication digest as two signed 64-bit integers, little-endian.
+_HALVES = struct.Struct("<qq").unpack
 
 
 def _listed(offsets: list[int], values: list[str]) -> pa.ListArray:
@@ -56,11 +59,7 @@ class Stage:
 
     def add(self, order: Order, parsed: Beacon | Rejected) -> None:
         digest = parsed.dedup_key if isinstance(parsed, Rejected) else parsed.dedup_key()
-        dedup = (
-            parsed.dedup_time,
-            int.from_bytes(digest[:8], "little", signed=True),
-            int.from_bytes(digest[8:16], "little", signed=True),
-        )
+        dedup = (parsed.dedup_time, *_HALVES(digest))
         index = len(self.keep)
         self.parsed.append(parsed)
         self.orders.append(order)
