@@ -548,6 +548,11 @@ def measure_end_to_end(work: Path, seconds: int, connections: int) -> None:
         applied = sum(s["applied_records"] for s in streams)
     finally:
         tally.stop()
+    server_log = tally.data_dir / "tally.log"
+    said = server_log.read_text(errors="replace").splitlines() if server_log.exists() else []
+    for line in said:  # when worker processes prepared batches, or failed
+        if "tally.processor" in line:
+            print("  server:", line)
     print(
         f"end-to-end, wrk -c{connections} for {seconds} s: "
         f"{float(rate.group(1)) if rate else 0:,.0f} requests/s"
