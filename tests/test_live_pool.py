@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 from test_rebuild_pool import OTHER_KEY, frames
+from test_rebuild_pool import write as small_segments
 
 from journeys import KEY, PRODUCT, record, snapshot
 from serverproc import RunningServer, wait_until
@@ -200,7 +201,10 @@ def test_a_key_revoked_while_the_workers_catch_up_applies_from_its_revocation(
 ) -> None:
     later_ns = time.time_ns() + 3600 * 10**9
     settings = Settings(data_dir=tmp_path / "pooled")
-    write(settings.log_dir, frames(6000, later_ns))
+    # 16 KiB segments: ~75 slices, handed out two ahead of the one written, so
+    # most of them (the last of c1 among them: records received at later_ns)
+    # after the revocation; c5's after too, once the log is planned again.
+    small_segments(settings.log_dir, frames(6000, later_ns))
     catalog = Catalog(settings.catalog_path)
     try:
         catalog.create_product(PRODUCT, key=KEY)

@@ -350,8 +350,10 @@ class Processor:
 
         Slices are handed out until less than ``until`` bytes of the log are
         left past them (the log is planned again as it grows), or ``stop`` is
-        set, or ``pause`` says so (asked before each slice, with the
-        positions it would start from); the slices handed out are written,
+        set, or ``pause`` says so (asked before each slice is handed out,
+        with the positions after the batch in hand, as :meth:`catch_up`
+        asks it: not those of the slices handed out, which reach the log's
+        durable end); the slices handed out are written,
         unless ``stop`` is set: then none after the batch in hand, and the
         workers are ended. A worker that dies raises ``BrokenProcessPool``;
         nothing after the last batch written is applied."""
@@ -362,7 +364,12 @@ class Processor:
         catalog = self.catalog_keys
         with self.lock:
             positions = self.store.positions()
-        slices = self._slices(positions, until, stop, pause)
+        staged = dict(positions)  # after the batch in hand
+
+        def halt() -> bool:
+            return (stop is not None and stop.is_set()) or (pause is not None and pause(staged))
+
+        slices = self._slices(positions, until, halt)
         first = next(slices, None)
         if first is None:
             return 0
@@ -377,6 +384,9 @@ class Processor:
             part = next(parts, None)
             if part is None:
                 return None
+            if part.records:
+                staged[part.stream] = max(staged.get(part.stream, 0), part.next_positions[-1])
+            staged[part.stream] = max(staged.get(part.stream, 0), part.reach)
             for damage, data in part.damage:
                 self.quarantine.keep(damage, data)
             return prepared_of(part, self.reader, blocked)
@@ -387,21 +397,18 @@ class Processor:
             parts.close()  # the workers stop, whatever happened
 
     def _slices(
-        self,
-        positions: dict[str, int],
-        until: int,
-        stop: threading.Event | None,
-        pause: Callable[[dict[str, int]], bool] | None,
+        self, positions: dict[str, int], until: int, halt: Callable[[], bool]
     ) -> Iterator[Slice]:
         """The log after ``positions`` in slices (tally.preparing.plan), planned
-        again as it grows until less than ``until`` bytes are left past them."""
+        again as it grows until less than ``until`` bytes are left past them,
+        or ``halt`` says so."""
         planned = dict(positions)
         while True:
             slices = plan(self.reader, planned)
             if not slices:
                 return
             for piece in slices:
-                if (stop is not None and stop.is_set()) or (pause is not None and pause(planned)):
+                if halt():
                     return
                 yield piece
                 planned[piece.stream] = piece.end
@@ -526,36 +533,46 @@ class Processor:
             self._health.tell(self)
 
         applied = 0
-        if (
-            self.jobs > 0
-            and self.catalog_keys is not None
-            and time.monotonic() - self._pool_failed_at >= POOL_PAUSE_SECONDS
-        ):
-            with self.lock:
-                positions = self.store.positions()
-            segment = self.settings.segment_mib * 1024 * 1024
+        with self.lock:
+            positions = self.store.positions()
+        if self._far_behind(positions):
             behind = self._behind(positions)
-            if behind >= POOL_FROM_SEGMENTS * segment:
-                log.info("the processor is %d MiB behind: %d worker processes prepare its batches",
-                         behind >> 20, self.jobs)  # fmt: skip
-                try:
-                    applied = self.catch_up_in_processes(
-                        told,
-                        jobs=self.jobs,
-                        stop=self._stop,
-                        pause=self._defer_to_ingest,
-                        until=min(POOL_UNTIL_BYTES, segment),
-                    )
-                except BrokenProcessPool:
-                    # Nothing of the worker's batch was written: the thread
-                    # path goes on from the positions the store holds.
-                    log.warning("a process preparing the processor's batches ended abruptly "
-                                "(killed, or out of memory?); the processor goes on without "
-                                "them for %.0f s", POOL_PAUSE_SECONDS)  # fmt: skip
-                    self._pool_failed_at = time.monotonic()
-                if self._stop.is_set():
-                    return applied
-        return applied + self.catch_up(told, stop=self._stop, pause=self._defer_to_ingest)
+            log.info("the processor is %d MiB behind: %d worker processes prepare its batches",
+                     behind >> 20, self.jobs)  # fmt: skip
+            try:
+                applied = self.catch_up_in_processes(
+                    told,
+                    jobs=self.jobs,
+                    stop=self._stop,
+                    pause=self._defer_to_ingest,
+                    until=min(POOL_UNTIL_BYTES, self.settings.segment_mib * 1024 * 1024),
+                )
+            except BrokenProcessPool:
+                # Nothing of the worker's batch was written: the thread
+                # path goes on from the positions the store holds.
+                log.warning("a process preparing the processor's batches ended abruptly "
+                            "(killed, or out of memory?); the processor goes on without "
+                            "them for %.0f s", POOL_PAUSE_SECONDS)  # fmt: skip
+                self._pool_failed_at = time.monotonic()
+            if self._stop.is_set():
+                return applied
+
+        def pause(positions: dict[str, int]) -> bool:
+            # Far behind again (ingest outran the threads): back to the workers.
+            return self._defer_to_ingest(positions) or self._far_behind(positions)
+
+        return applied + self.catch_up(told, stop=self._stop, pause=pause)
+
+    def _far_behind(self, positions: dict[str, int]) -> bool:
+        """Whether to prepare batches in worker processes from ``positions``."""
+        if (
+            self.jobs < 1
+            or self.catalog_keys is None
+            or time.monotonic() - self._pool_failed_at < POOL_PAUSE_SECONDS
+        ):
+            return False
+        segment = self.settings.segment_mib * 1024 * 1024
+        return self._behind(positions) >= POOL_FROM_SEGMENTS * segment
 
     def _failed(self, exc: Exception) -> None:
         message = str(exc) if isinstance(exc, StoreFailure) else f"{type(exc).__name__}: {exc}"
