@@ -522,9 +522,11 @@ def measure_end_to_end(work: Path, seconds: int, connections: int) -> None:
             text=True,
         )
         lags: list[tuple[float, int, float]] = []
+        peak = 0  # resident bytes of the whole server: collectors, core, preparing workers
         started = time.monotonic()
         while load.poll() is None:
             time.sleep(1.0)
+            peak = max(peak, tree_rss(tally.process.pid))
             pipeline = tally.status()["pipeline"]
             assert isinstance(pipeline, dict)
             lags.append(
@@ -540,11 +542,17 @@ def measure_end_to_end(work: Path, seconds: int, connections: int) -> None:
             if pipeline["lag_records"] == 0 or time.monotonic() - ended > 3600:
                 break
             time.sleep(0.5)
+            peak = max(peak, tree_rss(tally.process.pid))
         caught_up = time.monotonic() - ended
         streams = tally.status()["pipeline"]["streams"]  # type: ignore[index]
         applied = sum(s["applied_records"] for s in streams)
     finally:
         tally.stop()
+    server_log = tally.data_dir / "tally.log"
+    said = server_log.read_text(errors="replace").splitlines() if server_log.exists() else []
+    for line in said:  # when worker processes prepared batches, or failed
+        if "tally.processor" in line:
+            print("  server:", line)
     print(
         f"end-to-end, wrk -c{connections} for {seconds} s: "
         f"{float(rate.group(1)) if rate else 0:,.0f} requests/s"
@@ -556,6 +564,8 @@ def measure_end_to_end(work: Path, seconds: int, connections: int) -> None:
         f"  worst lag {worst[2]:.2f} s ({worst[1]:,} records); "
         f"caught up {caught_up:.1f} s after the load ended"
     )
+    print(f"  lag at the load's end {lags[-1][1] if lags else 0:,} records; "
+          f"peak RSS of the server's processes {peak / 2**30:.2f} GiB")  # fmt: skip
     total = ended - started + caught_up
     print(
         f"  {int(sent.group(1)) if sent else 0:,} requests sent, {applied:,} records applied "

@@ -1,4 +1,5 @@
-"""Preparing a catch-up's batches in worker processes (``tally rebuild``).
+"""Preparing a catch-up's batches in worker processes (``tally rebuild``, and
+the live processor while it is far behind: tally.processor).
 
 Preparing a batch (tally.store.batch.prepare: SPEC §1 to §4's normalising and
 the batch's Arrow table) is pure Python that holds the GIL, ~20 µs a record:
@@ -24,7 +25,10 @@ segment after the write that fills it). A worker holds one batch of
 slice (~300 bytes a record).
 A worker that dies makes the catch-up raise (``BrokenProcessPool``); the batch
 it held is never written, and the caller (``tally rebuild``) throws away the
-store it was building. Workers ignore Ctrl-C: it is this process's.
+store it was building; the live processor writes nothing of it either, and
+goes on from the positions the store holds. Workers ignore Ctrl-C: it is this
+process's. A catch-up that ends early (stopped, or an error) terminates the
+workers rather than waiting for the slices they hold (they only read the log).
 """
 
 from __future__ import annotations
@@ -33,11 +37,13 @@ import contextlib
 import gc
 import itertools
 import multiprocessing
+import os
 import signal
+import threading
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,8 +63,40 @@ from tally.store.stage import REJECT, Stage
 if TYPE_CHECKING:
     from tally.store.contract import Staging
 
+#: How often a catch-up waiting for a worker's slice looks whether it is stopped.
+STOP_POLL_SECONDS = 0.1
+
 #: The API keys as the catalog holds them: key -> (product, revoked at, ns).
 KeyRows = dict[str, tuple[str, int | None]]
+
+
+def default_jobs() -> int:
+    """Worker processes preparing a catch-up's batches: one a CPU but the
+    writing process's own, at least one. A worker prepares a record in ~14 µs
+    and the writer writes it in ~16 µs (docs/benchmarks.md, "Rebuild in
+    worker processes"): on two CPUs a second worker was no faster (169-171 s
+    against 175 s at 10M) and took 0.4 GiB more."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max((cpus or 1) - 1, 1)
+
+
+def batches(
+    entries: Iterable[Entry], limit: int, limit_bytes: int
+) -> Iterator[tuple[list[Entry], int]]:
+    """``entries`` in batches of at most ``limit`` records and ``limit_bytes``
+    of the log (their frames; a batch ends with the record that reaches
+    either), each with its bytes. No entry is read past a full batch before
+    it is taken: a caller may stop there."""
+    batch: list[Entry] = []
+    size = 0
+    for entry in entries:
+        batch.append(entry)
+        size += entry.next_position - entry.position
+        if len(batch) >= limit or size >= limit_bytes:
+            yield batch, size
+            batch, size = [], 0
+    if batch:
+        yield batch, size
 
 
 def lookup_for(rows: KeyRows) -> KeyLookup:
@@ -148,25 +186,19 @@ def _prepare_slice(task: _Task) -> list[Part]:
         if damage.start < piece.end:  # beyond it, the next slice's to tell
             met.append((damage, data[:KEEP_BYTES]))
 
-    batch: list[Entry] = []
-    size = 0
-
-    def cut() -> None:
-        nonlocal batch, size, met
+    def cut(batch: list[Entry]) -> None:
+        nonlocal met
         after = batch[-1].next_position if batch else piece.start
         reach = max((d.end for d, _ in met), default=0)
         parts.append(_prepared_part(piece.stream, batch, rows, keys, blocked, after, reach, met))
-        batch, size, met = [], 0, []
+        met = []
 
-    for entry in LogReader(log_dir).read(piece.stream, piece.start, told):
-        if entry.position >= piece.end:
-            break
-        batch.append(entry)
-        size += entry.next_position - entry.position
-        if len(batch) >= limit or size >= limit_bytes:
-            cut()
-    if batch or met:
-        cut()
+    entries = LogReader(log_dir).read(piece.stream, piece.start, told)
+    within = itertools.takewhile(lambda entry: entry.position < piece.end, entries)
+    for batch, _ in batches(within, limit, limit_bytes):
+        cut(batch)
+    if met:
+        cut([])
     gc.collect()
     return parts
 
@@ -196,11 +228,16 @@ def _prepared_part(
     )
 
 
-def _start_worker() -> None:
+def _start_worker(nice: int) -> None:
     # Ctrl-C is the writing process's to handle: it stops the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # At the writing process's priority: at nice 10 other programs took the
     # CPU ahead of the workers (docs/benchmarks.md, "Rebuild in worker processes").
+    # A worker inherits the nice of the thread that started it; the live
+    # processor's (nice 19 in `tally serve`) is said again here all the same.
+    with contextlib.suppress(OSError):
+        if nice > os.getpriority(os.PRIO_PROCESS, 0):
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
     # A batch makes about ten container objects a record, none of them in a
     # cycle: the collector would scan them again and again (tally.processor's
     # gc_paused). A worker collects after each slice instead.
@@ -313,14 +350,26 @@ class Pool:
     blocked: frozenset[str]
     limit: int
     limit_bytes: int
+    #: The workers' priority (at least the starting thread's, which they inherit).
+    nice: int = 0
 
     def parts(
-        self, slices: list[Slice], rows: Callable[[], KeyRows]
+        self,
+        slices: Iterable[Slice],
+        rows: Callable[[], KeyRows],
+        stop: threading.Event | None = None,
     ) -> Generator[Part, None, None]:
         """Every slice's parts in order; ``rows`` gives the keys for each slice
-        as it is handed out (the catalog, read again each time)."""
+        as it is handed out (the catalog, read again each time: after the
+        slice's records were durable, as the live path reads the keys after
+        the records of a batch). ``slices`` is taken one at a time, as
+        workers become free. Once ``stop`` is set the parts end (without
+        waiting for a worker's slice); closed early, the workers are
+        terminated."""
         context = multiprocessing.get_context("spawn")  # no fork of a process with threads
-        executor = ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_start_worker)
+        executor = ProcessPoolExecutor(
+            self.jobs, mp_context=context, initializer=_start_worker, initargs=(self.nice,)
+        )
         pending: deque[Future[list[Part]]] = deque()
         todo = iter(slices)
         try:
@@ -330,34 +379,52 @@ class Pool:
                     pending.append(executor.submit(_prepare_slice, task))
                 if not pending:
                     return
-                yield from pending.popleft().result()
+                while True:
+                    try:
+                        done = pending[0].result(timeout=STOP_POLL_SECONDS)
+                        break
+                    except TimeoutError:
+                        if stop is not None and stop.is_set():
+                            return
+                pending.popleft()
+                yield from done
         finally:
             for future in pending:
                 future.cancel()
+            if pending:  # ended early: what the workers hold will not be written
+                _terminate(executor)
             executor.shutdown(wait=True, cancel_futures=True)
 
 
+def _terminate(executor: ProcessPoolExecutor) -> None:
+    """End the executor's workers now (SIGTERM; they only read the log)."""
+    processes = getattr(executor, "_processes", None) or {}
+    for process in list(processes.values()):
+        with contextlib.suppress(Exception):
+            process.terminate()
+
+
 def write_in_order(
-    parts: Iterator[Part],
-    make: Callable[[Part], Prepared],
+    source: Callable[[], Prepared | None],
     staging: Staging,
     write: Callable[[Prepared], Any],
+    initializer: Callable[[], None] | None = None,
 ) -> tuple[float, float]:
-    """Write every part, in order; the next is received and staged on a thread
-    of its own while one is written (DuckDB releases the GIL as it writes).
-    The seconds spent writing, and waiting for the next part staged."""
+    """Write the batches ``source`` gives, in order, until it gives ``None``;
+    the next is made and staged on a thread of its own (started with
+    ``initializer``) while one is written (DuckDB releases the GIL as it
+    writes). The seconds spent writing, and waiting for the next batch staged."""
 
     def next_staged() -> Prepared | None:
-        part = next(parts, None)
-        if part is None:
+        prepared = source()
+        if prepared is None:
             return None
-        prepared = make(part)
         staging.stage(prepared)
         return prepared
 
     ahead: Future[Prepared | None] | None = None
     writing = waiting = 0.0
-    with ThreadPoolExecutor(1, thread_name_prefix="tally-stage") as stager:
+    with ThreadPoolExecutor(1, thread_name_prefix="tally-stage", initializer=initializer) as stager:
         try:
             ahead = stager.submit(next_staged)
             while True:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import logging
 import os
 import sqlite3
@@ -19,7 +20,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,20 @@ from tally.log.damage import Damage, Quarantine
 from tally.log.reader import Entry, LogReader
 from tally.log.writer import write_applied
 from tally.pacing import POLL_SECONDS, Load
-from tally.preparing import KeyRows, Part, Pool, lookup_for, plan, prepared_of, write_in_order
+from tally.preparing import (
+    KeyRows,
+    Pool,
+    Slice,
+    batches,
+    default_jobs,
+    lookup_for,
+    plan,
+    prepared_of,
+    write_in_order,
+)
 from tally.settings import Settings
 from tally.store.batch import ApplyStats, Prepared, StoreFailure, prepare
-from tally.store.contract import Engine, Staging
+from tally.store.contract import Engine
 from tally.views.rejects import replayable
 
 log = logging.getLogger("tally.processor")
@@ -58,6 +69,19 @@ RETRY_FIRST_SECONDS = 0.25
 RETRY_MAX_SECONDS = 2.0
 #: How often the processor tells the collectors how it is (``run/processor.json``).
 HEALTH_EVERY_SECONDS = 1.0
+#: Inside `tally serve`, this many segments behind (``--segment-mib`` each, of
+#: the log not applied, summed over the streams; with 64 MiB ~950,000 tracking
+#: calls of ~210 bytes) and not waiting for ingest, the processor prepares its
+#: batches in worker processes (tally.preparing; --catch-up-jobs), as
+#: `tally rebuild` does ...
+POOL_FROM_SEGMENTS = 3
+#: ... until less than this (or one segment, if smaller) is left past the
+#: slices handed out; the workers are then shut down and the last batches are
+#: read on the thread path (each record's latency as before).
+POOL_UNTIL_BYTES = 2 * BATCH_BYTES
+#: After the workers failed (one killed, out of memory), the thread path
+#: alone for this long.
+POOL_PAUSE_SECONDS = 60.0
 
 
 class CatalogKeys:
@@ -131,8 +155,12 @@ class Processor:
         self.reader = LogReader(settings.log_dir, self.quarantine.keep)
         #: The catalog's keys, unless the caller gives its own (then no worker
         #: process can prepare batches: see catch_up_in_processes).
-        self.catalog_keys = CatalogKeys(settings.catalog_path) if keys is None else None
-        self.keys = keys or self.catalog_keys.refresh  # type: ignore[union-attr]
+        self.catalog_keys: CatalogKeys | None = None
+        if keys is None:
+            self.catalog_keys = CatalogKeys(settings.catalog_path)
+            self.keys: Callable[[], KeyLookup] = self.catalog_keys.refresh
+        else:
+            self.keys = keys
         self.progress = Progress()
         self.lock = threading.Lock()  # held while a batch is applied (replay takes it too)
         self._stop = threading.Event()
@@ -141,6 +169,9 @@ class Processor:
         self._load: Load | None = None  # inside `tally serve`: see _defer_to_ingest
         #: Whether the processor is waiting for ingest to leave it a CPU (tally.pacing).
         self.waiting_for_ingest = False
+        #: Worker processes preparing batches while far behind (0: none).
+        self.jobs = default_jobs() if settings.catch_up_jobs is None else settings.catch_up_jobs
+        self._pool_failed_at = -POOL_PAUSE_SECONDS
         #: Set while the processor cannot apply (the store fails, or a bug).
         self.error: Failure | None = None
         self._applied_hint: dict[str, int] = {}
@@ -198,14 +229,12 @@ class Processor:
             self.quarantine.keep(damage, data)
             damaged_to = max(damaged_to, damage.end)
 
-        n = size = 0
-        for entry in self.reader.read(stream, last[stream], told):
-            batch.append(entry)
-            last[stream] = entry.next_position
-            n += 1
-            size += entry.next_position - entry.position
-            if n >= share[0] or size >= share[1]:
-                break
+        entries = self.reader.read(stream, last[stream], told)
+        taken, size = next(batches(entries, *share), ([], 0))
+        if taken:
+            batch.extend(taken)
+            last[stream] = taken[-1].next_position
+        n = len(taken)
         if damaged_to > last[stream]:
             reach[stream] = max(reach.get(stream, 0), damaged_to)
         return n, size
@@ -275,82 +304,132 @@ class Processor:
         catching up uses two cores. Positions are still committed with the batch
         that reaches them, so stopping or crashing anywhere loses nothing.
         """
-        total = 0
         with self.lock:
             positions = self.store.positions()
-        first, reach = self._read(limit, positions, limit_bytes)
-        if not first and not reach:
+        batch, reach = self._read(limit, positions, limit_bytes)
+        if not batch and not reach:
             return 0
-        # The preparing side stages batches on a lane of its own (DuckDB: a
-        # connection is used by one thread at a time; replay uses the store's).
-        staging = self.store.staging()
-        ahead: Future[tuple[Prepared, dict[str, int]]] | None = None
-        try:
-            with gc_paused() as paused:
-                current = self._prepare_batch(first, reach, positions, staging)
-                with (
-                    ThreadPoolExecutor(
-                        1, thread_name_prefix="tally-prepare", initializer=self._prepare_thread
-                    ) as preparer,
-                    _switching_often(),
-                ):
-                    while True:
-                        prepared, positions = current
-                        if (stop is None or not stop.is_set()) and (
-                            pause is None or not pause(positions)
-                        ):
-                            ahead = preparer.submit(
-                                self._read_and_prepare, positions, limit, limit_bytes, staging
-                            )
-                        with self.lock:
-                            total += self._write(prepared)
-                        if on_batch is not None:
-                            on_batch(len(prepared.entries))
-                        if ahead is None:
-                            break
-                        current, ahead = ahead.result(), None
-                        if not current[0].entries and not current[0].reach:
-                            break
-                        paused.collect_now_and_then()
-        finally:
-            if ahead is not None:  # prepared, never to be written: free its staging table
-                with contextlib.suppress(Exception):  # an error of its own was raised already
-                    staging.unstage(ahead.result()[0])
-            staging.close()
-        return total
+        first: tuple[list[Entry], dict[str, int]] | None = (batch, reach)
+
+        def source() -> Prepared | None:
+            nonlocal first, positions
+            if first is None:
+                if (stop is not None and stop.is_set()) or (pause is not None and pause(positions)):
+                    return None
+                batch, reach = self._read(limit, positions, limit_bytes)
+                if not batch and not reach:
+                    return None
+            else:
+                (batch, reach), first = first, None
+            positions = dict(positions)
+            for entry in batch:
+                positions[entry.stream] = max(positions.get(entry.stream, 0), entry.next_position)
+            for stream, position in reach.items():
+                positions[stream] = max(positions.get(stream, 0), position)
+            return self._prepare(batch, reach)
+
+        return self._stage_and_write(source, on_batch)
 
     def catch_up_in_processes(
         self,
         on_batch: Callable[[int], None] | None = None,
         *,
         jobs: int,
+        stop: threading.Event | None = None,
+        pause: Callable[[dict[str, int]], bool] | None = None,
+        until: int = 0,
         limit: int = BATCH_RECORDS,
         limit_bytes: int = BATCH_BYTES,
     ) -> int:
-        """Apply everything the log holds, as :meth:`catch_up` does, with the
-        batches prepared by ``jobs`` worker processes (tally.preparing) while
-        this one stages and writes them in order: for ``tally rebuild``, which
-        nothing else runs beside. Each stream is cut at its segments; a batch
-        holds at most ``limit`` records and ``limit_bytes`` of the log. The keys
-        are the catalog's, read again for each slice handed out; with keys of
-        the caller's own, this is :meth:`catch_up`."""
+        """Apply the log, as :meth:`catch_up` does, with the batches prepared
+        by ``jobs`` worker processes (tally.preparing) while this one stages
+        and writes them in order. Each stream is cut at its segments; a batch
+        holds at most ``limit`` records and ``limit_bytes`` of the log. The
+        keys are the catalog's, read again for each slice handed out; with
+        keys of the caller's own, this is :meth:`catch_up`.
+
+        Slices are handed out until less than ``until`` bytes of the log are
+        left past them (the log is planned again as it grows), or ``stop`` is
+        set, or ``pause`` says so (asked before each slice is handed out,
+        with the positions after the batch in hand, as :meth:`catch_up`
+        asks it: not those of the slices handed out, which reach the log's
+        durable end); the slices handed out are written,
+        unless ``stop`` is set: then none after the batch in hand, and the
+        workers are ended. A worker that dies raises ``BrokenProcessPool``;
+        nothing after the last batch written is applied."""
         if self.catalog_keys is None or jobs < 1:
-            return self.catch_up(on_batch, limit=limit, limit_bytes=limit_bytes)
+            return self.catch_up(
+                on_batch, stop=stop, pause=pause, limit=limit, limit_bytes=limit_bytes
+            )
         catalog = self.catalog_keys
         with self.lock:
             positions = self.store.positions()
-        slices = plan(self.reader, positions)
-        if not slices:
+        staged = dict(positions)  # after the batch in hand
+
+        def halt() -> bool:
+            return (stop is not None and stop.is_set()) or (pause is not None and pause(staged))
+
+        slices = self._slices(positions, until, halt)
+        first = next(slices, None)
+        if first is None:
             return 0
         blocked = self.settings.blocked_identities
-        pool = Pool(self.settings.log_dir, jobs, blocked, limit, limit_bytes)
-        parts = pool.parts(slices, catalog.rows)
-        total = 0
+        nice = PROCESSOR_NICE if self._nice else os.getpriority(os.PRIO_PROCESS, 0)
+        pool = Pool(self.settings.log_dir, jobs, blocked, limit, limit_bytes, nice)
+        parts = pool.parts(itertools.chain([first], slices), catalog.rows, stop)
 
-        def make(part: Part) -> Prepared:
+        def source() -> Prepared | None:
+            if stop is not None and stop.is_set():
+                return None
+            part = next(parts, None)
+            if part is None:
+                return None
+            if part.records:
+                staged[part.stream] = max(staged.get(part.stream, 0), part.next_positions[-1])
+            staged[part.stream] = max(staged.get(part.stream, 0), part.reach)
             for damage, data in part.damage:
                 self.quarantine.keep(damage, data)
             return prepared_of(part, self.reader, blocked)
+
+        try:
+            return self._stage_and_write(source, on_batch)
+        finally:
+            parts.close()  # the workers stop, whatever happened
+
+    def _slices(
+        self, positions: dict[str, int], until: int, halt: Callable[[], bool]
+    ) -> Iterator[Slice]:
+        """The log after ``positions`` in slices (tally.preparing.plan), planned
+        again as it grows until less than ``until`` bytes are left past them,
+        or ``halt`` says so."""
+        planned = dict(positions)
+        while True:
+            slices = plan(self.reader, planned)
+            if not slices:
+                return
+            for piece in slices:
+                if halt():
+                    return
+                yield piece
+                planned[piece.stream] = piece.end
+            if self._behind(planned) < max(until, 1):
+                return
+
+    def _behind(self, positions: dict[str, int]) -> int:
+        """Bytes of the durable log after ``positions``."""
+        return sum(
+            max(self.reader.durable(stream) - positions.get(stream, 0), 0)
+            for stream in self.reader.streams()
+        )
+
+    def _stage_and_write(
+        self, source: Callable[[], Prepared | None], on_batch: Callable[[int], None] | None
+    ) -> int:
+        """Write the batches ``source`` makes (on a thread of its own: the
+        preparing side stages them on a lane of its own; DuckDB: a connection
+        is used by one thread at a time, replay uses the store's) until it
+        makes none; the number of records written."""
+        total = 0
 
         def write(prepared: Prepared) -> None:
             nonlocal total
@@ -358,44 +437,17 @@ class Processor:
                 total += self._write(prepared)
             if on_batch is not None:
                 on_batch(len(prepared.entries))
+            paused.collect_now_and_then()
 
         staging = self.store.staging()
         try:
-            with gc_paused():
-                writing, waiting = write_in_order(parts, make, staging, write)
+            with gc_paused() as paused, _switching_often():
+                writing, waiting = write_in_order(source, staging, write, self._prepare_thread)
             self.progress.writing_seconds += writing
             self.progress.waiting_seconds += waiting
         finally:
-            parts.close()  # the workers stop, whatever happened
             staging.close()
         return total
-
-    def _read_and_prepare(
-        self,
-        positions: dict[str, int],
-        limit: int,
-        limit_bytes: int,
-        staging: Staging,
-    ) -> tuple[Prepared, dict[str, int]]:
-        """The batch after ``positions``, prepared and staged, and the positions
-        after it."""
-        return self._prepare_batch(*self._read(limit, positions, limit_bytes), positions, staging)
-
-    def _prepare_batch(
-        self,
-        batch: list[Entry],
-        reach: dict[str, int],
-        positions: dict[str, int],
-        staging: Staging,
-    ) -> tuple[Prepared, dict[str, int]]:
-        after = dict(positions)
-        for entry in batch:
-            after[entry.stream] = max(after.get(entry.stream, 0), entry.next_position)
-        for stream, position in reach.items():
-            after[stream] = max(after.get(stream, 0), position)
-        prepared = self._prepare(batch, reach)
-        staging.stage(prepared)
-        return prepared, after
 
     def _prepare_thread(self) -> None:
         if self._nice:  # the preparing thread yields to ingest like the processor's own
@@ -439,9 +491,7 @@ class Processor:
                 if self._defer_to_ingest():
                     self._stop.wait(POLL_SECONDS)
                     continue
-                applied = self.catch_up(
-                    lambda _: self._health.tell(self), stop=self._stop, pause=self._defer_to_ingest
-                )
+                applied = self._catch_up_live()
                 if applied:
                     self.publish_applied()
                     untidy = True
@@ -470,6 +520,59 @@ class Processor:
                 self._stop.wait(idle)
         self._health.tell(self, force=True)
         self._health.close()
+
+    def _catch_up_live(self) -> int:
+        """Apply what the log holds: far behind (``POOL_FROM_SEGMENTS``), with
+        worker processes preparing the batches until it is nearly caught up,
+        then (or else) on the thread path. Either way each batch is written
+        with the positions it reaches, the catalog's keys read after its
+        records, under ``--query-memory``; the workers exist only while far
+        behind (a caught-up server holds none)."""
+
+        def told(_: int) -> None:
+            self._health.tell(self)
+
+        applied = 0
+        with self.lock:
+            positions = self.store.positions()
+        if self._far_behind(positions):
+            behind = self._behind(positions)
+            log.info("the processor is %d MiB behind: %d worker processes prepare its batches",
+                     behind >> 20, self.jobs)  # fmt: skip
+            try:
+                applied = self.catch_up_in_processes(
+                    told,
+                    jobs=self.jobs,
+                    stop=self._stop,
+                    pause=self._defer_to_ingest,
+                    until=min(POOL_UNTIL_BYTES, self.settings.segment_mib * 1024 * 1024),
+                )
+            except BrokenProcessPool:
+                # Nothing of the worker's batch was written: the thread
+                # path goes on from the positions the store holds.
+                log.warning("a process preparing the processor's batches ended abruptly "
+                            "(killed, or out of memory?); the processor goes on without "
+                            "them for %.0f s", POOL_PAUSE_SECONDS)  # fmt: skip
+                self._pool_failed_at = time.monotonic()
+            if self._stop.is_set():
+                return applied
+
+        def pause(positions: dict[str, int]) -> bool:
+            # Far behind again (ingest outran the threads): back to the workers.
+            return self._defer_to_ingest(positions) or self._far_behind(positions)
+
+        return applied + self.catch_up(told, stop=self._stop, pause=pause)
+
+    def _far_behind(self, positions: dict[str, int]) -> bool:
+        """Whether to prepare batches in worker processes from ``positions``."""
+        if (
+            self.jobs < 1
+            or self.catalog_keys is None
+            or time.monotonic() - self._pool_failed_at < POOL_PAUSE_SECONDS
+        ):
+            return False
+        segment = self.settings.segment_mib * 1024 * 1024
+        return self._behind(positions) >= POOL_FROM_SEGMENTS * segment
 
     def _failed(self, exc: Exception) -> None:
         message = str(exc) if isinstance(exc, StoreFailure) else f"{type(exc).__name__}: {exc}"

@@ -85,6 +85,12 @@ SETTINGS: tuple[Setting, ...] = (
         "unapplied record is this old (0: never wait).",
     ),
     Setting(
+        "catch_up_jobs",
+        None,
+        "Processes preparing the processor's batches while it is far behind "
+        "(~1M records); default: one per CPU but one; 0: never.",
+    ),
+    Setting(
         "blocked_identities",
         ",".join(sorted(DEFAULT_BLOCKED)),
         "Comma-separated identities that are never a person (compared case-insensitively).",
@@ -127,6 +133,7 @@ class Settings:
     segment_mib: int = 64  # tally.log.writer
     log_max_mib: int = 64  # tally.serverlog
     defer_seconds: float = 30.0  # tally.pacing
+    catch_up_jobs: int | None = None  # None: tally.preparing.default_jobs(); 0: none
     blocked_identities: frozenset[str] = DEFAULT_BLOCKED
     max_identities_per_person: int = 1000
     import_dir: Path | None = None  # tally.migrate.watch

@@ -101,6 +101,7 @@ def main() -> None:
 @setting_option("segment_mib", type=click.IntRange(1, 1024))
 @setting_option("log_max_mib", type=click.IntRange(1, 65536))
 @setting_option("defer_seconds", type=click.FloatRange(min=0))
+@setting_option("catch_up_jobs", type=click.IntRange(0, 64))
 @setting_option("import_dir", type=click.Path(file_okay=False, path_type=Path))
 @setting_option("import_product")
 @setting_option("max_import_bytes", callback=size(minimum="1MiB"), metavar="SIZE")
@@ -122,6 +123,7 @@ def serve(
     segment_mib: int,
     log_max_mib: int,
     defer_seconds: float,
+    catch_up_jobs: int | None,
     import_dir: Path | None,
     import_product: str,
     max_import_bytes: int,
@@ -155,6 +157,7 @@ def serve(
         segment_mib=segment_mib,
         log_max_mib=log_max_mib,
         defer_seconds=defer_seconds,
+        catch_up_jobs=catch_up_jobs,
         blocked_identities=blocked_set(blocked_identities),
         max_identities_per_person=max_identities_per_person,
         import_dir=import_dir,

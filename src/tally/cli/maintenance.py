@@ -27,6 +27,7 @@ from tally.errors import InvalidInput, Unavailable
 from tally.log.damage import Quarantine
 from tally.log.reader import LogReader
 from tally.operations import revoke_alias
+from tally.preparing import default_jobs
 from tally.settings import Settings
 
 if TYPE_CHECKING:
@@ -38,16 +39,6 @@ if TYPE_CHECKING:
 #: processor's 8 MiB would cut them at ~33,000 tracking calls.
 REBUILD_BATCH_RECORDS = 100_000
 REBUILD_BATCH_BYTES = 48 * 1024 * 1024
-
-
-def default_jobs() -> int:
-    """Worker processes preparing a rebuild's batches: one a CPU but the
-    writing process's own, at least one. A worker prepares a record in ~14 µs
-    and the writer writes it in ~16 µs (docs/benchmarks.md, "Rebuild in
-    worker processes"): on two CPUs a second worker was no faster (169-171 s
-    against 175 s at 10M) and took 0.4 GiB more."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max((cpus or 1) - 1, 1)
 
 
 @click.command()
