@@ -151,6 +151,21 @@ class Dialect:
             + cast + ") THEN " + cast + " END"
         )  # fmt: skip
 
+    def as_double(self, value: Sql | str) -> Sql:
+        """A value as a double: :meth:`numeric`'s value where
+        :meth:`is_numeric` holds (anything, or NULL, where it does not)."""
+        return Sql("try_cast(") + value + " AS DOUBLE)"
+
+    def is_numeric(self, value: Sql | str, cast: Sql | str) -> Sql:
+        """Whether a value is numeric (SPEC §2, §11), as :meth:`numeric`
+        decides, given ``cast``, its :meth:`as_double`: a query that keeps
+        numeric values only selects ``cast`` and filters on this, running the
+        pattern once a value, after the cheaper test of the cast."""
+        return (
+            Sql("isfinite(") + cast + ") AND regexp_full_match(" + value
+            + sql(", ?)", NUMERIC_PATTERN)
+        )  # fmt: skip
+
     def exact_sum(self, value: str) -> str:
         """A compensated (Kahan) sum of doubles: payments of 19.99 add up to
         cents, not to 37049.93000000027."""
