@@ -13,8 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
-from test_rebuild_pool import OTHER_KEY, frames
-from test_rebuild_pool import write as small_segments
+from test_rebuild_pool import OTHER_KEY, frames, write
 
 from journeys import KEY, PRODUCT, record, snapshot
 from serverproc import RunningServer, wait_until
@@ -50,14 +49,6 @@ def workers(pid: int) -> list[psutil.Process]:
     return found
 
 
-def write(log_dir: Path, streams: dict[str, list[bytes]]) -> None:
-    for stream, data in streams.items():
-        writer = SegmentWriter(log_dir / stream, segment_bytes=SEGMENT_BYTES)
-        for frame in data:
-            writer.write_durable(frame)
-        writer.close()
-
-
 def server_behind(tmp_path: Path, n: int) -> RunningServer:
     """A data directory whose log holds ``n`` tracking calls (of
     test_rebuild_pool.frames, a frame garbled) that its store has not
@@ -67,7 +58,8 @@ def server_behind(tmp_path: Path, n: int) -> RunningServer:
     settings = Settings(data_dir=server.data_dir)
     later_ns = time.time_ns() + 3600 * 10**9
     streams = frames(n, later_ns)
-    write(settings.log_dir, {new: streams[old] for new, old in zip(STREAMS, streams, strict=True)})
+    renamed = {new: streams[old] for new, old in zip(STREAMS, streams, strict=True)}
+    write(settings.log_dir, renamed, SEGMENT_BYTES)
     catalog = Catalog(settings.catalog_path)
     try:
         catalog.create_product(PRODUCT, key=KEY)
@@ -204,7 +196,7 @@ def test_a_key_revoked_while_the_workers_catch_up_applies_from_its_revocation(
     # 16 KiB segments: ~75 slices, handed out two ahead of the one written, so
     # most of them (the last of c1 among them: records received at later_ns)
     # after the revocation; c5's after too, once the log is planned again.
-    small_segments(settings.log_dir, frames(6000, later_ns))
+    write(settings.log_dir, frames(6000, later_ns))  # test_rebuild_pool's 16 KiB segments
     catalog = Catalog(settings.catalog_path)
     try:
         catalog.create_product(PRODUCT, key=KEY)

@@ -72,9 +72,11 @@ def frames(n: int, later_ns: int, seed: int = 5) -> dict[str, list[bytes]]:
     return streams
 
 
-def write(log_dir: Path, streams: dict[str, list[bytes]]) -> None:
+def write(
+    log_dir: Path, streams: dict[str, list[bytes]], segment_bytes: int = SEGMENT_BYTES
+) -> None:
     for stream, data in streams.items():
-        writer = SegmentWriter(log_dir / stream, segment_bytes=SEGMENT_BYTES)
+        writer = SegmentWriter(log_dir / stream, segment_bytes=segment_bytes)
         for frame in data:
             writer.write_durable(frame)
         writer.close()
