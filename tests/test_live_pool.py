@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
-from test_rebuild_pool import OTHER_KEY, frames, write
+from test_rebuild_pool import OTHER_KEY, data_dir, frames, write
 
 from journeys import KEY, PRODUCT, record, snapshot
 from serverproc import RunningServer, wait_until
@@ -21,7 +21,7 @@ from tally.catalog import Catalog
 from tally.log.damage import Quarantine
 from tally.log.reader import LogReader
 from tally.log.record import encode_record
-from tally.log.writer import SegmentWriter, list_segments, segment_name
+from tally.log.writer import SegmentWriter
 from tally.processor import PROCESSOR_NICE, Processor
 from tally.settings import Settings
 from tally.store import Store
@@ -55,23 +55,10 @@ def server_behind(tmp_path: Path, n: int) -> RunningServer:
     applied; its server stopped."""
     server = RunningServer(tmp_path / "data", extra_args=SERVE).start()  # the first start
     server.stop()
-    settings = Settings(data_dir=server.data_dir)
     later_ns = time.time_ns() + 3600 * 10**9
     streams = frames(n, later_ns)
     renamed = {new: streams[old] for new, old in zip(STREAMS, streams, strict=True)}
-    write(settings.log_dir, renamed, SEGMENT_BYTES)
-    catalog = Catalog(settings.catalog_path)
-    try:
-        catalog.create_product(PRODUCT, key=KEY)
-        catalog.add_key(PRODUCT, key=OTHER_KEY)
-        catalog.revoke_key(OTHER_KEY)
-    finally:
-        catalog.close()
-    third = settings.log_dir / "c3" / segment_name(list_segments(settings.log_dir / "c3")[2])
-    data = bytearray(third.read_bytes())
-    for i in range(40, 60):
-        data[i] ^= 0xFF
-    third.write_bytes(bytes(data))
+    data_dir(server.data_dir, renamed, later_ns, SEGMENT_BYTES, damaged="c3")
     return server
 
 

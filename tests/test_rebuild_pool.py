@@ -82,9 +82,17 @@ def write(
         writer.close()
 
 
-def data_dir(path: Path, streams: dict[str, list[bytes]], later_ns: int) -> Settings:
+def data_dir(
+    path: Path,
+    streams: dict[str, list[bytes]],
+    later_ns: int,
+    segment_bytes: int = SEGMENT_BYTES,
+    damaged: str = "c1",
+) -> Settings:
+    """``path`` holding ``streams`` as its log (``damaged``'s third segment
+    garbled) and a catalog with KEY and the revoked OTHER_KEY."""
     settings = Settings(data_dir=path)
-    write(settings.log_dir, streams)
+    write(settings.log_dir, streams, segment_bytes)
     catalog = Catalog(settings.catalog_path)
     try:
         catalog.create_product(PRODUCT, key=KEY)
@@ -93,8 +101,8 @@ def data_dir(path: Path, streams: dict[str, list[bytes]], later_ns: int) -> Sett
     finally:
         catalog.close()
     assert time.time_ns() < later_ns
-    # Damage in the middle of a stream: a frame of c1's third segment garbled.
-    third = settings.log_dir / "c1" / segment_name(list_segments(settings.log_dir / "c1")[2])
+    # Damage in the middle of a stream: a frame of its third segment garbled.
+    third = settings.log_dir / damaged / segment_name(list_segments(settings.log_dir / damaged)[2])
     data = bytearray(third.read_bytes())
     for i in range(40, 60):
         data[i] ^= 0xFF
