@@ -140,9 +140,9 @@ def _cells(
             + bucket
             + f" AS bucket, {d.people_set('x.number')} AS people FROM x"
             + buckets
-            + f" GROUP BY ALL) SELECT bucket, {seg}, {d.people_count('people')}, 0, NULL, 0, "
-            # (of no intervals, one row, whose union of no sets is NULL)
-            + f"NULL, 0 FROM xb UNION ALL SELECT NULL, {seg}, "
+            # (grouped by constants alone, no rows are one row, of no set: NULL)
+            + f" GROUP BY ALL) SELECT bucket, {seg}, coalesce({d.people_count('people')}, 0), "
+            + f"0, NULL, 0, NULL, 0 FROM xb UNION ALL SELECT NULL, {seg}, "
             + f"coalesce({d.people_count(d.people_union('people'))}, 0), 0, NULL, 0, NULL, 1 "
             + "FROM xb"
         )
