@@ -75,25 +75,33 @@ def by_hashing(store: Store) -> list[Any]:
         return people(store)
 
 
-@settings(
+#: Hypothesis: the examples of test_persons_stored's orders, with its checks.
+ORDERS = settings(
     max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+
+
+@ORDERS
 @given(records=record_sets(), data=st.data())
 def test_any_order_and_any_folds_give_every_row_its_persons_number(
     records: list[Row], data: st.DataObject
 ) -> None:
-    entries = build(records)
-    cap = data.draw(CAPS, "cap")
-    with fresh_store() as whole, fresh_store() as split:
-        whole.apply(total_order(entries), KEYS, cap=cap)
+    """The records in one batch in the total order, and in a drawn
+    interleaving, batches and folds (after a drawn size of ``moved``, and
+    after drawn batches): after every batch, each row holds its person's number."""
+    cap, entries = data.draw(CAPS, "cap"), build(records)
+    batches = interleave(data, entries)
+    folds = data.draw(st.lists(st.booleans(), min_size=len(batches), max_size=len(batches)))
+    with fresh_store() as split, fresh_store() as whole:
         split.fold_rows = data.draw(st.integers(1, 6), "fold at")
-        for batch in interleave(data, entries):
+        for batch, fold in zip(batches, folds, strict=True):
             split.apply(batch, KEYS, cap=cap)
-            if data.draw(st.booleans(), "fold now"):
+            if fold:
                 split.fold()
             assert numbered(split)
+        whole.apply(total_order(entries), KEYS, cap=cap)
         assert numbered(whole)
         assert people(split) == people(whole) == by_hashing(split) == by_hashing(whole)
 
@@ -143,20 +151,19 @@ def test_a_rolled_back_batch_gives_no_number_away(tmp_path: Path) -> None:
     store.close()
 
 
-def _as_schema_4(path: Path) -> None:
-    """Make the store look as schema 4 left it: no numbers, no ``persons``."""
-    con = duckdb.connect(str(path))
-    for table in TABLES:
-        con.execute(f"ALTER TABLE {table} DROP COLUMN pn")
-    con.execute("DROP TABLE persons")
-    con.execute(
-        "CREATE TABLE moved_4 AS SELECT product, ih, ph FROM moved; DROP TABLE moved; "
-        "CREATE TABLE moved (product VARCHAR NOT NULL, ih UBIGINT NOT NULL, "
-        "ph UBIGINT NOT NULL, PRIMARY KEY (product, ih)); "
-        "INSERT INTO moved SELECT * FROM moved_4; DROP TABLE moved_4"
-    )
-    con.execute("UPDATE meta SET value = '4' WHERE name = 'schema_version'")
-    con.close()
+#: What makes a store look as schema 4 left it: no numbers, no ``persons``.
+AS_SCHEMA_4 = """
+    ALTER TABLE events DROP COLUMN pn;
+    ALTER TABLE property_values DROP COLUMN pn;
+    DROP TABLE persons;
+    CREATE TABLE moved_4 AS SELECT product, ih, ph FROM moved;
+    DROP TABLE moved;
+    CREATE TABLE moved (product VARCHAR NOT NULL, ih UBIGINT NOT NULL, ph UBIGINT NOT NULL,
+                        PRIMARY KEY (product, ih));
+    INSERT INTO moved SELECT * FROM moved_4;
+    DROP TABLE moved_4;
+    UPDATE meta SET value = '4' WHERE name = 'schema_version';
+"""
 
 
 def test_a_store_of_schema_4_is_converted_with_the_same_answers(tmp_path: Path) -> None:
@@ -169,7 +176,8 @@ def test_a_store_of_schema_4_is_converted_with_the_same_answers(tmp_path: Path) 
     before, asked, counted = snapshot(store), answers(store), people(store)
     persons = resolved(store)
     store.close()
-    _as_schema_4(path)
+    with duckdb.connect(str(path)) as con:
+        con.execute(AS_SCHEMA_4)
 
     converted = Store(path)
     assert converted.schema_version() == SCHEMA_VERSION == 5

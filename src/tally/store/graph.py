@@ -28,17 +28,7 @@ import duckdb
 
 from tally import identity_graph
 from tally.identity_graph import Edge
-from tally.store.rows import (
-    HASH,
-    INT,
-    NUMBER,
-    TEXT,
-    Rows,
-    insert,
-    orders,
-    registered,
-    reject_rows,
-)
+from tally.store.rows import HASH, INT, NUMBER, TEXT, Rows, insert, orders, registered, reject_rows
 from tally.store.schema import IDENTITY_HASH
 
 #: The distinct hashes of the identities of a registered view (its ``identity``).

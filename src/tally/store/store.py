@@ -33,17 +33,7 @@ from tally.identity_graph import Edge, Order
 from tally.log.reader import Entry
 from tally.store.batch import ApplyStats, Prepared, Progress, StoreFailure, prepare
 from tally.store.graph import rederive
-from tally.store.rows import (
-    HASH,
-    INT,
-    NUMBER,
-    TEXT,
-    Rows,
-    insert,
-    orders,
-    registered,
-    reject_rows,
-)
+from tally.store.rows import HASH, INT, NUMBER, TEXT, Rows, insert, orders, registered, reject_rows
 from tally.store.schema import (
     COMPACT_ROWS,
     DDL,
@@ -322,49 +312,38 @@ class Store:
         """Stores the person of every event and property value (schema.py) in
         a store of schema 3, in one transaction: a conversion that cannot
         finish leaves the store as it was, of schema 3, and says why."""
-        ((events, values),) = self.con.execute(
-            "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM property_values)"
-        ).fetchall()
-        log.info("converting the store to schema 4: the person of %s events and %s property "
-                 "values", f"{events:,}", f"{values:,}")  # fmt: skip
-        started = time.monotonic()
-
-        def fill() -> None:
-            for statement in MIGRATE_3_TO_4:
-                self.con.execute(statement)
-
-        self._convert(
-            4,
-            fill,
-            "(the person on each event)",
-            "make room on its disk (it writes a column of each event and property value) "
-            "and start again",
-        )
-        log.info("converted the store to schema 4 in %.1f s", time.monotonic() - started)
+        self._convert_rows(4, MIGRATE_3_TO_4, "the person", "(the person on each event)")
 
     def _migrate_4_to_5_numbers(self) -> None:
         """Numbers every person of a store of schema 4 and stores the number
         beside each ``ph`` (schema.py), in one transaction: a conversion that
         cannot finish leaves the store as it was, of schema 4, and says why."""
+        self._convert_rows(5, MIGRATE_4_TO_5, "the person number", "(a number for each person)")
+
+    def _convert_rows(self, version: int, statements: list[str], column: str, what: str) -> None:
+        """``statements``, which write ``column`` of every event and property
+        value, as the conversion to ``version`` (:meth:`_convert`); the log
+        says when it starts and how long it took (no progress: one statement
+        a table)."""
         ((events, values),) = self.con.execute(
             "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM property_values)"
         ).fetchall()
-        log.info("converting the store to schema 5: the person number of %s events and %s "
-                 "property values", f"{events:,}", f"{values:,}")  # fmt: skip
+        log.info("converting the store to schema %d: %s of %s events and %s property values",
+                 version, column, f"{events:,}", f"{values:,}")  # fmt: skip
         started = time.monotonic()
 
         def fill() -> None:
-            for statement in MIGRATE_4_TO_5:
+            for statement in statements:
                 self.con.execute(statement)
 
         self._convert(
-            5,
+            version,
             fill,
-            "(a number for each person)",
+            what,
             "make room on its disk (it writes a column of each event and property value) "
             "and start again",
         )
-        log.info("converted the store to schema 5 in %.1f s", time.monotonic() - started)
+        log.info("converted the store to schema %d in %.1f s", version, time.monotonic() - started)
 
     def close(self) -> None:
         self.con.close()
