@@ -891,8 +891,13 @@ class Store:
         numbered = self._numbered
         if self._next_number is None:
             self._read_numbers()
-        new = [h for h in dict.fromkeys(hashes) if h not in numbered]
-        if new and not self._all_numbered:
+        # (map and `in` run in C: a comprehension cost twice as much a person)
+        found = list(map(numbered.get, hashes))
+        if None not in found:
+            return found  # type: ignore[return-value]  # (no None in it)
+        new = [h for h, n in zip(hashes, found, strict=True) if n is None]
+        new = list(dict.fromkeys(new))
+        if not self._all_numbered:
             asked = Rows(ph=HASH)
             for ph in new:
                 asked.append(ph)
@@ -906,13 +911,13 @@ class Store:
         if new:
             first = self._next_number
             assert first is not None  # (read above)
-            rows = Rows(ph=HASH, pn=NUMBER)
-            for pn, ph in enumerate(new, first):
-                rows.append(ph, pn)
-                numbered[ph] = pn
-            insert(self.con, "persons", rows)
+            given = range(first, first + len(new))
+            numbered.update(zip(new, given, strict=True))
+            table = pa.table({"ph": pa.array(new, HASH), "pn": pa.array(given, NUMBER)})
+            with registered(self.con, "_given", table):
+                self.con.execute("INSERT INTO persons SELECT ph, pn FROM _given")
             self._next_number = first + len(new)
-        out = [numbered[h] for h in hashes]
+        out = list(map(numbered.__getitem__, hashes))
         if len(numbered) > _NUMBERS_CACHE:
             numbered.clear()
             self._all_numbered = False
