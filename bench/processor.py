@@ -66,7 +66,7 @@ from tally.log.writer import SegmentWriter
 from tally.processor import Processor
 from tally.settings import Settings
 from tally.store import Store
-from tally.store.schema import DROP_INDEXES, INDEXES
+from tally.store.schema import DROP_INDEXES, INDEXES, MIGRATE_4_TO_5
 
 KEY = "0123456789abcdef0123456789abcdef01234567"
 EVENTS = [
@@ -225,7 +225,8 @@ def fill_history(store: Store, events: int) -> None:
             ({START} - 86400 * 90)::BIGINT * 1000000000 + i, 'h' || (i % 2), i * 250,
             MAP {{'plan': 'plan' || (i % 4), 'amount': (i % 1000)::VARCHAR}}, MAP {{}},
             md5_number_lower('user' || (i % 1000000) || '@example.com'),
-            md5_number_lower('user' || (i % 1000000) || '@example.com')  -- no aliases: itself
+            md5_number_lower('user' || (i % 1000000) || '@example.com'),  -- no aliases: itself
+            0  -- pn: numbered below
         FROM range({events}) t(i);
         INSERT INTO seen SELECT {START} - 86400 * 90 + i // 120, (hash(i) // 2)::BIGINT,
             (hash(i + 1) // 2)::BIGINT, ({START} - 86400 * 90)::BIGINT * 1000000000 + i,
@@ -234,14 +235,16 @@ def fill_history(store: Store, events: int) -> None:
             'plan', 'plan' || (i % 4), {START} - 86400 * 90 + i // 60,
             ({START} - 86400 * 90)::BIGINT * 1000000000 + i, 'h' || (i % 2), i * 250,
             md5_number_lower('user' || (i % 1000000) || '@example.com'),
-            md5_number_lower('user' || (i % 1000000) || '@example.com')
+            md5_number_lower('user' || (i % 1000000) || '@example.com'), 0
         FROM range({events} // 2) t(i);
         INSERT INTO known_identities SELECT DISTINCT 'default', 'user' || i || '@example.com',
             md5_number_lower('user' || i || '@example.com')
         FROM range(1000000) t(i);
-        CHECKPOINT;
         """
     )
+    for statement in MIGRATE_4_TO_5:  # each person's number, as a store of schema 4 gets them
+        store.con.execute(statement)
+    store.con.execute("CHECKPOINT")
 
 
 def measure_history(work: Path, history: int, runs: int = 3) -> tuple[float, float]:

@@ -69,6 +69,7 @@ import peers
 import psutil
 
 from tally.reports import Product, run_report
+from tally.store.schema import MIGRATE_4_TO_5
 from tally.store.store import Store
 from tally.views.person import person_view
 
@@ -176,7 +177,7 @@ SELECT '{product}', ident(p, time), {names}[k + 1], time, recv_ns, 'c0', j * 256
         ELSE MAP {{'plan': plan}}
     END,
     MAP {{}}::MAP(VARCHAR, VARCHAR), md5_number_lower(ident(p, time)),
-    md5_number_lower(person_of(p))
+    md5_number_lower(person_of(p)), 0  -- pn: numbered once all rows are in
 FROM h
 """
 
@@ -208,7 +209,7 @@ INSERT INTO property_values
 SELECT '{product}', ident(p, time), key, value, time,
     time * 1000000000 + (p * 16 + slot) % 1000000000 AS recv_ns, 'c0',
     1000000000000 + (p * 16 + slot) * 256, md5_number_lower(ident(p, time)),
-    md5_number_lower(person_of(p))
+    md5_number_lower(person_of(p)), 0
 FROM ({rows}) WHERE time < {end}
 ORDER BY recv_ns
 """
@@ -280,6 +281,10 @@ def generate(path: Path, spec: Spec) -> None:
         started = time.perf_counter()
         con.execute(text)
         print(f"  {what}: {time.perf_counter() - started:.1f} s", flush=True)
+    started = time.perf_counter()
+    for statement in MIGRATE_4_TO_5:  # each person's number, as a store of schema 4 gets them
+        con.execute(statement)
+    print(f"  person numbers: {time.perf_counter() - started:.1f} s", flush=True)
     names = [(PRODUCT, "event", key(e), e, START * 10**9 - 1000 + i) for i, e in enumerate(EVENTS)]
     names += [(PRODUCT, "property", key(p), p, START * 10**9 - 500 + i)
               for i, p in enumerate(PROPERTIES)]  # fmt: skip

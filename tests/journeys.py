@@ -244,12 +244,22 @@ def content(name: str) -> str:
     """SQL for a table's content: a stored person as the person it stands for
     now, ``coalesce(moved.ph, ph)`` (store/schema.py); which of the two holds
     it depends on the order records arrived in and when ``moved`` was folded,
-    as where a sorted block begins does, and is not content."""
+    as where a sorted block begins does, and is not content. Nor is which
+    number a person has (schema 5, ``persons``): in its place, whether the
+    row's number, ``coalesce(moved.pn, pn)``, is its person's in ``persons``
+    (always true), and of ``persons``, whether its numbers are 0 to n - 1,
+    one for each hash."""
+    if name == "persons":
+        return (
+            "SELECT count(*) = count(DISTINCT pn) AND count(*) = count(DISTINCT ph) "
+            "AND coalesce(max(pn) + 1, 0) = count(*) FROM persons"
+        )
     if name not in PERSONS_STORED:
         return f'SELECT * FROM "{name}"'
     return (
-        f'SELECT t.* REPLACE (coalesce(m.ph, t.ph) AS ph) FROM "{name}" t '
-        "LEFT JOIN moved m ON m.product = t.product AND m.ih = t.ih"
+        f"SELECT t.* REPLACE (coalesce(m.ph, t.ph) AS ph, coalesce(m.pn, t.pn) IS NOT DISTINCT "
+        "FROM (SELECT p.pn FROM persons p WHERE p.ph = coalesce(m.ph, t.ph)) AS pn) "
+        f'FROM "{name}" t LEFT JOIN moved m ON m.product = t.product AND m.ih = t.ih'
     )
 
 

@@ -54,9 +54,9 @@ def seed(data_dir: Path, events: int) -> None:
         store.con.execute(
             "INSERT INTO events SELECT 'default', 'u' || (i % ?), 'x', ? + i, (? + i) * 1e9, "
             f"'seed', i, map(['p0', 'p1', 'p2', 'p3', 'p4'], [{values}]), map(), "
-            "md5_number_lower('u' || (i % ?)), md5_number_lower('u' || (i % ?)) "
+            "md5_number_lower('u' || (i % ?)), md5_number_lower('u' || (i % ?)), i % ? "
             "FROM range(?) t(i)",
-            [PEOPLE, T0, T0, PEOPLE, PEOPLE, events],
+            [PEOPLE, T0, T0, PEOPLE, PEOPLE, PEOPLE, events],
         )
         store.con.execute(
             "INSERT INTO known_identities SELECT DISTINCT product, identity, ih FROM events"

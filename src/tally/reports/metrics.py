@@ -19,6 +19,11 @@ from tally.reports.statements import execute
 from tally.store.contract import Cursor
 
 NO_SEGMENT = "__all__"
+#: The memory that the sets of people of one report's intervals may take
+#: (Dialect.people_set: a bit for each person numbered, for each interval);
+#: past it, distinct people are counted by hashing (person, interval) pairs,
+#: which takes memory as the pairs found do, not as the people numbered do.
+PEOPLE_SETS_BUDGET = 64 * 1024 * 1024
 
 
 def segment_join(
@@ -97,12 +102,23 @@ def _cells(
     # Times, sums and averages of the whole product are of occurrences, not
     # people: they never resolve a person (events_of).
     of_people = q.measure in ("people", "average_per_person") or segment is not None
+    # Distinct people per interval as sets of their numbers, one bit a person,
+    # where the sets fit the budget: a third of the time of hashing the
+    # (person, interval) pairs, which are nearly all distinct (docs/benchmarks.md,
+    # "Session 12: persons15"). A segment's values are not known beforehand,
+    # nor so how many sets it would take: segments hash.
+    sets = (
+        q.measure == "people"
+        and segment is None
+        and (len(starts) + 1) * (d.people_numbered(con) // 8 + 1) <= PEOPLE_SETS_BUDGET
+    )
     occurrences = events_of(
         c.product, [q.event], c.start, c.end, d, extra=numeric, filters=c.where,
-        people=of_people or bool(c.person_where),
+        people=of_people or bool(c.person_where), numbers=sets,
     )  # fmt: skip
+    number = ", number" if sets else ""
     query = (
-        Sql(f"WITH x AS (SELECT person, time, n{order} FROM (")
+        Sql(f"WITH x AS (SELECT person{number}, time, n{order} FROM (")
         + occurrences
         + ") WHERE "
         + person_restriction(c, "person", d)
@@ -118,7 +134,19 @@ def _cells(
     rows_of = Sql("SELECT x.person, x.n, ") + bucket + f" AS bucket{seg_column} FROM x"
     # Only what the measure needs; for distinct people, the distinct (person,
     # interval) pairs first, which the two groupings then count.
-    if q.measure == "people":
+    if sets:
+        query += (
+            Sql(", xb AS (SELECT ")
+            + bucket
+            + f" AS bucket, {d.people_set('x.number')} AS people FROM x"
+            + buckets
+            # (grouped by constants alone, no rows are one row, of no set: NULL)
+            + f" GROUP BY ALL) SELECT bucket, {seg}, coalesce({d.people_count('people')}, 0), "
+            + f"0, NULL, 0, NULL, 0 FROM xb UNION ALL SELECT NULL, {seg}, "
+            + f"coalesce({d.people_count(d.people_union('people'))}, 0), 0, NULL, 0, NULL, 1 "
+            + "FROM xb"
+        )
+    elif q.measure == "people":
         query += (
             Sql(", xb AS (")
             + pairs

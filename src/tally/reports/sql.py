@@ -265,6 +265,33 @@ class Dialect:
         """A person, as a number: the hash of its smallest identity (schema.py)."""
         return f"coalesce(m_{alias}.ph, {alias}.ph)"
 
+    def person_number(self, alias: str) -> str:
+        """A person's dense number (schema 5), beside :meth:`person`, by the
+        same join: one number for each person, 0 to :meth:`people_numbered` - 1."""
+        return f"coalesce(m_{alias}.pn, {alias}.pn)"
+
+    def people_numbered(self, con: Any) -> int:
+        """How many people are numbered (the sets of :meth:`people_set` take
+        a bit for each): a count kept by the table, not a scan."""
+        ((count,),) = execute(con, Sql("SELECT count(*) FROM persons")).fetchall()
+        return int(count)
+
+    def people_set(self, number: str) -> str:
+        """An aggregate: the set of the group's people, by their numbers
+        (:meth:`person_number`), as a bitmap of :meth:`people_numbered` bits
+        (ClickHouse: ``groupBitmapState``). The bounds are DuckDB's statistics
+        of the number columns, which cover every number any row holds, so a
+        person numbered while the query starts cannot fall outside them."""
+        return f"bitstring_agg({number})"
+
+    def people_union(self, people_set: str) -> str:
+        """An aggregate: the union of the groups' sets of :meth:`people_set`."""
+        return f"bit_or({people_set})"
+
+    def people_count(self, people_set: str) -> str:
+        """How many people a set of :meth:`people_set` holds."""
+        return f"bit_count({people_set})"
+
     def graph_join(self, alias: str) -> str:
         """Joins the alias graph, for rows that store no person (known
         identities): ``alias`` has ``product`` and ``ih``."""
@@ -425,6 +452,7 @@ def events_of(
     extra: Sql | None = None,
     filters: Sequence[Filter] | None = None,
     people: bool = True,
+    numbers: bool = False,
 ) -> Sql:
     """Occurrences (alias ``e``) of ``events`` (None: every event) with their
     person, in [start, end) when given, passing ``filters`` when given;
@@ -435,7 +463,8 @@ def events_of(
     question whose answer does not depend on who did what (a count of
     occurrences, a sum) skips resolving every event's person (SPEC §5), which
     was half of such a question's time on ten million events when it joined
-    ``identities`` (issue 12)."""
+    ``identities`` (issue 12). With ``numbers`` (and ``people``), each
+    person's number (:meth:`Dialect.person_number`) is selected as ``number``."""
     where = sql("e.product = ?", product)
     if events is not None:
         where += Sql(" AND e.event IN ") + values_list(list(events))
@@ -444,9 +473,10 @@ def events_of(
     if end is not None:
         where += sql(" AND e.time < ?", end)
     person, resolve = (d.person("e"), d.person_join("e")) if people else ("NULL", "")
+    number = f"{d.person_number('e')} AS number, " if numbers and people else ""
     return (
         Sql(
-            f"SELECT {person} AS person, e.event, e.time, e.recv_ns, e.stream, "
+            f"SELECT {person} AS person, {number}e.event, e.time, e.recv_ns, e.stream, "
             "e.position, e.properties, "
         )
         + (extra if extra is not None else Sql("NULL"))

@@ -22,12 +22,13 @@ until the store folds ``moved`` into them (schema.py).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 
 import duckdb
 
 from tally import identity_graph
 from tally.identity_graph import Edge
-from tally.store.rows import INT, TEXT, Rows, insert, orders, registered, reject_rows
+from tally.store.rows import HASH, INT, NUMBER, TEXT, Rows, insert, orders, registered, reject_rows
 from tally.store.schema import IDENTITY_HASH
 
 #: The distinct hashes of the identities of a registered view (its ``identity``).
@@ -96,7 +97,13 @@ def _edges(
     return [row for row in found if row[1] in members or row[2] in members], revocations
 
 
-def rederive(con: duckdb.DuckDBPyConnection, product: str, seeds: set[str], cap: int) -> int:
+#: The number of each person hash, numbering new ones (Store._numbers, schema.py).
+Numbers = Callable[[Sequence[int]], list[int]]
+
+
+def rederive(
+    con: duckdb.DuckDBPyConnection, product: str, seeds: set[str], cap: int, numbers: Numbers
+) -> int:
     """Re-derive the groups of ``seeds``; how many edges the cap rejects.
 
     Only the rows that the derivation changes are deleted and written again:
@@ -138,7 +145,7 @@ def rederive(con: duckdb.DuckDBPyConnection, product: str, seeds: set[str], cap:
     stale.extend(rowid for rows in was.values() for rowid, _, _ in rows)  # in no group now
     _delete(con, "identities", stale)
     insert(con, "identities", identities, hashes={"ih": "identity", "ph": "person"})
-    _move(con, product, everyone, before, derived)
+    _move(con, product, everyone, before, derived, numbers)
 
     # Capped edges are listed as rejects (SPEC §11 `alias_cap`), as derived now.
     with registered(con, "_edges", orders(e.order[1:] for e in edges)):
@@ -171,9 +178,11 @@ def _move(
     everyone: set[str],
     before: dict[str, str],
     derived: identity_graph.Derived,
+    numbers: Numbers,
 ) -> None:
     """Give ``moved`` the new person of every known identity whose person
-    changed (an identity outside ``identities`` is its own person)."""
+    changed (an identity outside ``identities`` is its own person), with
+    the person's number (schema.py)."""
     changed = Rows(identity=TEXT, person=TEXT)
     for identity in sorted(everyone):
         person = derived.person.get(identity, identity) if identity in derived.group else identity
@@ -187,11 +196,13 @@ def _move(
     # it in reports already (schema.py gives the odds); no row carries it but
     # the other's.
     with registered(con, "_changed", changed):
-        con.execute(
-            "INSERT INTO moved SELECT ?, c.ih, c.ph FROM "
-            f"(SELECT {IDENTITY_HASH.format('identity')} AS ih, "
+        found = con.execute(
+            f"SELECT c.ih, c.ph FROM (SELECT {IDENTITY_HASH.format('identity')} AS ih, "
             f"{IDENTITY_HASH.format('person')} AS ph FROM _changed) c "
-            "WHERE c.ih IN (SELECT ih FROM known_identities WHERE product = ?) "
-            "ON CONFLICT DO UPDATE SET ph = EXCLUDED.ph",
-            [product, product],
-        )
+            "WHERE c.ih IN (SELECT ih FROM known_identities WHERE product = ?)",
+            [product],
+        ).fetchall()
+    rows = Rows(product=TEXT, ih=HASH, ph=HASH, pn=NUMBER)
+    for (ih, ph), pn in zip(found, numbers([ph for _, ph in found]), strict=True):
+        rows.append(product, ih, ph, pn)
+    insert(con, "moved", rows, "ON CONFLICT DO UPDATE SET ph = EXCLUDED.ph, pn = EXCLUDED.pn")

@@ -19,6 +19,8 @@ from tally.store.schema import IDENTITY_HASH
 TEXT = pa.string()
 INT = pa.int64()
 TEXT_MAP = pa.map_(pa.string(), pa.string())
+HASH = pa.uint64()  # an identity's or a person's hash (schema.IDENTITY_HASH)
+NUMBER = pa.uint32()  # a person's number (schema.py, ``persons``)
 
 
 class Rows:
@@ -45,9 +47,9 @@ class Rows:
 
 
 @contextmanager
-def registered(con: duckdb.DuckDBPyConnection, name: str, rows: Rows) -> Iterator[str]:
+def registered(con: duckdb.DuckDBPyConnection, name: str, rows: Rows | pa.Table) -> Iterator[str]:
     """``rows`` visible to SQL as the view ``name`` for the ``with`` block."""
-    con.register(name, rows.table())
+    con.register(name, rows.table() if isinstance(rows, Rows) else rows)
     try:
         yield name
     except BaseException:

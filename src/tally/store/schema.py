@@ -44,11 +44,28 @@ is MD5's (a standard, so the same in every DuckDB version and in ClickHouse);
 two identities of one product with the same hash would be one person in
 reports: the chance (n²/2⁶⁵ for n identities) is about 1 in 37 million for a
 million identities, 1 in 370,000 for ten million, 1 in 37 for a billion.
+
+Every person also has a dense number (schema 5): ``persons`` gives each
+person hash a ``pn`` (UINTEGER, from 0, never reused) the first time a row
+or ``moved`` carries it, and every event and property value keeps ``pn``
+beside its ``ph``, as ``moved`` does beside its ``ph``, so that a person's
+number is ``coalesce(moved.pn, pn)`` exactly as its hash is
+``coalesce(moved.ph, ph)``: wherever ``ph`` is written or folded, ``pn`` is
+written with it, the number of that hash in ``persons``. Reports count
+distinct people per interval as sets of those numbers (bitmaps, one bit a
+person, ``Dialect.people_set``) rather than by hashing (person, interval)
+pairs. Which number a person gets depends on the order the records arrived
+in, as ``ph`` does: it is layout, not content; no answer depends on it. The
+numbers are of hashes, not of (product, hash): a hash seen in two products
+has one number, which only keeps the numbers fewer. The writer keeps the
+numbers it has given in memory (``Store._numbers``), so numbering a batch
+costs what the batch does, not what the history does; ``persons`` has no
+index (its size is the count of numbers, and the next number).
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: The order of events within a sorted block: one event's occurrences, in time.
 EVENTS_SORT = "product, event, time"
@@ -104,7 +121,8 @@ CREATE TABLE IF NOT EXISTS events (
     properties MAP(VARCHAR, VARCHAR),  -- property key -> value, as sent with the event
     metadata MAP(VARCHAR, VARCHAR),    -- _c, _u, _ip, _ua, ...
     ih UBIGINT NOT NULL,               -- IDENTITY_HASH(identity)
-    ph UBIGINT NOT NULL                -- its person when written; moved.ph if moved since
+    ph UBIGINT NOT NULL,               -- its person when written; moved.ph if moved since
+    pn UINTEGER NOT NULL               -- the number of ph in persons (schema 5)
 );
 
 -- Person property history: every value ever set, from /s and /e (SPEC §6).
@@ -118,7 +136,8 @@ CREATE TABLE IF NOT EXISTS property_values (
     stream VARCHAR NOT NULL,
     position BIGINT NOT NULL,
     ih UBIGINT NOT NULL,
-    ph UBIGINT NOT NULL              -- as events.ph
+    ph UBIGINT NOT NULL,             -- as events.ph
+    pn UINTEGER NOT NULL             -- as events.pn
 );
 
 -- Alias edges (SPEC §5). `status`: accepted, alias_cap (rejected by the cap) or
@@ -164,7 +183,16 @@ CREATE TABLE IF NOT EXISTS moved (
     product VARCHAR NOT NULL,
     ih UBIGINT NOT NULL,
     ph UBIGINT NOT NULL,
+    pn UINTEGER NOT NULL,            -- the number of ph in persons
     PRIMARY KEY (product, ih)
+);
+
+-- The dense number of every person hash that a row or `moved` carries (schema
+-- 5): 0, 1, 2, ... in the order the writer met them, never reused; no index
+-- (the writer keeps what it gave in memory, Store._numbers).
+CREATE TABLE IF NOT EXISTS persons (
+    ph UBIGINT NOT NULL,
+    pn UINTEGER NOT NULL
 );
 
 -- Every identity that an applied record names (a person page 404s on others).
@@ -264,3 +292,33 @@ MIGRATE_3_TO_4 = [
         f"ALTER TABLE {table} ALTER COLUMN ph DROP DEFAULT",
     )
 ] + ["DELETE FROM moved"]
+
+
+#: From schema 4 to 5: a number for every person hash that rows or ``moved``
+#: carry (in hash order; ``persons`` made afresh), and ``pn`` beside every
+#: ``ph``. The columns are made afresh, as in MIGRATE_3_TO_4. ``moved`` has
+#: an index (its key), which DuckDB cannot alter a table under: it is made
+#: again.
+MIGRATE_4_TO_5 = [
+    "DELETE FROM persons",
+    "INSERT INTO persons SELECT ph, (row_number() OVER (ORDER BY ph) - 1)::UINTEGER FROM "
+    "(SELECT ph FROM events UNION SELECT ph FROM property_values UNION SELECT ph FROM moved)",
+    *[
+        statement
+        for table in ("events", "property_values")
+        for statement in (
+            f"ALTER TABLE {table} DROP COLUMN IF EXISTS pn",
+            f"ALTER TABLE {table} ADD COLUMN pn UINTEGER DEFAULT 0",
+            f"ALTER TABLE {table} ALTER COLUMN pn SET NOT NULL",
+            f"UPDATE {table} SET pn = p.pn FROM persons p WHERE p.ph = {table}.ph",
+            f"ALTER TABLE {table} ALTER COLUMN pn DROP DEFAULT",
+        )
+    ],
+    "CREATE TEMP TABLE _moved AS SELECT m.product, m.ih, m.ph, p.pn FROM moved m "
+    "JOIN persons p ON p.ph = m.ph",
+    "DROP TABLE moved",
+    "CREATE TABLE moved (product VARCHAR NOT NULL, ih UBIGINT NOT NULL, ph UBIGINT NOT NULL, "
+    "pn UINTEGER NOT NULL, PRIMARY KEY (product, ih))",
+    "INSERT INTO moved SELECT * FROM _moved",
+    "DROP TABLE _moved",
+]

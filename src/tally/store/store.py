@@ -33,7 +33,7 @@ from tally.identity_graph import Edge, Order
 from tally.log.reader import Entry
 from tally.store.batch import ApplyStats, Prepared, Progress, StoreFailure, prepare
 from tally.store.graph import rederive
-from tally.store.rows import INT, TEXT, Rows, insert, orders, registered, reject_rows
+from tally.store.rows import HASH, INT, NUMBER, TEXT, Rows, insert, orders, registered, reject_rows
 from tally.store.schema import (
     COMPACT_ROWS,
     DDL,
@@ -45,6 +45,7 @@ from tally.store.schema import (
     INDEXES,
     MIGRATE_1_TO_2,
     MIGRATE_3_TO_4,
+    MIGRATE_4_TO_5,
     RETIRED_INDEXES,
     SCHEMA_VERSION,
     SORTED_COMMENT,
@@ -60,8 +61,14 @@ DEFAULT_CAP = 1000
 PROPERTY_DROPPED = "property_dropped"
 INTERNAL_ERROR = "internal_error"
 _KNOWN_CACHE = 2_000_000  # identities remembered as stored (about 200 MB at most)
+#: Person numbers kept in memory by the writer (Store._numbers; about 150 MB
+#: at most): up to this many persons, every number is, and a batch's new
+#: persons are known without reading ``persons``.
+_NUMBERS_CACHE = 2_000_000
 #: A batch's rows joined to their identity's person, as the graph has it now.
 _PERSON_JOIN = " LEFT JOIN identities i ON i.product = k.product AND i.ih = k.ih"
+#: A batch's rows joined to their identity's person and its number (``_who``, Store._spread).
+_WHO_JOIN = " JOIN _who w ON w.product = k.product AND w.ih = k.ih"
 #: An in-memory database beside the store for batches on their way in.
 STAGING = "tally_staging"
 
@@ -179,6 +186,12 @@ class Store:
         self.fold_share = FOLD_SHARE
         self.con = duckdb.connect(str(path), read_only=read_only)
         self._known: set[tuple[str | None, str | None]] = set()
+        #: Person hash -> its number (schema.py, ``persons``), as given: every
+        #: number while ``_all_numbered``, else those met lately (_numbers).
+        self._numbered: dict[int, int] = {}
+        self._all_numbered = False
+        #: The next number to give; None when not known (read with the numbers).
+        self._next_number: int | None = None
         #: How many rows ``events`` has, kept by the writes of this store
         #: (``_unsorted``) rather than counted before each batch; None when
         #: not known (a new connection, a transaction rolled back).
@@ -213,6 +226,8 @@ class Store:
                 self._migrate_2_to_3_layout(progress)
             if self.schema_version() == 3:
                 self._migrate_3_to_4_persons()
+            if self.schema_version() == 4:
+                self._migrate_4_to_5_numbers()
             self.con.execute(INDEXES)
         elif (found := self.schema_version()) != SCHEMA_VERSION:
             self.con.close()
@@ -297,25 +312,38 @@ class Store:
         """Stores the person of every event and property value (schema.py) in
         a store of schema 3, in one transaction: a conversion that cannot
         finish leaves the store as it was, of schema 3, and says why."""
+        self._convert_rows(4, MIGRATE_3_TO_4, "the person", "(the person on each event)")
+
+    def _migrate_4_to_5_numbers(self) -> None:
+        """Numbers every person of a store of schema 4 and stores the number
+        beside each ``ph`` (schema.py), in one transaction: a conversion that
+        cannot finish leaves the store as it was, of schema 4, and says why."""
+        self._convert_rows(5, MIGRATE_4_TO_5, "the person number", "(a number for each person)")
+
+    def _convert_rows(self, version: int, statements: list[str], column: str, what: str) -> None:
+        """``statements``, which write ``column`` of every event and property
+        value, as the conversion to ``version`` (:meth:`_convert`); the log
+        says when it starts and how long it took (no progress: one statement
+        a table)."""
         ((events, values),) = self.con.execute(
             "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM property_values)"
         ).fetchall()
-        log.info("converting the store to schema 4: the person of %s events and %s property "
-                 "values", f"{events:,}", f"{values:,}")  # fmt: skip
+        log.info("converting the store to schema %d: %s of %s events and %s property values",
+                 version, column, f"{events:,}", f"{values:,}")  # fmt: skip
         started = time.monotonic()
 
         def fill() -> None:
-            for statement in MIGRATE_3_TO_4:
+            for statement in statements:
                 self.con.execute(statement)
 
         self._convert(
-            4,
+            version,
             fill,
-            "(the person on each event)",
+            what,
             "make room on its disk (it writes a column of each event and property value) "
             "and start again",
         )
-        log.info("converted the store to schema 4 in %.1f s", time.monotonic() - started)
+        log.info("converted the store to schema %d in %.1f s", version, time.monotonic() - started)
 
     def close(self) -> None:
         self.con.close()
@@ -369,6 +397,7 @@ class Store:
                 log.warning("cannot reconnect to the store yet: %s", exc)
         self._known.clear()
         self._events = None
+        self._next_number = None
 
     def limit_memory(self, memory: int, spill: int) -> None:
         """At most ``memory`` bytes of DuckDB's buffer pool, and ``spill`` bytes
@@ -617,6 +646,7 @@ class Store:
                 self.con.execute("ROLLBACK")
             self._known.clear()  # it may name identities of the rolled-back batch
             self._events = None
+            self._next_number = None  # and number persons: read the numbers again
             raise
         return result
 
@@ -656,7 +686,7 @@ class Store:
         for product, edge in revocations:
             touched.setdefault(product, set()).update((edge.a, edge.b))
         for product, seeds in touched.items():
-            capped = rederive(self.con, product, seeds, cap)
+            capped = rederive(self.con, product, seeds, cap, self._numbers)
             if capped:
                 stats.rejected[identity_graph.CAPPED] += capped
         self._save_positions(position_entries, reach)
@@ -768,20 +798,28 @@ class Store:
         )
         self._compact()
         # Each row's person as the identity graph has it before this batch's
-        # aliases: those that change it are in `moved` after rederive (schema.py).
-        ((added,),) = con.execute(
-            "INSERT INTO events SELECT k.product, k.identity, k.event, k.time, k.recv_ns, "
-            "k.stream, k.position, map(k.prop_keys, k.prop_values), k.metadata, k.ih, "
-            f"coalesce(i.ph, k.ih) FROM _kept k{_PERSON_JOIN} WHERE k.kind = 'event'"
-        ).fetchall()
-        if self._events is not None:
-            self._events += added
-        con.execute(
-            "INSERT INTO property_values SELECT k.product, k.identity, unnest(k.prop_keys), "
-            "unnest(k.prop_values), k.time, k.recv_ns, k.stream, k.position, k.ih, "
-            f"coalesce(i.ph, k.ih) FROM _kept k{_PERSON_JOIN} "
-            "WHERE k.kind IN ('event', 'set') AND len(k.prop_keys) > 0"
-        )
+        # aliases (those that change it are in `moved` after rederive), and
+        # its number (schema.py): once for each of the batch's identities.
+        who = con.sql(
+            f"SELECT DISTINCT k.product, k.ih, coalesce(i.ph, k.ih) AS ph FROM _kept k"
+            f"{_PERSON_JOIN} WHERE k.kind IN ('event', 'set')"
+        ).to_arrow_table()
+        numbers = self._numbers(who.column("ph").to_pylist())
+        who = who.append_column("pn", pa.array(numbers, NUMBER))
+        with registered(con, "_who", who):
+            ((added,),) = con.execute(
+                "INSERT INTO events SELECT k.product, k.identity, k.event, k.time, k.recv_ns, "
+                "k.stream, k.position, map(k.prop_keys, k.prop_values), k.metadata, k.ih, "
+                f"w.ph, w.pn FROM _kept k{_WHO_JOIN} WHERE k.kind = 'event'"
+            ).fetchall()
+            if self._events is not None:
+                self._events += added
+            con.execute(
+                "INSERT INTO property_values SELECT k.product, k.identity, unnest(k.prop_keys), "
+                "unnest(k.prop_values), k.time, k.recv_ns, k.stream, k.position, k.ih, "
+                f"w.ph, w.pn FROM _kept k{_WHO_JOIN} "
+                "WHERE k.kind IN ('event', 'set') AND len(k.prop_keys) > 0"
+            )
         con.execute(
             "INSERT INTO aliases SELECT product, identity, other, time, recv_ns, stream, "
             f"position, '{identity_graph.ACCEPTED}', ih, "
@@ -840,6 +878,64 @@ class Store:
 
     # -- the persons stored on rows (schema.py) --------------------------------------------------
 
+    def _numbers(self, hashes: Sequence[int]) -> list[int]:
+        """The number of each person hash in ``hashes`` (schema.py,
+        ``persons``), giving those without one the next numbers, inside the
+        caller's transaction (a rollback forgets what this remembers).
+
+        The numbers given are kept in memory, so that a batch costs what its
+        persons do, not what the history does (issue 12): all of them up to
+        :data:`_NUMBERS_CACHE` persons, read once; past that, those met lately,
+        and the others are looked up in ``persons`` (a scan, for batches with
+        persons not met lately)."""
+        numbered = self._numbered
+        if self._next_number is None:
+            self._read_numbers()
+        # (map and `in` run in C: a comprehension cost twice as much a person)
+        found = list(map(numbered.get, hashes))
+        if None not in found:
+            return found  # type: ignore[return-value]  # (no None in it)
+        new = [h for h, n in zip(hashes, found, strict=True) if n is None]
+        new = list(dict.fromkeys(new))
+        if not self._all_numbered:
+            asked = Rows(ph=HASH)
+            for ph in new:
+                asked.append(ph)
+            with registered(self.con, "_asked", asked):
+                numbered.update(
+                    self.con.execute(
+                        "SELECT ph, pn FROM persons WHERE ph IN (SELECT ph FROM _asked)"
+                    ).fetchall()
+                )
+            new = [h for h in new if h not in numbered]
+        if new:
+            first = self._next_number
+            assert first is not None  # (read above)
+            given = range(first, first + len(new))
+            numbered.update(zip(new, given, strict=True))
+            table = pa.table({"ph": pa.array(new, HASH), "pn": pa.array(given, NUMBER)})
+            with registered(self.con, "_given", table):
+                self.con.execute("INSERT INTO persons SELECT ph, pn FROM _given")
+            self._next_number = first + len(new)
+        out = list(map(numbered.__getitem__, hashes))
+        if len(numbered) > _NUMBERS_CACHE:
+            numbered.clear()
+            self._all_numbered = False
+        return out
+
+    def _read_numbers(self) -> None:
+        """How many numbers ``persons`` holds (the next one), and every number
+        if they are at most :data:`_NUMBERS_CACHE`."""
+        self._numbered.clear()
+        ((count,),) = self.con.execute("SELECT count(*) FROM persons").fetchall()
+        self._next_number = int(count)
+        self._all_numbered = count <= _NUMBERS_CACHE
+        if self._all_numbered and count:
+            table = self.con.sql("SELECT ph, pn FROM persons").to_arrow_table()
+            self._numbered.update(
+                zip(table.column("ph").to_pylist(), table.column("pn").to_pylist(), strict=True)
+            )
+
     def _fold_when_full(self) -> None:
         """Fold ``moved`` once it has :attr:`fold_rows` rows and one for every
         :attr:`fold_share` events (schema.py, ``FOLD_SHARE``)."""
@@ -853,7 +949,7 @@ class Store:
         and ``moved`` before or after, and the same persons either way."""
         for table in ("events", "property_values"):
             self.con.execute(
-                f"UPDATE {table} SET ph = m.ph FROM moved m "
+                f"UPDATE {table} SET ph = m.ph, pn = m.pn FROM moved m "
                 f"WHERE m.product = {table}.product AND m.ih = {table}.ih AND {table}.ph <> m.ph"
             )
         self.con.execute("DELETE FROM moved")
