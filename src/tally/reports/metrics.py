@@ -126,7 +126,10 @@ def _cells(
     )
     # The interval of each row, by arithmetic where the starts are evenly
     # spaced, else by a join (Dialect.bucket).
-    bucket, buckets = d.bucket("x.time", starts)
+    # Where it is found by arithmetic, grouped by the interval's index, a
+    # small range, and its start taken from ``starts`` (Dialect.bucket_number).
+    number_of = d.bucket_number("x.time", starts)
+    bucket, buckets = (number_of, Sql("")) if number_of is not None else d.bucket("x.time", starts)
     # Without a segment, no segment column to group by (a constant one cost
     # daily people on ten million events a fifth of its time).
     seg_column, seg = (f", {seg_expr} AS seg", "seg") if segment else ("", seg_expr)
@@ -170,9 +173,12 @@ def _cells(
         )  # fmt: skip
     rows = execute(con, query).fetchall()
     out: dict[Any, dict[int | None, tuple[Any, ...]]] = {}
-    for bucket, seg, people, times, total, count, average, grouped in rows:
+    for found, seg, people, times, total, count, average, grouped in rows:
         cell = (people, times, total, count, average)
-        out.setdefault(seg, {})[None if grouped else bucket] = cell
+        if grouped:
+            out.setdefault(seg, {})[None] = cell
+        else:
+            out.setdefault(seg, {})[starts[found] if number_of is not None else found] = cell
     return out
 
 
