@@ -32,19 +32,21 @@ def midnight(day: date) -> int:
     return int(datetime.combine(day, time(), ZoneInfo("UTC")).timestamp())
 
 
+PRODUCT = Product("acme", "UTC", "Billing Amount")
+#: The test of ``Variant`` → ``Bought`` over five days.
+ASKED = {
+    "from": FIRST.isoformat(),
+    "to": (FIRST + timedelta(days=DAYS)).isoformat(),
+    "experiment": "Variant",
+    "conversion": "Bought",
+}
+
+
 def abtest(facts: list[Fact], **body: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The engine's answer and the oracle's to the test of ``Variant`` → ``Bought``."""
-    product = Product("acme", "UTC", "Billing Amount")
-    asked = {
-        "from": FIRST.isoformat(),
-        "to": (FIRST + timedelta(days=DAYS)).isoformat(),
-        "experiment": "Variant",
-        "conversion": "Bought",
-        **body,
-    }
+    """The engine's answer and the oracle's."""
     with loaded(facts) as store:
-        got = run_report(store.con, product, "abtest", asked)
-    return got, evaluate("abtest", asked, facts, product)
+        got = run_report(store.con, PRODUCT, "abtest", {**ASKED, **body})
+    return got, evaluate("abtest", {**ASKED, **body}, facts, PRODUCT)
 
 
 def test_ties_are_ordered_by_receive_time_stream_and_position() -> None:
