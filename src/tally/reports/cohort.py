@@ -147,15 +147,6 @@ def _two_events(
     return returns, Sql(_bits(d, 0)), Sql("SELECT bucket, idx FROM j")
 
 
-def _shift(longest: int) -> int:
-    """The bits under a person's count in ``s``, the sum of ``2**shift + (time
-    - from)`` over their occurrences, each less than ``longest`` seconds after
-    ``from``: for up to three occurrences (:data:`FEW`) the sum of their
-    ``time - from`` is below ``2**shift``, so ``s // 2**shift`` is the count and
-    ``s % 2**shift`` that sum; for more, ``s // 2**shift`` is more than three."""
-    return (FEW * longest).bit_length()
-
-
 #: People with at most this many occurrences have them found without a join
 #: (:func:`_one_event`, whose formulas for the second and third are for three).
 FEW = 3
@@ -171,25 +162,16 @@ def _one_event(
     them: 671,210 of 860,222 at 10M), these are their times — the first,
     the sum less the first and last, the last — so their buckets are found by
     arithmetic (``few``); only the others' occurrences are joined back to
-    their t0 (``j``).
-
-    The count and the sum are one sum (:func:`_shift`): three aggregates
-    rather than four over every person (docs/benchmarks.md, "Session 12:
-    margins15"). Occurrences from ``to`` plus the buckets' span on are past
-    every person's last bucket and are not read: that bounds the times the
-    sum adds."""
+    their t0 (``j``)."""
     span = size * q.buckets
-    shift = _shift(c.end + span - c.start)
-    unit = 1 << shift
     returns = (
         Sql("WITH ev AS (SELECT person, time FROM (")
-        + events_of(c.product, [q.first_event], c.start, c.end + span, d, filters=c.where)
-        + sql(") e), a AS (SELECT person, t0, t1, s // ? AS n, s % ? + s // ? * ? AS total FROM ("
-              "SELECT person, min(time) AS t0, max(time) AS t1, sum(? + (time - ?)) AS s FROM ev "
-              "WHERE ", unit, unit, unit, c.start, unit, c.start)
+        + events_of(c.product, [q.first_event], c.start, None, d, filters=c.where)
+        + ") e), a AS (SELECT person, min(time) AS t0, max(time) AS t1, count(*) AS n, "
+        "sum(time) AS total FROM ev WHERE "
         + person_restriction(c, "person", d)
         # A person is in a cohort if an occurrence is before `to`: the earliest is.
-        + sql(" GROUP BY person HAVING min(time) < ?)), ca AS (SELECT a.*, ", c.end)
+        + sql(" GROUP BY person HAVING min(time) < ?), ca AS (SELECT a.*, ", c.end)
         + cohort_of
         + " AS bucket FROM a"
         + cohort_join
