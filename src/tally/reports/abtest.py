@@ -84,7 +84,7 @@ def _counts(con: Cursor, q: ABTest, d: Dialect) -> list[tuple[str, int, int]]:
     # property set once, or twice at different times; for them the first is
     # the value at the earliest time, taken by the time alone (`g`). Only
     # people with more values, or two at one second, are read again and
-    # ordered by the four-column order key: taken for everyone, it was half
+    # ordered by the four-column order key: taken for everyone, it was a third
     # of this report's time on ten million events (docs/benchmarks.md,
     # "Session 12: margins15").
     query = (
