@@ -71,31 +71,40 @@ def _certainty(p_b: float, n_b: int, p_v: float, n_v: int) -> float | None:
 def _counts(con: Cursor, q: ABTest, d: Dialect) -> list[tuple[str, int, int]]:
     """(variant, participants, converted people) for every variant seen in range."""
     c = q.common
-    first = d.order_key("v")
+    values = Sql(f" FROM property_values v{d.person_join('v')}") + sql(
+        " WHERE v.product = ? AND v.key = ? AND v.time >= ? AND v.time < ?",
+        c.product,
+        q.experiment,
+        c.start,
+        c.end,
+    )
+    # SPEC §12: a person's variant and exposure are the first value of the
+    # experiment property set in range, in the total order (SPEC §11), whose
+    # time is the earliest: `since` is a plain min. Most people have the
+    # property set once, or twice at different times; for them the first is
+    # the value at the earliest time, taken by the time alone (`g`). Only
+    # people with more values, or two at one second, are read again and
+    # ordered by the four-column order key: taken for everyone, it was a third
+    # of this report's time on ten million events (docs/benchmarks.md,
+    # "Session 12: margins15").
     query = (
-        # SPEC §12: a person's variant and exposure are the first value of the
-        # experiment property set in range.
-        Sql("WITH exposed AS (SELECT * FROM (SELECT ")
-        + f"{d.person('v')} AS person, {d.first_by('v.value', first)} AS variant, "
-        # The first in the total order has the earliest time (SPEC §11): a
-        # plain min, not a second arg_min over the four-column order key (a
-        # quarter of this report's time on ten million events).
-        + f"min(v.time) AS since FROM property_values v{d.person_join('v')}"
-        + sql(
-            " WHERE v.product = ? AND v.key = ? AND v.time >= ? AND v.time < ? GROUP BY 1",
-            c.product,
-            q.experiment,
-            c.start,
-            c.end,
-        )
-        + ") WHERE "
+        Sql("WITH g AS (SELECT ")
+        + f"{d.person('v')} AS person, {d.first_by('v.value', 'v.time')} AS variant, "
+        + "min(v.time) AS since, max(v.time) AS latest, count(*) AS n"
+        + values
+        + " GROUP BY 1), exposed AS (SELECT * FROM (SELECT person, variant, since FROM g "
+        + "WHERE n = 1 OR (n = 2 AND since < latest) UNION ALL SELECT "
+        + f"{d.person('v')}, {d.first_by('v.value', d.order_key('v'))}, min(v.time)"
+        + values
+        + f" AND {d.person('v')} IN (SELECT person FROM g "
+        + "WHERE n > 2 OR (n = 2 AND since = latest)) GROUP BY 1) WHERE "
         + person_restriction(c, "person", d)
-        # A conversion at or after exposure (the same second counts), before `to`.
-        + "), converted AS (SELECT DISTINCT x.person FROM exposed x JOIN ("
+        # Converted: a conversion at or after exposure (the same second
+        # counts), before `to`; the latest one is, if any is.
+        + "), converted AS (SELECT person, max(time) AS latest FROM ("
         + events_of(c.product, [q.conversion], c.start, c.end, d, filters=c.where)
-        + ") e ON e.person = x.person AND e.time >= x.since) "
-        + "SELECT x.variant, count(*), count(y.person) FROM exposed x "
-        + "LEFT JOIN converted y ON y.person = x.person GROUP BY 1"
+        + ") e GROUP BY person) SELECT x.variant, count(*), count(*) FILTER (WHERE y.latest >= "
+        + "x.since) FROM exposed x LEFT JOIN converted y ON y.person = x.person GROUP BY 1"
     )
     rows = execute(con, query).fetchall()
     return [(str(name), int(people), int(converted)) for name, people, converted in rows]

@@ -164,8 +164,12 @@ def _one_event(
     arithmetic (``few``); only the others' occurrences are joined back to
     their t0 (``j``)."""
     span = size * q.buckets
+    # `ev` is read again for each of its two uses rather than kept: the second
+    # read is of the joined people's rows alone (DuckDB pushes the join's
+    # filter into it), and keeping 2.2 million rows cost more CPU than it
+    # saved (docs/benchmarks.md, "Session 12: margins15").
     returns = (
-        Sql("WITH ev AS (SELECT person, time FROM (")
+        Sql("WITH ev AS NOT MATERIALIZED (SELECT person, time FROM (")
         + events_of(c.product, [q.first_event], c.start, None, d, filters=c.where)
         + ") e), a AS (SELECT person, min(time) AS t0, max(time) AS t1, count(*) AS n, "
         "sum(time) AS total FROM ev WHERE "
