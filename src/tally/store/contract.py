@@ -97,9 +97,11 @@ everything an engine spells differently through the engine's
 :attr:`Reader.dialect`; an engine provides a ``Dialect`` whose methods
 (``order_key``, ``first_by``, ``last_by``, ``prop``, ``numeric``,
 ``exact_sum``, ``median``, ``ordered_list``, ``bit``, ``bit_or``,
-``has_bit``, ``below_bit``, ``bucket``, ``bucket_join``, ``identity_hash``,
-``person_join``, ``person``, ``graph_join``, ``graph_person``,
-``with_identities``, ``person_name``) keep the
+``has_bit``, ``below_bit``, ``bucket``, ``bucket_join``, ``bucket_number``,
+``identity_hash``, ``person_join``, ``person``, ``person_number``,
+``people_numbered``, ``people_set``, ``people_union``, ``people_count``,
+``graph_join``, ``graph_person``, ``with_identities``, ``person_name``,
+``person_name_narrowed``, ``recorded_person_name``) keep the
 meaning their docstrings state. What still bypasses the dialect is listed in
 docs/store.md ("What a second engine provides").
 """

@@ -61,7 +61,7 @@ DEFAULT_CAP = 1000
 PROPERTY_DROPPED = "property_dropped"
 INTERNAL_ERROR = "internal_error"
 _KNOWN_CACHE = 2_000_000  # identities remembered as stored (about 200 MB at most)
-#: Person numbers kept in memory by the writer (Store._numbers; about 150 MB
+#: Person numbers kept in memory by the writer (Store._numbers; about 230 MB
 #: at most): up to this many persons, every number is, and a batch's new
 #: persons are known without reading ``persons``.
 _NUMBERS_CACHE = 2_000_000
