@@ -258,15 +258,11 @@ class Dialect:
         §9) take :meth:`bucket_join`'s ``b.bucket``."""
         if len(starts) == 1:
             return sql("?::BIGINT", starts[0]), Sql("")
-        step = starts[1] - starts[0]
-        if any(b - a != step for a, b in pairwise(starts)):
+        index = self.bucket_number(time_expr, starts)
+        if index is None:
             return Sql("b.bucket"), self.bucket_join(time_expr, starts)
-        first = starts[0]
-        return (
-            sql(f"(?::BIGINT + ({time_expr} - ?::BIGINT) // ?::BIGINT * ?::BIGINT)",
-                first, first, step, step),
-            Sql(""),
-        )  # fmt: skip
+        step = starts[1] - starts[0]
+        return sql("(?::BIGINT + ", starts[0]) + index + sql(" * ?::BIGINT)", step), Sql("")
 
     def bucket_number(self, time_expr: str, starts: Sequence[int]) -> Sql | None:
         """The index in ``starts`` of each row's interval, as :meth:`bucket`

@@ -898,9 +898,7 @@ class Store:
         new = [h for h, n in zip(hashes, found, strict=True) if n is None]
         new = list(dict.fromkeys(new))
         if not self._all_numbered:
-            asked = Rows(ph=HASH)
-            for ph in new:
-                asked.append(ph)
+            asked = pa.table({"ph": pa.array(new, HASH)})
             with registered(self.con, "_asked", asked):
                 numbered.update(
                     self.con.execute(
