@@ -11,7 +11,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
@@ -28,7 +30,7 @@ from tally.log.record import Record, encode_record
 from tally.log.writer import SegmentWriter
 from tally.migrate.checkpoint import CHECKPOINT, ImportState, read_state
 from tally.migrate.formats import open_source
-from tally.migrate.importer import run_import
+from tally.migrate.importer import Framed, ReadAhead, frame_items, run_import, write_chunks
 from tally.migrate.records import _query
 from tally.processor import Processor
 from tally.settings import Settings
@@ -255,6 +257,33 @@ def test_an_interrupted_import_continues_where_it_stopped(data, tmp_path):
     assert sorted(e["identity"] for e in seen) == sorted(f"p{i}" for i in range(100))
     assert duplicates_absorbed(store) == 10  # the chunk written twice, absorbed (SPEC §4)
     store.close()
+
+
+def test_a_stop_asked_while_the_source_is_slow_ends_the_import_unfinished(data, tmp_path):
+    events = tmp_path / "events.jsonl"
+    events.write_text(lines(*({"_p": f"p{i}", "_t": T + i, "_n": "Seen"} for i in range(30))))
+    settings = Settings(data_dir=data)
+    source = open_source("json", events)
+    state = ImportState("events", "json", str(events.resolve()), "shop", total=source.total)
+    asked = threading.Event()
+    released = threading.Event()
+
+    def slow() -> Iterator[Framed]:  # the first chunk, then a source that makes nothing more
+        chunks = frame_items(source.items(state.position), KEY, state.position, chunk_records=10)
+        yield next(chunks)
+        asked.set()  # Ctrl-C while the next chunk is being made
+        released.wait(10)
+        yield from chunks
+
+    with ReadAhead(slow(), stop=asked.is_set) as chunks:
+        ended = write_chunks(settings.log_dir, state, chunks, stop=asked.is_set)
+        released.set()
+    saved = read_state(settings.log_dir, "events")
+    assert (ended.state, saved.state, saved.records) == ("importing", "importing", 10)
+    result = cli(data, "import", "json", str(events), "-p", "shop")
+    assert result.exit_code == 0, result.output
+    assert "Continuing the import events from 10 records" in result.output
+    assert read_state(settings.log_dir, "events").records == 30
 
 
 def test_imports_apply_while_the_server_runs_and_at_its_next_start(server, tmp_path):

@@ -132,7 +132,7 @@ def write_chunks(
             on_progress(state)
             if stop():
                 return state
-        if complete:
+        if complete and not stop():  # chunks may have ended because a stop was asked
             state.state = COMPLETE
             write_state(log_dir, state)
         return state
@@ -145,18 +145,28 @@ class ReadAhead:
     one being written: the log's writes and syncs, and the checkpoint's,
     release the GIL, so making the next chunks goes on meanwhile. Nothing
     changes in what is written nor in its order; :meth:`close` (or leaving a
-    ``with``) stops the thread after the chunk it is making."""
+    ``with``) stops the thread after the chunk it is making. Iterating ends
+    early, without an error, once ``stop`` is true while waiting for a chunk:
+    a stop asked for (Ctrl-C) need not wait for the source."""
 
-    def __init__(self, chunks: Iterable[Framed], depth: int = 2) -> None:
+    def __init__(
+        self, chunks: Iterable[Framed], depth: int = 2, stop: Callable[[], bool] = lambda: False
+    ) -> None:
         self._queue: queue.Queue[tuple[Framed | None, BaseException | None]] = queue.Queue(depth)
         self._stop = threading.Event()
+        self._asked = stop
         self._thread = threading.Thread(target=self._make, args=(chunks,), daemon=True,
                                         name="import-chunks")  # fmt: skip
         self._thread.start()
 
     def __iter__(self) -> Iterator[Framed]:
         while True:
-            chunk, error = self._queue.get()
+            try:
+                chunk, error = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if self._asked():
+                    return
+                continue
             if error is not None:
                 raise error
             if chunk is None:
