@@ -394,7 +394,12 @@ def test_ctrl_c_stops_an_import_that_the_same_command_then_finishes(data, tmp_pa
     checkpoint = data / "log" / "i-big" / CHECKPOINT
     wait_until(checkpoint.exists, 30, "the first chunk is durable")
     running.send_signal(signal.SIGINT)
-    _, err = running.communicate(timeout=30)
+    try:
+        _, err = running.communicate(timeout=30)
+    finally:  # a hang fails this test alone, leaving no process nor pipe behind
+        if running.poll() is None:
+            running.kill()
+            running.communicate()
     assert running.returncode == 130, err
     assert b"run the same command again to continue" in err
     assert b"Traceback" not in err
