@@ -403,15 +403,7 @@ class Dialect:
         grouping of the whole table was a sixth of a people search's time on
         ten million events (docs/benchmarks.md, "Session 10: people12")."""
         known = known_identities_hashed(f"SELECT person FROM {rows}")
-        return (
-            "coalesce(pn.person, kn.identity)",
-            sql(
-                " LEFT JOIN (SELECT ph, min(person) AS person FROM identities WHERE product = ? "
-                f"AND ph IN (SELECT person FROM {rows}) GROUP BY ph) pn ON pn.ph = {rows}.person "
-                f"LEFT JOIN ({known}) kn ON kn.ih = {rows}.person",
-                *[product] * 4,
-            ),
-        )
+        return _names_joined(rows, known, product, 3)
 
     def recorded_person_name(self, rows: str, product: str) -> tuple[str, Sql]:
         """:meth:`person_name_narrowed` for people who each have an event or a
@@ -421,18 +413,27 @@ class Dialect:
         without the two reads of ``aliases`` (an identity known only from an
         alias has no record). The same names; a people search on ten million
         events 4-5% less CPU (docs/benchmarks.md, "Session 12: search15")."""
-        return (
-            "coalesce(pn.person, kn.identity)",
-            sql(
-                " LEFT JOIN (SELECT ph, min(person) AS person FROM identities WHERE product = ? "
-                f"AND ph IN (SELECT person FROM {rows}) GROUP BY ph) pn ON pn.ph = {rows}.person "
-                "LEFT JOIN (SELECT ih, min(identity) AS identity FROM known_identities "
-                f"WHERE product = ? AND ih IN (SELECT person FROM {rows}) GROUP BY ih) kn "
-                f"ON kn.ih = {rows}.person",
-                product,
-                product,
-            ),
+        known = (
+            "SELECT ih, min(identity) AS identity FROM known_identities WHERE product = ? "
+            f"AND ih IN (SELECT person FROM {rows}) GROUP BY ih"
         )
+        return _names_joined(rows, known, product, 1)
+
+
+def _names_joined(rows: str, known: str, product: str, known_products: int) -> tuple[str, Sql]:
+    """The name of each person of ``rows``: the least identity of an aliased
+    person's (``identities``), else the identity ``known`` gives for the hash
+    (its columns ``ih`` and ``identity``; ``known_products`` placeholders, each
+    the product)."""
+    return (
+        "coalesce(pn.person, kn.identity)",
+        sql(
+            " LEFT JOIN (SELECT ph, min(person) AS person FROM identities WHERE product = ? "
+            f"AND ph IN (SELECT person FROM {rows}) GROUP BY ph) pn ON pn.ph = {rows}.person "
+            f"LEFT JOIN ({known}) kn ON kn.ih = {rows}.person",
+            *[product] * (1 + known_products),
+        ),
+    )
 
 
 DIALECT = Dialect()
