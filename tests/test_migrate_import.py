@@ -228,12 +228,17 @@ def test_an_import_run_twice_changes_nothing(data, tmp_path):
     store.close()
 
 
-def test_an_interrupted_import_continues_where_it_stopped(data, tmp_path):
+def seen_events(data: Path, tmp_path: Path, n: int):
+    """A JSON-lines file of ``n`` "Seen" events, its source and a fresh import's state."""
     events = tmp_path / "events.jsonl"
-    events.write_text(lines(*({"_p": f"p{i}", "_t": T + i, "_n": "Seen"} for i in range(100))))
-    settings = Settings(data_dir=data)
+    events.write_text(lines(*({"_p": f"p{i}", "_t": T + i, "_n": "Seen"} for i in range(n))))
     source = open_source("json", events)
     state = ImportState("events", "json", str(events.resolve()), "shop", total=source.total)
+    return events, Settings(data_dir=data), source, state
+
+
+def test_an_interrupted_import_continues_where_it_stopped(data, tmp_path):
+    events, settings, source, state = seen_events(data, tmp_path, 100)
     # Stopped after 40 records, in chunks of 10: the checkpoint is after the 40th.
     partial = itertools.islice(source.items(state.position), 40)
     run_import(settings.log_dir, state, KEY, partial, complete=False, chunk_records=10)
@@ -260,11 +265,7 @@ def test_an_interrupted_import_continues_where_it_stopped(data, tmp_path):
 
 
 def test_a_stop_asked_while_the_source_is_slow_ends_the_import_unfinished(data, tmp_path):
-    events = tmp_path / "events.jsonl"
-    events.write_text(lines(*({"_p": f"p{i}", "_t": T + i, "_n": "Seen"} for i in range(30))))
-    settings = Settings(data_dir=data)
-    source = open_source("json", events)
-    state = ImportState("events", "json", str(events.resolve()), "shop", total=source.total)
+    events, settings, source, state = seen_events(data, tmp_path, 30)
     asked = threading.Event()
     released = threading.Event()
 
