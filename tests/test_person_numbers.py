@@ -127,6 +127,7 @@ def test_a_writer_that_keeps_few_numbers_in_memory_gives_the_same_ones(tmp_path:
         forgetting = Store(tmp_path / "few.duckdb")
         _in_batches(forgetting, records)
         assert not forgetting._all_numbered
+        assert 0 < len(forgetting._numbered) <= 3  # bounded, and what was met last is kept
     assert numbered(forgetting)
     assert rows(forgetting, "SELECT count(*) FROM persons") == rows(
         keeping, "SELECT count(*) FROM persons"

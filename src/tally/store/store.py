@@ -885,9 +885,9 @@ class Store:
 
         The numbers given are kept in memory, so that a batch costs what its
         persons do, not what the history does (issue 12): all of them up to
-        :data:`_NUMBERS_CACHE` persons, read once; past that, those met lately,
-        and the others are looked up in ``persons`` (a scan, for batches with
-        persons not met lately)."""
+        :data:`_NUMBERS_CACHE` persons, read once; past that, the half given or
+        looked up last, and the others are looked up in ``persons`` (a scan,
+        for batches with persons not met lately)."""
         numbered = self._numbered
         if self._next_number is None:
             self._read_numbers()
@@ -916,8 +916,9 @@ class Store:
                 self.con.execute("INSERT INTO persons SELECT ph, pn FROM _given")
             self._next_number = first + len(new)
         out = list(map(numbered.__getitem__, hashes))
-        if len(numbered) > _NUMBERS_CACHE:
-            numbered.clear()
+        if len(numbered) > _NUMBERS_CACHE:  # forget the earlier half (a dict keeps its order)
+            for earlier in list(itertools.islice(numbered, len(numbered) - _NUMBERS_CACHE // 2)):
+                del numbered[earlier]
             self._all_numbered = False
         return out
 
