@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 
 from journeys import KEY, PRODUCT, T0, record, snapshot
+from serverproc import wait_until
 from tally.catalog import Catalog
 from tally.cli.maintenance import rebuild_store
 from tally.log.damage import Quarantine
@@ -183,3 +184,39 @@ def test_a_worker_that_dies_fails_the_rebuild_and_leaves_the_old_store(tmp_path:
     assert "Traceback" not in err
     assert digest(settings.store_path) == before
     assert not settings.store_path.with_name(settings.store_path.name + ".rebuild").exists()
+
+
+def test_a_rebuild_killed_leaves_no_worker_behind(tmp_path: Path) -> None:
+    """Killed with SIGKILL (the OOM killer's way), the rebuild cannot stop its
+    workers: each ends by itself once its parent is gone (tally.orphans)."""
+    later_ns = time.time_ns() + 3600 * 10**9
+    settings = data_dir(tmp_path / "data", frames(6000, later_ns), later_ns)
+    write(settings.log_dir, {"c3": [f for fs in frames(60_000, later_ns, 9).values() for f in fs]})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    rebuild = subprocess.Popen(
+        [sys.executable, "-m", "tally", "rebuild", "--accept-loss", "--jobs", "1",
+         "--data-dir", str(settings.data_dir)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    workers: list[psutil.Process] = []
+    while not workers and rebuild.poll() is None:
+        with contextlib.suppress(psutil.Error):
+            workers = [child for child in psutil.Process(rebuild.pid).children(recursive=True)
+                       if "spawn_main" in " ".join(child.cmdline())]  # fmt: skip
+        time.sleep(0.01)
+    assert workers, "the rebuild ended before its worker started"
+    rebuild.kill()
+    assert rebuild.wait(10) == -signal.SIGKILL
+
+    def ended(worker: psutil.Process) -> bool:
+        try:
+            return worker.status() == psutil.STATUS_ZOMBIE  # ended, not yet reaped
+        except psutil.NoSuchProcess:
+            return True
+
+    try:
+        wait_until(lambda: all(ended(w) for w in workers), 15, "the orphaned workers end")
+    finally:
+        for worker in workers:  # this test's own processes, should the assertion fail
+            with contextlib.suppress(psutil.Error):
+                worker.kill()

@@ -57,6 +57,7 @@ from tally.log.damage import KEEP_BYTES, Damage
 from tally.log.reader import Entry, LogReader
 from tally.log.record import Record
 from tally.log.writer import list_segments
+from tally.orphans import end_with_parent
 from tally.store.batch import Prepared, prepare
 from tally.store.stage import REJECT, Stage
 
@@ -228,9 +229,10 @@ def _prepared_part(
     )
 
 
-def _start_worker(nice: int) -> None:
+def _start_worker(nice: int, parent: int) -> None:
     # Ctrl-C is the writing process's to handle: it stops the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    end_with_parent(parent)  # killed, the writing process leaves no worker behind
     # At the writing process's priority: at nice 10 other programs took the
     # CPU ahead of the workers (docs/benchmarks.md, "Rebuild in worker processes").
     # A worker inherits the nice of the thread that started it; the live
@@ -368,7 +370,10 @@ class Pool:
         terminated."""
         context = multiprocessing.get_context("spawn")  # no fork of a process with threads
         executor = ProcessPoolExecutor(
-            self.jobs, mp_context=context, initializer=_start_worker, initargs=(self.nice,)
+            self.jobs,
+            mp_context=context,
+            initializer=_start_worker,
+            initargs=(self.nice, os.getpid()),
         )
         pending: deque[Future[list[Part]]] = deque()
         todo = iter(slices)
