@@ -37,7 +37,10 @@ def ten_logged(tmp_path: Path) -> Iterator[Processor]:
 
 
 def events(processor: Processor) -> int:
-    row = processor.store.con.execute("SELECT count(*) FROM events").fetchone()
+    # A cursor of its own: the writer's connection refuses a second caller
+    # while the processor's thread writes on it.
+    with processor.store.cursor() as cursor:
+        row = cursor.execute("SELECT count(*) FROM events").fetchone()
     return int(row[0]) if row else 0
 
 
