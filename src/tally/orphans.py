@@ -1,4 +1,4 @@
-"""Worker processes that do not outlive the process that started them.
+"""Worker processes that leave Ctrl-C to the process that started them and do not outlive it.
 
 A pool's worker (tally.preparing's, tally.migrate.parallel's) waits for its
 next task on a pipe whose writing end it holds as well, so it never reads the
@@ -13,6 +13,7 @@ when it is not: what a worker holds is never written by anyone but its parent.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 
@@ -29,3 +30,10 @@ def end_with_parent(parent: int) -> None:
         os._exit(1)  # nothing of this process's is anyone's to keep
 
     threading.Thread(target=watch, name="tally-parent-watch", daemon=True).start()
+
+
+def start_pool_worker(parent: int) -> None:
+    """What a pool's worker does first: leave Ctrl-C to ``parent``, which
+    stops the pool, and end with it (:func:`end_with_parent`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    end_with_parent(parent)

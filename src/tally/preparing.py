@@ -38,7 +38,6 @@ import gc
 import itertools
 import multiprocessing
 import os
-import signal
 import threading
 import time
 from array import array
@@ -57,7 +56,7 @@ from tally.log.damage import KEEP_BYTES, Damage
 from tally.log.reader import Entry, LogReader
 from tally.log.record import Record
 from tally.log.writer import list_segments
-from tally.orphans import end_with_parent
+from tally.orphans import start_pool_worker
 from tally.store.batch import Prepared, prepare
 from tally.store.stage import REJECT, Stage
 
@@ -230,9 +229,7 @@ def _prepared_part(
 
 
 def _start_worker(nice: int, parent: int) -> None:
-    # Ctrl-C is the writing process's to handle: it stops the pool.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    end_with_parent(parent)  # killed, the writing process leaves no worker behind
+    start_pool_worker(parent)
     # At the writing process's priority: at nice 10 other programs took the
     # CPU ahead of the workers (docs/benchmarks.md, "Rebuild in worker processes").
     # A worker inherits the nice of the thread that started it; the live

@@ -26,6 +26,8 @@ from tally.migrate.sources import Position
 #: Records a chunk: one write, one sync, one checkpoint.
 CHUNK_RECORDS = 20_000
 CHUNK_BYTES = 4 * 1024 * 1024
+#: How often the read-ahead's threads look whether they are to stop.
+POLL_SECONDS = 0.1
 
 Items = Iterable[tuple[Row | Bad | None, Position]]
 
@@ -162,7 +164,7 @@ class ReadAhead:
     def __iter__(self) -> Iterator[Framed]:
         while True:
             try:
-                chunk, error = self._queue.get(timeout=0.1)
+                chunk, error = self._queue.get(timeout=POLL_SECONDS)
             except queue.Empty:
                 if self._asked():
                     return
@@ -200,7 +202,7 @@ class ReadAhead:
     def _put(self, chunk: Framed | None, error: BaseException | None) -> bool:
         while not self._stop.is_set():
             try:
-                self._queue.put((chunk, error), timeout=0.1)
+                self._queue.put((chunk, error), timeout=POLL_SECONDS)
                 return True
             except queue.Full:
                 continue

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import signal
 from collections import deque
 from collections.abc import Iterator
 from multiprocessing.pool import AsyncResult
@@ -19,7 +18,7 @@ from multiprocessing.pool import AsyncResult
 from tally.migrate.blocks import BlockFramer, chunk_blocks
 from tally.migrate.importer import Framed, next_time
 from tally.migrate.sources import Block, Position, SourceFile, line_blocks
-from tally.orphans import end_with_parent
+from tally.orphans import start_pool_worker
 
 #: (a chunk's blocks of lines, the API key, its receive time)
 _Task = tuple[list[Block], str, int]
@@ -30,7 +29,7 @@ def framed_in_parallel(
 ) -> Iterator[Framed]:
     """The records of JSON-lines files framed by ``jobs`` worker processes, in order."""
     context = multiprocessing.get_context("spawn")  # no fork of a process with threads
-    with context.Pool(jobs, initializer=_start_worker, initargs=(os.getpid(),)) as pool:
+    with context.Pool(jobs, initializer=start_pool_worker, initargs=(os.getpid(),)) as pool:
         pending: deque[AsyncResult[Framed]] = deque()
         recv_ns = next_time(0)
         for blocks in chunk_blocks(line_blocks(files, start)):
@@ -52,9 +51,3 @@ def _frame_blocks(task: _Task) -> Framed:
     if framer is None:
         framer = _framers[key] = BlockFramer(key)
     return framer.framed(blocks, recv_ns)
-
-
-def _start_worker(parent: int) -> None:
-    # Ctrl-C is the importing process's to handle: it stops the pool.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    end_with_parent(parent)  # killed, the importing process leaves no worker behind
