@@ -25,8 +25,11 @@ from test_order_independence import CAPS, KEYS, fresh_store, interleave, record_
 from test_persons_stored import TABLES, _in_batches, from_graph, moved, resolved
 from test_reports_oracle import MAIN, check
 
-from journeys import PRODUCT, T0, Row, alias, build, event, keys, rows, snapshot, total_order
+from journeys import PRODUCT, T0, Keys, Row, alias, build, event, keys, rows, snapshot, total_order
+from serverproc import wait_until
+from tally.processor import Processor
 from tally.reports import Product, metrics, run_report
+from tally.settings import Settings
 from tally.store import store as store_module
 from tally.store.schema import SCHEMA_VERSION
 from tally.store.store import Store
@@ -136,6 +139,28 @@ def test_a_writer_that_keeps_few_numbers_in_memory_gives_the_same_ones(tmp_path:
     assert people(forgetting) == people(keeping)
     keeping.close()
     forgetting.close()
+
+
+def test_the_processor_reads_the_numbers_before_its_first_batch(tmp_path: Path) -> None:
+    """A store opened afresh reads its numbers once; the running processor
+    does so as it starts, not in its first batch (the live rate, issue 12)."""
+    config = Settings(data_dir=tmp_path)
+    Store(config.store_path).close()
+    first = Store(config.store_path)
+    first.apply(build(product()), keys)
+    count = rows(first, "SELECT count(*) FROM persons")[0][0]
+    first.close()
+    store = Store(config.store_path)
+    assert store._next_number is None  # nothing read yet: a CLI command pays nothing
+    processor = Processor(config, store, keys=Keys)
+    processor.start()
+    try:
+        # (the dict last: the count is read before it)
+        wait_until(lambda: len(store._numbered) == count > 0, 10, "read, with no record")
+        assert store._next_number == count
+    finally:
+        processor.stop()
+        store.close()
 
 
 def test_a_rolled_back_batch_gives_no_number_away(tmp_path: Path) -> None:

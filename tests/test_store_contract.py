@@ -190,8 +190,9 @@ def test_a_retry_in_another_batch_is_absorbed_and_the_earlier_kept(
 
 
 def test_the_engines_own_tuning_never_changes_an_answer(opened: Opener) -> None:
-    """Bulk writing, compaction, threads, memory and checkpoints are how an
-    engine lays out and runs its work, never what it answers."""
+    """Bulk writing, compaction, threads, memory, reading ahead and
+    checkpoints are how an engine lays out and runs its work, never what it
+    answers."""
     plain = opened("plain")
     plain.apply(build(RECORDS), Keys())
     expected = answers(plain)
@@ -202,6 +203,7 @@ def test_the_engines_own_tuning_never_changes_an_answer(opened: Opener) -> None:
     with tuned.bulk():
         tuned.apply(entries[:5], Keys())
         tuned.sort_events()
+        tuned.warm()
         tuned.apply(entries[5:], Keys())
     tuned.checkpoint()
     with tuned.all_threads():

@@ -485,9 +485,14 @@ class Processor:
         idle = 0.0
         retry = RETRY_FIRST_SECONDS
         untidy = True
+        cold = True
         while not self._stop.is_set():
             self._health.tell(self)
             try:
+                if cold:  # before the first batch, which would wait for it
+                    with self.lock:
+                        self.store.warm()
+                    cold = False
                 if self._defer_to_ingest():
                     self._stop.wait(POLL_SECONDS)
                     continue

@@ -215,6 +215,12 @@ class Writer(Protocol):
         """A staging lane for another thread (closed by the caller)."""
         ...
 
+    def warm(self) -> None:
+        """Read ahead what writes keep in memory (DuckDB: the person numbers),
+        so that the first batch does not wait for it; writes read it anyway
+        when it is not read."""
+        ...
+
     def is_failure(self, exc: BaseException) -> bool:
         """Whether ``exc`` is the engine's machinery failing (a full disk, an
         I/O error, memory), not a record: nothing is applied, the processor
