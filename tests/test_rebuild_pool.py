@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
-from journeys import KEY, PRODUCT, T0, record, snapshot
+from journeys import KEY, PRODUCT, T0, record, rows, snapshot
 from serverproc import wait_until
 from tally.catalog import Catalog
 from tally.cli.maintenance import rebuild_store
@@ -25,7 +26,7 @@ from tally.log.reader import LogReader
 from tally.log.record import encode_record
 from tally.log.writer import SegmentWriter, list_segments, segment_name
 from tally.operations import REVOKE_ALIAS_PATH
-from tally.preparing import plan
+from tally.preparing import WorkerEnded, plan
 from tally.processor import Processor
 from tally.settings import Settings
 from tally.store import Store
@@ -186,6 +187,94 @@ def test_a_worker_that_dies_fails_the_rebuild_and_leaves_the_old_store(tmp_path:
     assert not settings.store_path.with_name(settings.store_path.name + ".rebuild").exists()
 
 
+def test_ctrl_c_stops_a_rebuild_and_leaves_the_old_store(tmp_path: Path) -> None:
+    """Ctrl-C: the rebuild stops after the batch it is writing, removes what
+    it built, ends its workers and says so (exit status 130)."""
+    later_ns = time.time_ns() + 3600 * 10**9
+    settings = data_dir(tmp_path / "data", frames(6000, later_ns), later_ns)
+    store = Store(settings.store_path)
+    Processor(settings, store).catch_up(limit=1000)
+    store.close()
+    write(settings.log_dir, {"c3": [f for fs in frames(60_000, later_ns, 9).values() for f in fs]})
+    before = digest(settings.store_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    rebuild = subprocess.Popen(
+        [sys.executable, "-m", "tally", "rebuild", "--accept-loss", "--jobs", "1",
+         "--data-dir", str(settings.data_dir)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    workers = started_workers(rebuild)
+    rebuild.send_signal(signal.SIGINT)  # (its handler is in place before the workers start)
+    try:
+        out, err = rebuild.communicate(timeout=60)
+    finally:
+        rebuild.kill()  # should it hang: this test's own process
+    assert rebuild.returncode == 130, (out, err)
+    assert f"Interrupted: {settings.store_path} is as it was." in err
+    assert "Traceback" not in err
+    assert "Rebuilt" not in out
+    assert digest(settings.store_path) == before
+    building = settings.store_path.with_name(settings.store_path.name + ".rebuild")
+    assert not building.exists()
+    assert not building.with_name(building.name + ".wal").exists()
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+
+
+def started_workers(rebuild: subprocess.Popen[str]) -> list[psutil.Process]:
+    """The worker processes of ``rebuild``, once one has started."""
+    workers: list[psutil.Process] = []
+    while not workers and rebuild.poll() is None:
+        workers = spawned(rebuild.pid)
+        time.sleep(0.01)
+    assert workers, "the rebuild ended before its worker started"
+    return workers
+
+
+def spawned(pid: int) -> list[psutil.Process]:
+    """The processes that ``pid`` started through multiprocessing's spawn."""
+    found = []
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "spawn_main" in " ".join(child.cmdline()):
+                    found.append(child)
+    return found
+
+
+def test_a_worker_asked_to_end_ends_its_slice_whole_and_the_catch_up_says_so(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM, how a catch-up that ends early asks its workers to end, makes
+    a worker end its slice with WorkerEnded at its next batch, sent back whole,
+    rather than die: the catch-up raises it, having written whole batches
+    only, and its pool shuts down. (A worker killed while it sent its batches
+    left half a message in the pool's pipe, and the pool waiting for the rest
+    for good: a rebuild stopped by Ctrl-C hung so.)"""
+    later_ns = time.time_ns() + 3600 * 10**9
+    settings = data_dir(tmp_path / "data", frames(6000, later_ns), later_ns)
+    write(settings.log_dir, {"c3": [f for fs in frames(60_000, later_ns, 9).values() for f in fs]})
+    asked: list[psutil.Process] = []
+
+    def on_batch(_: int) -> None:
+        if not asked:  # the first batch written: the worker has slices to go
+            asked.extend(spawned(os.getpid()))
+            for worker in asked:
+                worker.terminate()
+
+    store = Store(settings.store_path)
+    try:
+        with pytest.raises(WorkerEnded, match="asked to end within"):
+            Processor(settings, store).catch_up_in_processes(on_batch, jobs=1, limit=60)
+        assert asked
+        ((events,),) = rows(store, "SELECT count(*) FROM events")
+        ((positions,),) = rows(store, "SELECT sum(records) FROM positions")
+        assert 0 < positions < 66_000
+        assert events <= positions  # (rejects and duplicates are not events)
+    finally:
+        store.close()
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in asked)
+
+
 def test_a_rebuild_killed_leaves_no_worker_behind(tmp_path: Path) -> None:
     """Killed with SIGKILL (the OOM killer's way), the rebuild cannot stop its
     workers: each ends by itself once its parent is gone (tally.orphans)."""
@@ -198,13 +287,7 @@ def test_a_rebuild_killed_leaves_no_worker_behind(tmp_path: Path) -> None:
          "--data-dir", str(settings.data_dir)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    workers: list[psutil.Process] = []
-    while not workers and rebuild.poll() is None:
-        with contextlib.suppress(psutil.Error):
-            workers = [child for child in psutil.Process(rebuild.pid).children(recursive=True)
-                       if "spawn_main" in " ".join(child.cmdline())]  # fmt: skip
-        time.sleep(0.01)
-    assert workers, "the rebuild ended before its worker started"
+    workers = started_workers(rebuild)
     rebuild.kill()
     assert rebuild.wait(10) == -signal.SIGKILL
 

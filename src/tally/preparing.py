@@ -27,8 +27,12 @@ A worker that dies makes the catch-up raise (``BrokenProcessPool``); the batch
 it held is never written, and the caller (``tally rebuild``) throws away the
 store it was building; the live processor writes nothing of it either, and
 goes on from the positions the store holds. Workers ignore Ctrl-C: it is this
-process's. A catch-up that ends early (stopped, or an error) terminates the
-workers rather than waiting for the slices they hold (they only read the log).
+process's. A catch-up that ends early (stopped, or an error) asks its workers
+to end rather than waiting for the slices they hold: SIGTERM, on which a
+worker ends its slice with :class:`WorkerEnded` at its next batch. It is not
+killed there and then: a worker killed while it sends a slice's batches
+would leave half a message in the pool's pipe, and the pool's thread that
+reads it waiting for the rest for good (so did a rebuild stopped by Ctrl-C).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import gc
 import itertools
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from array import array
@@ -46,6 +51,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, cast, overload
 
 import pyarrow as pa
@@ -68,6 +74,14 @@ STOP_POLL_SECONDS = 0.1
 
 #: The API keys as the catalog holds them: key -> (product, revoked at, ns).
 KeyRows = dict[str, tuple[str, int | None]]
+
+
+class WorkerEnded(Exception):
+    """A worker was asked to end (SIGTERM) before its slice was prepared."""
+
+
+#: Set in a worker by SIGTERM (:func:`_asked_to_end`).
+_ending = threading.Event()
 
 
 def default_jobs() -> int:
@@ -194,9 +208,13 @@ def _prepare_slice(task: _Task) -> list[Part]:
         met = []
 
     entries = LogReader(log_dir).read(piece.stream, piece.start, told)
-    within = itertools.takewhile(lambda entry: entry.position < piece.end, entries)
+    within = itertools.takewhile(lambda e: e.position < piece.end and not _ending.is_set(), entries)
     for batch, _ in batches(within, limit, limit_bytes):
+        if _ending.is_set():  # (what it read may be a part of the slice only)
+            raise WorkerEnded(f"asked to end within {piece.stream} at {piece.start}")
         cut(batch)
+    if _ending.is_set():
+        raise WorkerEnded(f"asked to end within {piece.stream} at {piece.start}")
     if met:
         cut([])
     gc.collect()
@@ -228,8 +246,13 @@ def _prepared_part(
     )
 
 
+def _asked_to_end(signum: int, frame: FrameType | None) -> None:
+    _ending.set()
+
+
 def _start_worker(nice: int, parent: int) -> None:
     start_pool_worker(parent)
+    signal.signal(signal.SIGTERM, _asked_to_end)
     # At the writing process's priority: at nice 10 other programs took the
     # CPU ahead of the workers (docs/benchmarks.md, "Rebuild in worker processes").
     # A worker inherits the nice of the thread that started it; the live
@@ -394,12 +417,13 @@ class Pool:
             for future in pending:
                 future.cancel()
             if pending:  # ended early: what the workers hold will not be written
-                _terminate(executor)
+                _ask_to_end(executor)
             executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _terminate(executor: ProcessPoolExecutor) -> None:
-    """End the executor's workers now (SIGTERM; they only read the log)."""
+def _ask_to_end(executor: ProcessPoolExecutor) -> None:
+    """Ask the executor's workers to end their slices at their next batch
+    (SIGTERM: :func:`_asked_to_end`); they only read the log."""
     processes = getattr(executor, "_processes", None) or {}
     for process in list(processes.values()):
         with contextlib.suppress(Exception):

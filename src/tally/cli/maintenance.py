@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ from tally.audit import ALIAS_REVOKE, local_actor
 from tally.catalog import Catalog
 from tally.cli.options import (
     blocked_set,
+    ctrl_c_asks_to_stop,
     data_dir_option,
     echo_json,
     echo_table,
@@ -60,7 +62,9 @@ def rebuild(
     """Recompute the whole store from the log (the server must be stopped).
 
     The new store is built beside the old one and replaces it only when it is
-    complete, so an interrupted rebuild changes nothing. Use it after changing
+    complete, so an interrupted rebuild changes nothing: Ctrl-C stops it after
+    the batch it is writing and removes what it built (exit status 130; a
+    second Ctrl-C stops it at once). Use it after changing
     --blocked-identities or --max-identities-per-person, or to check that the
     live store is what the log says. If the log was damaged below what the
     store has applied (`tally check`), the store holds records the log lost and
@@ -90,17 +94,33 @@ def rebuild(
                     "or pass --accept-loss",
                     code="log_lost_records",
                 )
-        records = rebuild_store(settings, jobs=default_jobs() if jobs is None else jobs)
+        with ctrl_c_asks_to_stop() as asked:
+            records = rebuild_store(
+                settings, jobs=default_jobs() if jobs is None else jobs, stop=asked
+            )
+    if records is None:
+        click.echo(f"Interrupted: {settings.store_path} is as it was.", err=True)
+        sys.exit(130)
     click.echo(f"Rebuilt {settings.store_path} from {records:,} log records.")
 
 
+class _Stopped(Exception):
+    """A rebuild stopped as asked: nothing is put in place."""
+
+
 def rebuild_store(
-    settings: Settings, *, jobs: int | None = None, batch_records: int = REBUILD_BATCH_RECORDS
-) -> int:
+    settings: Settings,
+    *,
+    jobs: int | None = None,
+    batch_records: int = REBUILD_BATCH_RECORDS,
+    stop: threading.Event | None = None,
+) -> int | None:
     """Build the store from the log beside the old one, then put it in place
     (the caller holds the data directory's lock); the records read. ``jobs``
     worker processes prepare the batches (tally.preparing; by default
-    :func:`default_jobs`, 0 for none); should one die, nothing is put in place."""
+    :func:`default_jobs`, 0 for none); should one die, nothing is put in place.
+    Once ``stop`` is set (Ctrl-C), it stops after the batch it is writing,
+    removes what it built and returns ``None``: nothing is put in place."""
     from concurrent.futures.process import BrokenProcessPool
 
     from tally.processor import Processor
@@ -135,6 +155,7 @@ def rebuild_store(
                         jobs=default_jobs() if jobs is None else jobs,
                         limit=batch_records,
                         limit_bytes=REBUILD_BATCH_BYTES,
+                        stop=stop,
                     )
                 except BrokenProcessPool as exc:
                     raise Unavailable(
@@ -143,6 +164,8 @@ def rebuild_store(
                         "fewer --jobs",
                         code="rebuild_failed",
                     ) from exc
+            if stop is not None and stop.is_set():
+                raise _Stopped  # (out of bulk() without building its indexes)
             if processor.progress.writing_seconds:
                 click.echo(
                     f"Wrote {processor.progress.batches:,} batches in "
@@ -151,11 +174,13 @@ def rebuild_store(
                 )
             click.echo("Indexing identities for the person page…")
         store.checkpoint()
-    except BaseException:
+    except BaseException as exc:
         store.close()
         for partial in (building, building.with_name(building.name + ".wal")):
             with contextlib.suppress(OSError):
                 partial.unlink()
+        if isinstance(exc, _Stopped):
+            return None
         raise
     store.close()
     # The old store's WAL goes first: beside the new store it would not match

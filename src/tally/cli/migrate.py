@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 
 import click
 
 from tally import local
 from tally.catalog import Catalog
 from tally.cli.options import (
+    ctrl_c_asks_to_stop,
     data_dir_option,
     echo_json,
     echo_table,
@@ -146,7 +142,7 @@ def _run(
         jobs = min(os.cpu_count() or 1, MAX_JOBS) if source.total > PARALLEL_BYTES else 1
     if fmt == "csv":
         jobs = 1  # a quoted cell can span lines: one process reads them in order
-    with _ctrl_c_asks_to_stop() as asked:
+    with ctrl_c_asks_to_stop() as asked:
         try:
             with progress_bar(f"Importing {name}", state.total) as bar:
                 if jobs > 1:
@@ -171,26 +167,6 @@ def _run(
         shown = ", ".join(f"{n:,} {reason}" for reason, n in sorted(state.rejected.items()))
         click.echo(f"Lines that are not records: {shown}; `tally rejects` lists each with its "
                    "file and line.")  # fmt: skip
-
-
-@contextmanager
-def _ctrl_c_asks_to_stop() -> Iterator[threading.Event]:
-    """Ctrl-C sets the event, and the import stops after the chunk it is
-    writing. Raised wherever the main thread happened to be, KeyboardInterrupt
-    could leave a lock held that the chunk-making thread then waits on
-    forever; a second Ctrl-C raises it all the same."""
-    asked = threading.Event()
-    previous = signal.getsignal(signal.SIGINT)
-
-    def ask(signum: int, frame: FrameType | None) -> None:
-        asked.set()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    signal.signal(signal.SIGINT, ask)
-    try:
-        yield asked
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 @click.command()

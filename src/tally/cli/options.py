@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any, TypeVar
 
 import click
@@ -110,3 +114,24 @@ def pipeline_options(func: F) -> F:
 
 def blocked_set(text: str) -> frozenset[str]:
     return frozenset(item.strip() for item in text.split(",") if item.strip())
+
+
+@contextmanager
+def ctrl_c_asks_to_stop() -> Iterator[threading.Event]:
+    """Ctrl-C sets the event, for a long command to stop where it can (an
+    import after the chunk it is writing, a rebuild after its batch).
+    Raised wherever the main thread happened to be, KeyboardInterrupt could
+    leave a lock held that another thread then waits on forever; a second
+    Ctrl-C raises it all the same."""
+    asked = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def ask(signum: int, frame: FrameType | None) -> None:
+        asked.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, ask)
+    try:
+        yield asked
+    finally:
+        signal.signal(signal.SIGINT, previous)
