@@ -153,7 +153,12 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_a_worker_that_dies_fails_the_rebuild_and_leaves_the_old_store(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_worker_that_dies_fails_the_rebuild_and_leaves_the_old_store(
+    tmp_path: Path, how: signal.Signals
+) -> None:
+    """Killed (the OOM killer's way), or sent SIGTERM by another program (it
+    then ends its slice, tally.preparing): one line, and the old store stays."""
     later_ns = time.time_ns() + 3600 * 10**9
     settings = data_dir(tmp_path / "data", frames(6000, later_ns), later_ns)
     store = Store(settings.store_path)
@@ -169,17 +174,11 @@ def test_a_worker_that_dies_fails_the_rebuild_and_leaves_the_old_store(tmp_path:
          "--data-dir", str(settings.data_dir)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    killed = None
-    while killed is None and rebuild.poll() is None:
-        for child in psutil.Process(rebuild.pid).children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                if "spawn_main" in " ".join(child.cmdline()):
-                    child.send_signal(signal.SIGKILL)
-                    killed = child.pid
-                    break
-        time.sleep(0.01)
+    (worker,) = started_workers(rebuild)
+    if how == signal.SIGTERM:  # once it handles SIGTERM (its start done), not before
+        wait_until(lambda: catches(worker.pid, how), 30, "the worker handles SIGTERM")
+    worker.send_signal(how)
     out, err = rebuild.communicate(timeout=120)
-    assert killed is not None, "the rebuild ended before a worker could be killed"
     assert rebuild.returncode == 1, (out, err)
     assert "error: a process preparing the rebuild's batches ended abruptly" in err
     assert "Traceback" not in err
@@ -228,6 +227,13 @@ def started_workers(rebuild: subprocess.Popen[str]) -> list[psutil.Process]:
         time.sleep(0.01)
     assert workers, "the rebuild ended before its worker started"
     return workers
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler of its own for ``signum``."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) & (1 << (signum - 1)))
 
 
 def spawned(pid: int) -> list[psutil.Process]:

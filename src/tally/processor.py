@@ -35,6 +35,7 @@ from tally.preparing import (
     KeyRows,
     Pool,
     Slice,
+    WorkerEnded,
     batches,
     default_jobs,
     lookup_for,
@@ -355,7 +356,8 @@ class Processor:
         asks it: not those of the slices handed out, which reach the log's
         durable end); the slices handed out are written,
         unless ``stop`` is set: then none after the batch in hand, and the
-        workers are ended. A worker that dies raises ``BrokenProcessPool``;
+        workers are ended. A worker that dies raises ``BrokenProcessPool``
+        (``WorkerEnded`` if it was sent SIGTERM);
         nothing after the last batch written is applied."""
         if self.catalog_keys is None or jobs < 1:
             return self.catch_up(
@@ -552,9 +554,10 @@ class Processor:
                     pause=self._defer_to_ingest,
                     until=min(POOL_UNTIL_BYTES, self.settings.segment_mib * 1024 * 1024),
                 )
-            except BrokenProcessPool:
+            except (BrokenProcessPool, WorkerEnded):
                 # Nothing of the worker's batch was written: the thread
-                # path goes on from the positions the store holds.
+                # path goes on from the positions the store holds. (A
+                # worker that another program sent SIGTERM ends its slice.)
                 log.warning("a process preparing the processor's batches ended abruptly "
                             "(killed, or out of memory?); the processor goes on without "
                             "them for %.0f s", POOL_PAUSE_SECONDS)  # fmt: skip

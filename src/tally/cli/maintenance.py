@@ -29,7 +29,7 @@ from tally.errors import InvalidInput, Unavailable
 from tally.log.damage import Quarantine
 from tally.log.reader import LogReader
 from tally.operations import revoke_alias
-from tally.preparing import default_jobs
+from tally.preparing import WorkerEnded, default_jobs
 from tally.settings import Settings
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ def rebuild_store(
                         limit_bytes=REBUILD_BATCH_BYTES,
                         stop=stop,
                     )
-                except BrokenProcessPool as exc:
+                except (BrokenProcessPool, WorkerEnded) as exc:
                     raise Unavailable(
                         "a process preparing the rebuild's batches ended abruptly (killed, or "
                         "out of memory?); the store is as it was: rebuild again, perhaps with "
