@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
-from test_rebuild_pool import OTHER_KEY, data_dir, frames, write
+from test_rebuild_pool import OTHER_KEY, data_dir, frames, spawned, write
 
 from journeys import KEY, PRODUCT, record, snapshot
 from serverproc import RunningServer, wait_until
@@ -41,11 +41,10 @@ def workers(pid: int) -> list[psutil.Process]:
     (as the collectors are) at the processor's priority (the collectors run
     at the server's)."""
     found = []
-    with contextlib.suppress(psutil.Error):
-        for child in psutil.Process(pid).children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                if "spawn_main" in " ".join(child.cmdline()) and child.nice() == PROCESSOR_NICE:
-                    found.append(child)
+    for child in spawned(pid):
+        with contextlib.suppress(psutil.Error):
+            if child.nice() == PROCESSOR_NICE:
+                found.append(child)
     return found
 
 

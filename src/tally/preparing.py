@@ -208,13 +208,11 @@ def _prepare_slice(task: _Task) -> list[Part]:
         met = []
 
     entries = LogReader(log_dir).read(piece.stream, piece.start, told)
-    within = itertools.takewhile(lambda e: e.position < piece.end and not _ending.is_set(), entries)
+    within = itertools.takewhile(lambda entry: entry.position < piece.end, entries)
     for batch, _ in batches(within, limit, limit_bytes):
-        if _ending.is_set():  # (what it read may be a part of the slice only)
+        if _ending.is_set():  # looked at a batch, not a record: off the hot path
             raise WorkerEnded(f"asked to end within {piece.stream} at {piece.start}")
         cut(batch)
-    if _ending.is_set():
-        raise WorkerEnded(f"asked to end within {piece.stream} at {piece.start}")
     if met:
         cut([])
     gc.collect()
