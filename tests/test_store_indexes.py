@@ -86,3 +86,47 @@ def test_the_person_page_pages_its_events_newest_first_without_an_index(
     ]
     assert person_view(store.con, "acme", "bob", page=2)["events"]["items"] == []
     store.close()
+
+
+#: Rows that go to the WAL whole: fewer than a row group (DuckDB writes a
+#: transaction's full row groups to the database file at once), 200 bytes each.
+FILLER = "CREATE TABLE filler AS SELECT repeat(md5(range::VARCHAR), 6) AS x FROM range(110000)"
+
+
+def wal_after_22_mb(store: Store, path: Path) -> int:
+    """The WAL's size after a commit of ~22 MB and one more commit (DuckDB
+    checkpoints at a commit that finds the WAL past its threshold)."""
+    store.con.execute(FILLER)
+    store.con.execute("DROP TABLE filler")
+    wal = path.with_name(path.name + ".wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+def threshold(store: Store) -> str:
+    row = store.con.execute("SELECT current_setting('checkpoint_threshold')").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_the_store_is_checkpointed_at_256_mb_of_wal_and_at_2_gb_in_bulk(tmp_path: Path) -> None:
+    """DuckDB's automatic checkpoint writes out the whole of every ART index
+    (DuckDB issue #24848): one at its default 16 MB of WAL, every few of the
+    processor's batches, cost more the larger the store grew (store.py,
+    CHECKPOINT_WAL)."""
+    path = tmp_path / "s.duckdb"
+    store = Store(path)
+    store.apply(build(ROWS), keys)
+    assert wal_after_22_mb(store, path) > 16 * 2**20  # not checkpointed at 16 MB
+    assert threshold(store) == "244.1 MiB"  # 256 MB, as DuckDB counts
+    with store.bulk():
+        assert indexed_tables(store.con).isdisjoint({"identities", "aliases"})
+        assert threshold(store) == "1.8 GiB"  # 2 GB
+        store.apply(build([event("cy", "Visited Site", T0 + 40)]), keys)
+    assert threshold(store) == "244.1 MiB"
+    assert {"known_identities", "identities", "aliases"} <= indexed_tables(store.con)
+    before = snapshot(store)
+    store.close()
+    reopened = Store(path)  # the WAL replayed, the setting made again
+    assert snapshot(reopened) == before
+    assert threshold(reopened) == "244.1 MiB"
+    reopened.close()

@@ -71,6 +71,18 @@ _PERSON_JOIN = " LEFT JOIN identities i ON i.product = k.product AND i.ih = k.ih
 _WHO_JOIN = " JOIN _who w ON w.product = k.product AND w.ih = k.ih"
 #: An in-memory database beside the store for batches on their way in.
 STAGING = "tally_staging"
+#: The WAL's size at which DuckDB checkpoints the store at a commit (its own
+#: default is 16 MB, which a few of the processor's batches pass). Every
+#: checkpoint writes out the whole of each ART index the store keeps, the
+#: primary keys' too (DuckDB issue #24848), so the more often, the more the
+#: store's size costs each record (docs/store.md, "Cost as the history
+#: grows"). Commits are as durable either way (the WAL is synced); a server
+#: killed leaves at most this much WAL to replay when the store is next opened,
+#: a few seconds (docs/benchmarks.md, "Session 15").
+CHECKPOINT_WAL = "256MB"
+#: The same while a whole store is written (Store.bulk): a rebuild's store is
+#: thrown away if it fails, and checkpointed once at its end.
+BULK_CHECKPOINT_WAL = "2GB"
 
 
 #: Errors of the store's machinery, not of a record: a full disk, an I/O error,
@@ -205,6 +217,7 @@ class Store:
         self._threads_lock = threading.Lock()
         self._reports = 0
         if not read_only:
+            self.con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_WAL}'")
             self.con.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {STAGING}")
             self.con.execute(DDL)
             self.con.execute(
@@ -389,6 +402,7 @@ class Store:
                 self.con.close()
             try:
                 self.con = duckdb.connect(str(self.path))
+                self.con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_WAL}'")
                 self.con.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {STAGING}")
                 self.con.execute(f"SET threads = {self.threads}")
                 if self.memory_limit:
@@ -450,9 +464,16 @@ class Store:
     def bulk(self) -> Iterator[None]:
         """Without the person page's indexes while a whole store is written
         (``tally rebuild``): building an ART index once at the end costs far less
-        than keeping it up to date batch by batch."""
+        than keeping it up to date batch by batch.
+
+        And checkpointed only once :data:`BULK_CHECKPOINT_WAL` of WAL has
+        gathered: each checkpoint writes out the whole of every ART index left
+        (the primary keys'), so its cost grows with the store. The caller
+        checkpoints at the end."""
         self.con.execute(DROP_INDEXES)
+        self.con.execute(f"SET checkpoint_threshold = '{BULK_CHECKPOINT_WAL}'")
         yield  # (should it fail, the next open builds them: Store.__init__ runs INDEXES)
+        self.con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_WAL}'")
         self.con.execute(INDEXES)
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
