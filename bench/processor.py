@@ -23,8 +23,9 @@ Measures, in one run:
    processor itself (indexes, de-duplication keys, identities and all;
    cached in ``bench/.data/processor``), median of ``--repeat`` rounds, and
    the ratio to the empty store (issue 12's target: at least 0.9 at 10M).
-   The timed window ends with a checkpoint, so that the records' share of
-   writing the database file counts whatever DuckDB's checkpoint threshold.
+   The timed window ends with a checkpoint (as the apply rate's does), so
+   that the records' share of writing the database file counts whatever
+   DuckDB's checkpoint threshold.
    What the server does once before its first batch is timed apart: a
    sorted block of the events before (the copy starts just after one) and
    the person numbers read into memory (``Store.warm``).
@@ -187,6 +188,15 @@ def measure_read(log_dir: Path) -> float:
     return count / (time.perf_counter() - started)
 
 
+def applied_to_file(processor: Processor, store: Store) -> int:
+    """``processor.catch_up()``, and the records written into the database
+    file: a checkpoint that the WAL's size has not yet called for is part of
+    what applying them costs, whatever DuckDB's checkpoint threshold."""
+    applied = processor.catch_up()
+    store.checkpoint()
+    return applied
+
+
 def measure_apply(data_dir: Path, store_name: str = "store.duckdb") -> tuple[float, int]:
     """Records per second of ``Processor.catch_up`` into a new store, on the
     CPUs this process may use."""
@@ -195,10 +205,7 @@ def measure_apply(data_dir: Path, store_name: str = "store.duckdb") -> tuple[flo
     store.con.execute("SET threads = 1")
     processor = Processor(settings, store, keys=lambda: keys)  # no catalog here
     started = time.perf_counter()
-    applied = processor.catch_up()
-    # Written into the database file too: a checkpoint that the WAL's size
-    # has not yet called for is part of what applying these records costs.
-    store.checkpoint()
+    applied = applied_to_file(processor, store)
     seconds = time.perf_counter() - started
     store.close()
     return applied / seconds, applied
@@ -377,10 +384,7 @@ def measure_live(size: int, store_path: Path | None, chunk: Path, work: Path) ->
     sampler = threading.Thread(target=sample)
     sampler.start()
     started = time.perf_counter()
-    applied = processor.catch_up()
-    # Written into the database file too: a checkpoint that the WAL's size
-    # has not yet called for is part of what applying these records costs.
-    store.checkpoint()
+    applied = applied_to_file(processor, store)
     seconds = time.perf_counter() - started
     done.set()
     sampler.join()

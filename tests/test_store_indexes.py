@@ -126,7 +126,7 @@ def test_the_store_is_checkpointed_at_256_mb_of_wal_and_at_2_gb_in_bulk(tmp_path
     assert {"known_identities", "identities", "aliases"} <= indexed_tables(store.con)
     before = snapshot(store)
     store.close()
-    reopened = Store(path)  # the WAL replayed, the setting made again
+    reopened = Store(path)  # the setting made again on opening
     assert snapshot(reopened) == before
     assert threshold(reopened) == "244.1 MiB"
     reopened.close()

@@ -217,8 +217,7 @@ class Store:
         self._threads_lock = threading.Lock()
         self._reports = 0
         if not read_only:
-            self.con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_WAL}'")
-            self.con.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {STAGING}")
+            self._set_up_writing()
             self.con.execute(DDL)
             self.con.execute(
                 "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
@@ -388,6 +387,12 @@ class Store:
         :meth:`stage` batches on (contract.Staging)."""
         return DuckDBStaging(self, self.cursor())
 
+    def _set_up_writing(self) -> None:
+        """What a connection that writes needs: the checkpoint threshold
+        (:data:`CHECKPOINT_WAL`) and the staging database beside the store."""
+        self.con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_WAL}'")
+        self.con.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {STAGING}")
+
     def recover(self) -> None:
         """After a failed write: reconnect if DuckDB has invalidated the
         database (it does after some I/O errors; a new connection reads it
@@ -402,8 +407,7 @@ class Store:
                 self.con.close()
             try:
                 self.con = duckdb.connect(str(self.path))
-                self.con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_WAL}'")
-                self.con.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {STAGING}")
+                self._set_up_writing()
                 self.con.execute(f"SET threads = {self.threads}")
                 if self.memory_limit:
                     self.limit_memory(self.memory_limit, self.spill_limit)
